@@ -1,0 +1,137 @@
+"""The checkpoint format: one safetensors file whose header metadata holds everything needed to
+rebuild the model and sample from it. safetensors holds tensors only, so loading a checkpoint from
+the internet cannot run code, unlike a pickle.
+
+metadata["diffusion"] is a JSON object:
+  {"format": 1, "unet": UNetConfig, "schedule": {"name", "timesteps"}, "dataset": str,
+   "class_names": [str], "step": int, "ema": bool}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from model.schedule import NoiseSchedule
+from model.unet import UNet, UNetConfig
+
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be loaded; the message names the file and the problem."""
+
+
+@dataclass
+class Checkpoint:
+    """A loaded model: the UNet (in eval mode), its schedule and what it was trained on."""
+
+    unet: UNet
+    schedule: NoiseSchedule
+    dataset: str
+    class_names: list[str] = field(default_factory=list)
+    step: int = 0
+    ema: bool = True
+    path: Path | None = None
+
+    @property
+    def config(self) -> UNetConfig:
+        return self.unet.config
+
+
+def save_checkpoint(
+    path: str | Path,
+    unet: UNet,
+    schedule: NoiseSchedule,
+    dataset: str,
+    class_names: list[str] | None = None,
+    step: int = 0,
+    ema: bool = True,
+) -> Path:
+    """Write the weights and their metadata atomically: a reader never sees a half-written file."""
+    path = Path(path)
+    meta = {
+        "format": FORMAT_VERSION,
+        "unet": unet.config.to_dict(),
+        "schedule": schedule.config,
+        "dataset": dataset,
+        "class_names": list(class_names or []),
+        "step": step,
+        "ema": ema,
+    }
+    tensors = {k: v.detach().contiguous().cpu() for k, v in unet.state_dict().items()}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"diffusion": json.dumps(meta)}))
+    return path
+
+
+def read_metadata(path: str | Path) -> dict:
+    """The checkpoint's metadata, without loading its weights."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        with open(path, "rb") as f:
+            header_len = int.from_bytes(f.read(8), "little")
+            if not 0 < header_len <= min(100_000_000, path.stat().st_size - 8):
+                raise CheckpointError(f"{path}: not a safetensors file (bad header length; a pickle or a truncated file?)")
+            header = json.loads(f.read(header_len))
+        meta = json.loads(header["__metadata__"]["diffusion"])
+    except CheckpointError:
+        raise
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path}: not a checkpoint of this project (no readable 'diffusion' metadata: {e})") from e
+    if meta.get("format") != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format {meta.get('format')!r}, expected {FORMAT_VERSION}")
+    return meta
+
+
+def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> Checkpoint:
+    """Rebuild the model a checkpoint describes, on `device`, ready to sample (eval mode)."""
+    path = Path(path)
+    meta = read_metadata(path)
+    try:
+        config = UNetConfig.from_dict(meta["unet"])
+        schedule = NoiseSchedule.from_name(meta["schedule"]["name"], meta["schedule"]["timesteps"])
+        unet = UNet(config)
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: invalid model description in metadata: {e}") from e
+    try:
+        state = load_file(path)
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path}: cannot read weights (truncated or corrupt file?): {e}") from e
+    try:
+        unet.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not match the model in its metadata: {e}") from e
+    return Checkpoint(
+        unet=unet.to(device).eval(),
+        schedule=schedule.to(device),
+        dataset=meta.get("dataset", "unknown"),
+        class_names=list(meta.get("class_names", [])),
+        step=int(meta.get("step", 0)),
+        ema=bool(meta.get("ema", True)),
+        path=path,
+    )
+
+
+def atomic_write(path: str | Path, write) -> None:
+    """Call write(tmp_path) on a temporary file beside `path`, then rename it over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
