@@ -80,13 +80,13 @@ def read_metadata(path: str | Path) -> dict:
         with open(path, "rb") as f:
             header_len = int.from_bytes(f.read(8), "little")
             if not 0 < header_len <= min(100_000_000, path.stat().st_size - 8):
-                raise CheckpointError(f"{path}: not a safetensors file (bad header length; a pickle or a truncated file?)")
+                raise CheckpointError(f"{path}: not a safetensors file (bad header; a pickle or a truncated file?)")
             header = json.loads(f.read(header_len))
         meta = json.loads(header["__metadata__"]["diffusion"])
     except CheckpointError:
         raise
     except (ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{path}: not a checkpoint of this project (no readable 'diffusion' metadata: {e})") from e
+        raise CheckpointError(f"{path}: not a checkpoint of this project (no 'diffusion' metadata: {e})") from e
     if meta.get("format") != FORMAT_VERSION:
         raise CheckpointError(f"{path}: checkpoint format {meta.get('format')!r}, expected {FORMAT_VERSION}")
     return meta

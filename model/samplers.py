@@ -170,8 +170,8 @@ def ddpm_steps(
         schedule = schedule.respace(timesteps)
     total = len(timesteps)
     eps = yield Step(0, total, timesteps[0], x)
-    for i, t in enumerate(timesteps):
-        k = total - 1 - i  # t's index in the (respaced) schedule
+    for i in range(total):
+        k = total - 1 - i  # the index of timesteps[i] in the (respaced) schedule
         noise = _randn_like(x, generator) if k > 0 else None
         x, x0 = ddpm_step(schedule, x, eps, k, variance, noise, clip_x0)
         eps = yield Step(i + 1, total, timesteps[i + 1] if i + 1 < total else -1, x, x0)
@@ -195,9 +195,8 @@ def denoise(steps: StepGenerator, eps_fn: EpsFn) -> Iterator[Step]:
 
 def sample(steps: StepGenerator, eps_fn: EpsFn) -> torch.Tensor:
     """Run a step generator to the end and return x_0."""
-    for step in denoise(steps, eps_fn):
-        pass
-    return step.x_t
+    *_, last = denoise(steps, eps_fn)
+    return last.x_t
 
 
 # --- the noise predictor with classifier-free guidance ---------------------------------------
@@ -232,6 +231,8 @@ def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Gener
     return torch.Generator(device=device).manual_seed(seed)
 
 
-def initial_noise(shape: tuple[int, ...], generator: torch.Generator, device: torch.device | str = "cpu") -> torch.Tensor:
+def initial_noise(
+    shape: tuple[int, ...], generator: torch.Generator, device: torch.device | str = "cpu"
+) -> torch.Tensor:
     """x_T ~ N(0, I), drawn from the run's own generator."""
     return torch.randn(shape, generator=generator, device=device)
