@@ -10,6 +10,7 @@ whatever else is computed beside it.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 
@@ -195,8 +196,7 @@ def denoise(steps: StepGenerator, eps_fn: EpsFn) -> Iterator[Step]:
 
 def sample(steps: StepGenerator, eps_fn: EpsFn) -> torch.Tensor:
     """Run a step generator to the end and return x_0."""
-    *_, last = denoise(steps, eps_fn)
-    return last.x_t
+    return deque(denoise(steps, eps_fn), maxlen=1)[0].x_t  # keep only the last step in memory
 
 
 # --- the noise predictor with classifier-free guidance ---------------------------------------

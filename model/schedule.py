@@ -50,9 +50,7 @@ class NoiseSchedule:
             "sqrt_one_minus_alphas_cumprod": (1 - alphas_cumprod).sqrt(),
             "posterior_variance": posterior_variance,
             # β̃_0 = 0: take β̃_1 so that the log stays finite (as the DDPM code does)
-            "posterior_log_variance_clipped": torch.log(
-                torch.cat([posterior_variance[1:2], posterior_variance[1:]])
-            ),
+            "posterior_log_variance_clipped": torch.log(torch.cat([posterior_variance[1:2], posterior_variance[1:]])),
             "posterior_mean_coef1": betas * alphas_cumprod_prev.sqrt() / (1 - alphas_cumprod),
             "posterior_mean_coef2": (1 - alphas_cumprod_prev) * alphas.sqrt() / (1 - alphas_cumprod),
         }

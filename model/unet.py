@@ -177,9 +177,7 @@ class UNet(nn.Module):
                 skips.append(cur)
                 size //= 2
 
-        self.mid = nn.ModuleList(
-            [Block(cur, cur, emb_dim, True, cfg), Block(cur, cur, emb_dim, False, cfg)]
-        )
+        self.mid = nn.ModuleList([Block(cur, cur, emb_dim, True, cfg), Block(cur, cur, emb_dim, False, cfg)])
 
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(cfg.channel_mults))):
