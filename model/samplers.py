@@ -56,7 +56,7 @@ def ddim_timesteps(num_timesteps: int, steps: int, spacing: str = "leading") -> 
 
     leading:   0, c, 2c, …, (S-1)c with c = T // S, as in the DDIM paper's code (T=1000, S=50: 980 … 0)
     trailing:  round(T - i·T/S) - 1, so that the run starts at the noisiest step (999 … 19)
-    quadratic: ⌊(i · √(0.8 T) / (S-1))²⌋, the spacing of DDIM's CIFAR-10 table
+    quadratic: ⌊(i · √(0.8 T) / (S-1))²⌋, the spacing of DDIM's CIFAR-10 table, repeats made distinct
     """
     if not 1 <= steps <= num_timesteps:
         raise ValueError(f"steps must be between 1 and {num_timesteps}, got {steps}")
@@ -66,8 +66,9 @@ def ddim_timesteps(num_timesteps: int, steps: int, spacing: str = "leading") -> 
         seq = np.round(np.arange(num_timesteps, 0, -num_timesteps / steps)).astype(int) - 1
     elif spacing == "quadratic":
         seq = (np.linspace(0, np.sqrt(num_timesteps * 0.8), steps) ** 2).astype(int)
-        if len(set(seq.tolist())) < steps:
-            raise ValueError(f"quadratic spacing repeats timesteps at {steps} steps; use fewer steps")
+        # the first few squares round to the same step (0, 0, 1, 2, …): nudge repeats up so that S
+        # steps stay S distinct timesteps, where the DDIM code would take a no-op step
+        seq = np.maximum.accumulate(seq - np.arange(steps)) + np.arange(steps)
     else:
         raise ValueError(f"unknown spacing {spacing!r}; choose one of {SPACINGS}")
     return sorted((int(t) for t in seq), reverse=True)

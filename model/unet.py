@@ -83,7 +83,11 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 
 
 def _norm(channels: int, groups: int) -> nn.GroupNorm:
-    return nn.GroupNorm(math.gcd(groups, channels), channels)
+    """GroupNorm with at most `groups` groups of at least 3 channels. With one channel a group it
+    would be InstanceNorm, which subtracts each channel's mean and so erases the embedding that
+    the residual blocks add as a per-channel bias."""
+    num_groups = max((g for g in range(1, groups + 1) if channels % g == 0 and channels // g >= 3), default=1)
+    return nn.GroupNorm(num_groups, channels)
 
 
 class ResBlock(nn.Module):

@@ -1,0 +1,154 @@
+"""Datasets as tensors in [-1, 1] with their labels: MNIST, Fashion-MNIST, CIFAR-10, CelebA, or any
+folder of images. Nothing is downloaded unless asked: torchvision finds files already in place."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, TensorDataset
+from torchvision import datasets, transforms
+from torchvision.datasets.mnist import read_image_file, read_label_file
+from torchvision.datasets.utils import check_integrity
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif"}
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    channels: int
+    image_size: int  # the native (or usual) training size
+    class_names: tuple[str, ...]  # empty: unlabeled
+    flip: bool  # random horizontal flip as augmentation
+    where: str  # where the files go, for the error message
+
+
+DATASETS = {
+    "mnist": DatasetInfo("mnist", 1, 28, tuple(str(d) for d in range(10)), False, "DATA_ROOT/MNIST/raw/"),
+    "fashion-mnist": DatasetInfo(
+        "fashion-mnist",
+        1,
+        28,
+        ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+        False,
+        "DATA_ROOT/FashionMNIST/raw/",
+    ),
+    "cifar10": DatasetInfo(
+        "cifar10",
+        3,
+        32,
+        ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+        True,
+        "DATA_ROOT/cifar-10-batches-py/",
+    ),
+    "celeba": DatasetInfo("celeba", 3, 64, (), True, "DATA_ROOT/celeba/ (img_align_celeba/, list_eval_partition.txt)"),
+    "folder": DatasetInfo("folder", 3, 64, (), True, "DATA_ROOT/ (any images, in any sub-folders)"),
+}
+
+
+class DatasetNotFound(FileNotFoundError):
+    pass
+
+
+class ImageFolderFlat(Dataset):
+    """Every image below a folder, recursively, unlabeled (label -1)."""
+
+    def __init__(self, root: Path, transform):
+        self.files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        with Image.open(self.files[i]) as img:
+            return self.transform(img.convert("RGB")), -1
+
+
+class Unlabeled(Dataset):
+    """A torchvision dataset whose targets we do not use (CelebA's are attributes, not classes)."""
+
+    def __init__(self, base: Dataset):
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int):
+        return self.base[i][0], -1
+
+
+def _read_mnist(cls, root: Path, train: bool, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """MNIST-style idx files from ROOT/<Name>/raw/: unpacked, or the .gz files as downloaded.
+
+    torchvision reads only unpacked files and unpacks them into the data root; reading the checked
+    .gz files through a temporary folder keeps a read-only data root (a shared copy) untouched.
+    """
+    raw = root / cls.__name__ / "raw"
+    prefix = "train" if train else "t10k"
+    names = [f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"]
+    if download or all((raw / n).is_file() for n in names):
+        base = cls(root, train=train, download=download)
+        return base.data, base.targets
+    md5 = {Path(url).name: checksum for url, checksum in cls.resources}
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in names:
+            gz = raw / f"{n}.gz"
+            if not check_integrity(str(gz), md5.get(gz.name)):
+                raise RuntimeError(f"{gz} is missing or does not match torchvision's MD5")
+            with gzip.open(gz) as src, open(Path(tmp) / n, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+        return read_image_file(str(Path(tmp) / names[0])), read_label_file(str(Path(tmp) / names[1]))
+
+
+def load_dataset(
+    name: str,
+    root: str | Path = "data",
+    train: bool = True,
+    image_size: int | None = None,
+    augment: bool = True,
+    download: bool = False,
+) -> Dataset:
+    """(image in [-1, 1] of shape (C, S, S), label) pairs; label -1 where the dataset has none."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
+    info, root = DATASETS[name], Path(root)
+    size = image_size or info.image_size
+    try:
+        if name in ("mnist", "fashion-mnist"):
+            cls = datasets.MNIST if name == "mnist" else datasets.FashionMNIST
+            images, labels = _read_mnist(cls, root, train, download)
+            x = images.unsqueeze(1).float() / 127.5 - 1
+            if size != x.shape[-1]:
+                x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
+            return TensorDataset(x, labels.long())
+
+        steps = [transforms.Resize(size), transforms.CenterCrop(size)]
+        if name == "celeba":  # the DDPM/DDIM crop: the central 140×140 face region, then resize
+            steps = [transforms.CenterCrop(140), transforms.Resize(size)]
+        if augment and train and info.flip:
+            steps.append(transforms.RandomHorizontalFlip())
+        steps += [transforms.ToTensor(), transforms.Normalize([0.5] * 3, [0.5] * 3)]
+        transform = transforms.Compose(steps)
+        if name == "cifar10":
+            return datasets.CIFAR10(root, train=train, transform=transform, download=download)
+        if name == "celeba":
+            split = "train" if train else "test"
+            return Unlabeled(datasets.CelebA(root, split=split, target_type=[], transform=transform, download=download))
+        if not root.is_dir():
+            raise DatasetNotFound(root)
+        dataset = ImageFolderFlat(root, transform)
+        if not len(dataset):
+            raise DatasetNotFound(root)
+        return dataset
+    except (RuntimeError, OSError) as e:
+        raise DatasetNotFound(
+            f"{name} not found under {root}: put its files in {info.where.replace('DATA_ROOT', str(root))}"
+            f" (or pass --download on a machine with internet). ({e})"
+        ) from e

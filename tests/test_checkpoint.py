@@ -1,0 +1,71 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from conftest import tiny_unet
+from model.checkpoint import CheckpointError, load_checkpoint, read_metadata, save_checkpoint
+from model.schedule import NoiseSchedule
+
+
+@pytest.fixture
+def saved(tmp_path):
+    model = tiny_unet(num_classes=10)
+    path = save_checkpoint(
+        tmp_path / "m.safetensors", model, NoiseSchedule.from_name("cosine", 500), "mnist", list("abcdefghij"), 123
+    )
+    return model, path
+
+
+def test_save_then_load_gives_identical_outputs(saved):
+    model, path = saved
+    loaded = load_checkpoint(path)
+    x, t, y = torch.randn(3, 1, 28, 28), torch.tensor([0, 250, 499]), torch.tensor([1, 5, 10])
+    with torch.inference_mode():
+        assert torch.equal(model(x, t, y), loaded.unet(x, t, y))
+    assert not loaded.unet.training
+    assert loaded.config == model.config
+    assert (loaded.dataset, loaded.class_names, loaded.step, loaded.ema) == ("mnist", list("abcdefghij"), 123, True)
+    assert loaded.schedule.config == {"name": "cosine", "timesteps": 500}
+    assert read_metadata(path)["unet"]["num_classes"] == 10
+
+
+def test_a_truncated_file_raises_the_clear_error(saved):
+    _, path = saved
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=f"{path.name}.*(truncated|corrupt)"):
+        load_checkpoint(path)
+
+
+def test_weights_of_another_shape_raise_the_clear_error(saved, tmp_path):
+    _, path = saved
+    other = tiny_unet(num_classes=3)  # a different label embedding
+    meta = read_metadata(path)
+    bad = tmp_path / "bad.safetensors"
+    save_file({k: v.contiguous() for k, v in other.state_dict().items()}, bad, {"diffusion": json.dumps(meta)})
+    with pytest.raises(CheckpointError, match=r"bad\.safetensors: weights do not match"):
+        load_checkpoint(bad)
+
+
+def test_a_pickle_file_is_refused_without_being_unpickled(tmp_path):
+    path = tmp_path / "evil.safetensors"
+    torch.save({"weights": torch.zeros(3)}, path)
+    with pytest.raises(CheckpointError, match=r"evil\.safetensors: not a safetensors file"):
+        load_checkpoint(path)
+
+
+def test_safetensors_without_our_metadata_and_missing_files_are_refused(tmp_path):
+    plain = tmp_path / "plain.safetensors"
+    save_file({"w": torch.zeros(2)}, plain)
+    with pytest.raises(CheckpointError, match="not a checkpoint of this project"):
+        load_checkpoint(plain)
+    with pytest.raises(CheckpointError, match="no such checkpoint file"):
+        load_checkpoint(tmp_path / "missing.safetensors")
+
+
+def test_saving_is_atomic_and_leaves_no_temporary_files(saved):
+    _, path = saved
+    assert [p.name for p in path.parent.iterdir()] == [path.name]
+    assert path.stat().st_mode & 0o044  # readable by others, like any ordinary file
