@@ -1,0 +1,400 @@
+"""End-to-end tests of the browser UI (web/): a real headless Chromium, driven by Selenium, against
+the real server started on a loopback port with a tiny random-weight checkpoint.
+
+Random weights make noisy images, which is all these tests need: they check the plumbing (frames
+drawn, progress, final image, Stop, error messages), not image quality. They need Debian's
+`chromium` and `chromium-driver` packages (or CHROME_BINARY / CHROMEDRIVER pointing at a pair);
+without them every test here is skipped with the reason, never passed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SERVER_MAX_STEPS = 900  # below the model's T = 1000, so the page can send a value only the server refuses
+
+pytestmark = pytest.mark.browser
+
+try:
+    from selenium import webdriver
+    from selenium.common.exceptions import TimeoutException, WebDriverException
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+except ImportError:  # pragma: no cover - selenium is a test dependency
+    webdriver = None
+
+
+def find_browser() -> tuple[str | None, str | None]:
+    """(chromium, chromedriver) paths, or None for whichever is missing."""
+    binary = os.environ.get("CHROME_BINARY") or next(
+        (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None
+    )
+    driver = os.environ.get("CHROMEDRIVER") or shutil.which("chromedriver")
+    return (
+        binary if binary and Path(binary).is_file() else None,
+        driver if driver and Path(driver).is_file() else None,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_checkpoint(folder: Path) -> Path:
+    """A tiny class-conditional MNIST-shaped model with random weights (a few hundred kB)."""
+    import torch
+
+    from model.checkpoint import save_checkpoint
+    from model.schedule import NoiseSchedule
+    from model.unet import UNet, UNetConfig
+
+    torch.manual_seed(0)
+    unet = UNet(
+        UNetConfig(
+            in_channels=1,
+            image_size=28,
+            base_channels=8,
+            channel_mults=(1, 2),
+            num_res_blocks=1,
+            attention_resolutions=(14,),
+            num_classes=10,
+            dropout=0.0,
+        )
+    )
+    with torch.no_grad():  # zero-initialised output layers would predict ε = 0 everywhere
+        for p in unet.parameters():
+            if not p.any():
+                p.normal_(0, 0.2)
+    names = [str(i) for i in range(10)]
+    return save_checkpoint(folder / "mnist.safetensors", unet, NoiseSchedule.from_name("linear"), "mnist", names)
+
+
+@pytest.fixture(scope="module")
+def server_url(tmp_path_factory):
+    """The real server (`python -m server`) on a free loopback port, serving web/ at /."""
+    folder = tmp_path_factory.mktemp("checkpoints")
+    make_checkpoint(folder)
+    port = free_port()
+    log_path = folder / "server.log"
+    env = {**os.environ, "DDPM_MAX_STEPS": str(SERVER_MAX_STEPS), "PYTHONUNBUFFERED": "1"}
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(port),
+             "--checkpoints", str(folder), "--device", "cpu"],
+            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"the server exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
+            try:
+                if httpx.get(url + "readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"the server was not ready within 90 s:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    if webdriver is None:
+        pytest.skip("selenium is not installed (pip install -e '.[test]')")
+    binary, driver_path = find_browser()
+    if binary is None or driver_path is None:
+        missing = " and ".join(name for name, p in (("chromium", binary), ("chromedriver", driver_path)) if p is None)
+        pytest.skip(f"no {missing} found: install Debian's chromium and chromium-driver to run the browser tests")
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for arg in (
+        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}", "--window-size=1280,900",
+    ):  # fmt: skip
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    try:
+        driver = webdriver.Chrome(options=options, service=Service(driver_path))
+    except WebDriverException as e:
+        pytest.skip(f"chromium ({binary}) with chromedriver ({driver_path}) would not start: {e.msg}")
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture
+def page(browser, server_url):
+    """The page freshly loaded, with the model list in."""
+    browser.set_window_size(1280, 900)
+    browser.get(server_url)
+    WebDriverWait(browser, 20).until(lambda d: d.execute_script("return document.body.dataset.ready === 'true'"))
+    WebDriverWait(browser, 10).until(lambda d: d.find_element(By.ID, "generate").is_enabled())
+    yield browser
+    # A JavaScript exception anywhere in the page is a bug, whatever the test checked.
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE" and "favicon" not in e["message"]]
+    assert not errors, errors
+
+
+def set_value(driver, element_id: str, value: str) -> None:
+    field = driver.find_element(By.ID, element_id)
+    field.clear()
+    field.send_keys(value)
+
+
+def main_view(driver):
+    return driver.find_element(By.CSS_SELECTOR, "#main-view .run-view")
+
+
+def wait_for_state(driver, view, states: set[str], timeout: float = 30) -> str:
+    try:
+        WebDriverWait(driver, timeout).until(lambda _: view.get_attribute("data-state") in states)
+    except TimeoutException:
+        message = view.find_element(By.CSS_SELECTOR, ".rv-message").text
+        pytest.fail(f"the run never reached {states}: state {view.get_attribute('data-state')!r}, message {message!r}")
+    return view.get_attribute("data-state")
+
+
+def canvas_std(driver, selector: str) -> float:
+    """Standard deviation of a canvas's gray levels, read back from its pixels: 0 when blank."""
+    return driver.execute_script(
+        """
+        const canvas = document.querySelector(arguments[0]);
+        const {data} = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height);
+        let sum = 0, sumSq = 0, n = data.length / 4;
+        for (let i = 0; i < data.length; i += 4) {
+          const v = (data[i] + data[i + 1] + data[i + 2]) / 3; sum += v; sumSq += v * v;
+        }
+        return Math.sqrt(Math.max(0, sumSq / n - (sum / n) ** 2));
+        """,
+        selector,
+    )
+
+
+def test_generate_streams_frames_to_the_end(page, tmp_path):
+    set_value(page, "steps", "20")
+    Select(page.find_element(By.ID, "n")).select_by_value("4")
+    view = main_view(page)
+    page.find_element(By.ID, "generate").click()
+
+    assert wait_for_state(page, view, {"done", "error", "cancelled"}) == "done", view.text
+    frames = int(view.get_attribute("data-frames-drawn"))
+    assert frames >= 3, f"only {frames} frames were drawn"
+    assert view.get_attribute("data-step") == view.get_attribute("data-total") == "20"
+    progress = view.find_element(By.CSS_SELECTOR, ".rv-progress")
+    assert progress.get_attribute("value") == progress.get_attribute("max") == "20"
+    assert "step 20/20" in view.find_element(By.CSS_SELECTOR, ".rv-step").text
+    assert canvas_std(page, "#main-view .rv-xt") > 5, "the final image is blank"
+    # the seed used is shown, a PNG can be downloaded, and the filmstrip goes back through the run
+    assert page.find_element(By.ID, "seed-used").text.startswith("Last run used seed ")
+    assert view.find_element(By.CSS_SELECTOR, ".rv-download").get_attribute("href").startswith("data:image/png;base64,")
+    thumbs = view.find_elements(By.CSS_SELECTOR, ".rv-thumb")
+    assert len(thumbs) >= 3
+    page.save_screenshot(str(tmp_path / "generated.png"))
+    assert (tmp_path / "generated.png").stat().st_size > 10_000
+
+    thumbs[0].click()
+    WebDriverWait(page, 5).until(lambda _: "step 20/20" not in view.find_element(By.CSS_SELECTOR, ".rv-step").text)
+    assert "final" not in view.find_element(By.CSS_SELECTOR, ".rv-scrub-value").text
+    # the run is in the history table, with its time
+    assert "DDIM" in page.find_element(By.CSS_SELECTOR, "#history tbody tr").text
+
+
+def test_same_seed_gives_the_same_images(page):
+    """DDIM with η = 0 is deterministic: the seed shown after a run reproduces it exactly."""
+    set_value(page, "steps", "10")
+    Select(page.find_element(By.ID, "n")).select_by_value("1")
+    set_value(page, "seed", "1234")
+    view = main_view(page)
+    grids = []
+    for _ in range(2):
+        page.find_element(By.ID, "generate").click()
+        assert wait_for_state(page, view, {"done", "error"}) == "done", view.text
+        grids.append(view.find_element(By.CSS_SELECTOR, ".rv-download").get_attribute("href"))
+    assert grids[0] == grids[1]
+    assert "1234" in page.find_element(By.ID, "seed-used").text
+
+
+def test_stop_cancels_a_run(page):
+    page.find_element(By.CSS_SELECTOR, 'label[for="sampler-ddpm"]').click()
+    assert page.find_element(By.ID, "steps").get_attribute("value") == "1000"  # DDPM's default: all T steps
+    set_value(page, "steps", str(SERVER_MAX_STEPS))  # a long DDPM run
+    Select(page.find_element(By.ID, "every")).select_by_value("1")
+    view = main_view(page)
+    page.find_element(By.ID, "generate").click()
+    WebDriverWait(page, 30).until(lambda _: int(view.get_attribute("data-frames-drawn")) >= 2)
+    page.find_element(By.ID, "stop").click()
+
+    assert wait_for_state(page, view, {"cancelled", "done", "error"}, timeout=15) == "cancelled", view.text
+    step = int(view.get_attribute("data-step"))
+    assert 0 < step < SERVER_MAX_STEPS
+    assert "Stopped at step" in view.find_element(By.CSS_SELECTOR, ".rv-message").text
+    assert page.find_element(By.ID, "generate").is_enabled()
+    assert not page.find_element(By.ID, "stop").is_enabled()
+
+
+def test_escape_stops_a_run_started_from_the_keyboard(page):
+    page.execute_script("document.getElementById('sampler-ddim').focus()")
+    ActionChains(page).send_keys(Keys.ARROW_RIGHT).perform()  # arrow keys move between the radios
+    assert page.find_element(By.ID, "sampler-ddpm").is_selected()
+    steps = page.find_element(By.ID, "steps")
+    steps.clear()
+    steps.send_keys(str(SERVER_MAX_STEPS), Keys.ENTER)  # Enter in a field submits the form
+    view = main_view(page)
+    WebDriverWait(page, 30).until(lambda _: int(view.get_attribute("data-frames-drawn")) >= 1)
+    ActionChains(page).send_keys(Keys.ESCAPE).perform()
+    assert wait_for_state(page, view, {"cancelled", "done", "error"}, timeout=15) == "cancelled", view.text
+
+
+def test_bad_value_shows_an_error_message(page):
+    # caught in the page: nothing is sent, the field is marked and the message says what is wrong
+    set_value(page, "steps", "0")
+    page.find_element(By.ID, "generate").click()
+    error = page.find_element(By.ID, "form-error")
+    assert "Steps must be a whole number from 1 to 1000" in error.text
+    assert page.find_element(By.ID, "steps").get_attribute("aria-invalid") == "true"
+    assert main_view(page).get_attribute("data-state") == "idle"
+
+    # refused by the server (its max_steps is below the model's T, which the page cannot know):
+    # the server's reason is shown, and the page is ready for the next run
+    set_value(page, "steps", "950")
+    page.find_element(By.ID, "generate").click()
+    view = main_view(page)
+    assert wait_for_state(page, view, {"error", "done"}) == "error"
+    message = view.find_element(By.CSS_SELECTOR, ".rv-message")
+    assert "rejected" in message.text and "steps" in message.text and "900" in message.text, message.text
+    assert message.get_attribute("data-kind") == "error"
+    assert error.text == ""
+    assert page.find_element(By.ID, "generate").is_enabled()
+
+
+def test_post_mode_and_a_lost_server_read_clearly(page, server_url):
+    """Streaming off uses POST /sample; a server that cannot be reached is reported, not waited on."""
+    set_value(page, "steps", "10")
+    Select(page.find_element(By.ID, "n")).select_by_value("4")
+    Select(page.find_element(By.ID, "every")).select_by_value("off")
+    view = main_view(page)
+    page.find_element(By.ID, "generate").click()
+    assert wait_for_state(page, view, {"done", "error"}) == "done", view.text
+    assert canvas_std(page, "#main-view .rv-xt") > 5
+
+    # Point the page's requests at a port where nothing listens, as if the server had gone away.
+    dead = f"http://127.0.0.1:{free_port()}/"
+    add_base = "const b = document.createElement('base'); b.href = arguments[0]; document.head.prepend(b);"
+    page.execute_script(add_base, dead)
+    Select(page.find_element(By.ID, "every")).select_by_value("auto")
+    page.find_element(By.ID, "generate").click()
+    assert wait_for_state(page, view, {"error", "done"}, timeout=20) == "error"
+    assert "Cannot reach the server" in view.find_element(By.CSS_SELECTOR, ".rv-message").text
+    page.get_log("browser")  # the refused connections are logged by Chromium: expected here
+
+
+def test_side_by_side_runs_both_from_one_seed(page):
+    Select(page.find_element(By.ID, "n")).select_by_value("4")
+    form = page.find_element(By.ID, "compare-form")
+    for side, sampler, steps in (("a", "ddpm", "40"), ("b", "ddim", "10")):
+        fieldset = form.find_element(By.CSS_SELECTOR, f'[data-side="{side}"]')
+        Select(fieldset.find_element(By.NAME, "sampler")).select_by_value(sampler)
+        field = fieldset.find_element(By.NAME, "steps")
+        field.clear()
+        field.send_keys(steps)
+    page.find_element(By.ID, "compare-run").click()
+    views = [page.find_element(By.CSS_SELECTOR, f"#compare-view-{side} .run-view") for side in "ab"]
+    for view in views:
+        assert wait_for_state(page, view, {"done", "error", "cancelled"}) == "done", view.text
+    summary = page.find_element(By.ID, "compare-summary").text
+    assert "DDPM, 40 steps" in summary and "DDIM, 10 steps" in summary and "faster" in summary, summary
+    seeds = {view.find_element(By.CSS_SELECTOR, ".rv-seed").text for view in views}
+    assert len(seeds) == 1, seeds
+    assert canvas_std(page, "#compare-view-a .rv-xt") > 5 and canvas_std(page, "#compare-view-b .rv-xt") > 5
+
+
+def test_forward_process_follows_the_slider(page):
+    def std(selector):
+        return canvas_std(page, selector)
+
+    slider = page.find_element(By.ID, "forward-t")
+    WebDriverWait(page, 10).until(lambda _: "ᾱ" in page.find_element(By.ID, "forward-numbers").text)
+    page.execute_script("arguments[0].value = 0; arguments[0].dispatchEvent(new Event('input'))", slider)
+    # at t = 0 almost nothing is added: x_t looks like x_0
+    x0 = page.execute_script("return document.getElementById('forward-x0').toDataURL()")
+    assert std("#forward-x0") > 20
+    assert "ᾱ0 = 0.9999" in page.find_element(By.ID, "forward-numbers").text
+    slider.send_keys(Keys.END)  # the keyboard reaches the last t
+    assert page.find_element(By.ID, "forward-t-value").text == "999"
+    assert "0.000" in page.find_element(By.ID, "forward-numbers").text  # √ᾱ_T ≈ 0: only noise is left
+    assert page.execute_script("return document.getElementById('forward-x0').toDataURL()") == x0
+    assert std("#forward-xt") > 20
+
+
+def test_browser_math_matches_the_server(page, server_url):
+    """The pure modules, run in the browser: the schedule the page falls back on equals the server's,
+    and the helpers behave at their edges."""
+    served = httpx.get(server_url + "models/mnist/schedule").json()["alphas_cumprod"]
+    result = page.execute_async_script(
+        """
+        const done = arguments[arguments.length - 1];
+        Promise.all([import('./js/forward.js'), import('./js/frames.js'), import('./js/pixels.js'),
+                     import('./js/controls.js')]).then(([forward, frames, pixels, controls]) => {
+          const keeper = new frames.FrameKeeper(1000, 20);
+          for (let step = 10; step <= 1000; step += 10) keeper.offer({step});  // 20 slots + the latest
+          const model = {name: 'm', timesteps: 1000, num_classes: 10};
+          const ok = {model: 'm', sampler: 'ddim', steps: '50', eta: '0', n: '16', seed: '', label: '',
+                      guidance: '2', every: 'auto'};
+          done({
+            linear: Array.from(forward.linearAlphasCumprod(1000)),
+            kept: keeper.frames().map(f => f.step),
+            layout16: pixels.gridLayout(122, 122, 16, 28),
+            layout10: pixels.gridLayout(122, 92, 10, 28),
+            valid: controls.validateSettings(ok, model),
+            invalid: controls.validateSettings({...ok, steps: '2.5', seed: '-1', label: '10', every: 'auto'}, model)
+                       .errors.map(e => e.field),
+            ddpmEvery: controls.validateSettings({...ok, sampler: 'ddpm', steps: '1000'}, model).request.every,
+          });
+        }, (e) => done({error: String(e)}));
+        """
+    )
+    assert "error" not in result, result
+    assert max(abs(a - b) for a, b in zip(result["linear"], served, strict=True)) < 1e-5
+    assert len(result["kept"]) == 21 and result["kept"][-1] == 1000 and result["kept"][0] == 10
+    assert result["layout16"] == {"columns": 4, "rows": 4, "padding": 2}
+    assert result["layout10"] == {"columns": 4, "rows": 3, "padding": 2}
+    assert result["valid"]["errors"] == []
+    assert result["valid"]["request"] == {
+        "model": "m", "sampler": "ddim", "steps": 50, "eta": 0, "n": 16, "seed": None, "label": None,
+        "guidance": 2, "every": 1,
+    }  # fmt: skip
+    assert sorted(result["invalid"]) == ["label", "seed", "steps"]
+    assert result["ddpmEvery"] == 10
+
+
+def test_phone_screen_has_no_sideways_scroll(page, server_url, tmp_path):
+    page.set_window_size(390, 844)
+    page.get(server_url)
+    WebDriverWait(page, 20).until(lambda d: d.execute_script("return document.body.dataset.ready === 'true'"))
+    overflow = page.execute_script("return document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 0, f"the page is {overflow}px wider than a phone screen"
+    page.save_screenshot(str(tmp_path / "phone.png"))

@@ -1,0 +1,233 @@
+// The server's public contract, and nothing else: GET /models, GET /models/{name}/schedule,
+// POST /sample and WS /ws/sample. Every failure becomes an ApiError whose message a visitor can read.
+//
+// URLs are relative to the page (not to "/"), so the demo also works behind a proxy under a prefix.
+
+/** A failed request, with a message written for people and the facts a caller may act on. */
+export class ApiError extends Error {
+  constructor(message, { status = null, retryAfter = null, kind = "server" } = {}) {
+    super(message);
+    this.name = "ApiError";
+    this.status = status; // HTTP status, or null for network/WebSocket failures
+    this.retryAfter = retryAfter; // seconds, from a 503's Retry-After header
+    this.kind = kind; // "server" | "input" | "busy" | "network" | "connect" (a WebSocket that never opened)
+  }
+}
+
+/** FastAPI's `detail` is a string, or a list of {loc, msg} for validation errors: make it one sentence. */
+export function describeDetail(detail) {
+  if (detail == null) return "";
+  if (typeof detail === "string") return detail;
+  if (Array.isArray(detail)) {
+    return detail
+      .map((d) => {
+        if (typeof d === "string") return d;
+        // loc is like ["body", "steps"]: keep the field name, which is what the visitor typed into
+        const loc = Array.isArray(d.loc) ? d.loc.filter((p) => p !== "body").join(".") : "";
+        const msg = d.msg || JSON.stringify(d);
+        return loc ? `${loc}: ${msg}` : msg;
+      })
+      .join("; ");
+  }
+  if (typeof detail === "object" && detail.msg) return detail.msg;
+  return JSON.stringify(detail);
+}
+
+function apiUrl(path) {
+  return new URL(path, document.baseURI).href;
+}
+
+async function errorFromResponse(response) {
+  let detail = "";
+  try {
+    const body = await response.json();
+    detail = describeDetail(body.detail ?? body);
+  } catch {
+    detail = response.statusText;
+  }
+  if (response.status === 503) {
+    const retryAfter = Number.parseInt(response.headers.get("Retry-After") ?? "", 10);
+    const wait = Number.isFinite(retryAfter) ? ` Try again in ${retryAfter} s.` : " Try again in a moment.";
+    return new ApiError(`The server is busy${detail ? ` (${detail})` : ""}.${wait}`, {
+      status: 503,
+      retryAfter: Number.isFinite(retryAfter) ? retryAfter : null,
+      kind: "busy",
+    });
+  }
+  if (response.status === 422 || response.status === 400) {
+    return new ApiError(`The server rejected the settings: ${detail}`, { status: response.status, kind: "input" });
+  }
+  return new ApiError(`The server answered ${response.status}${detail ? `: ${detail}` : ""}`, {
+    status: response.status,
+  });
+}
+
+async function request(path, init = {}) {
+  let response;
+  try {
+    response = await fetch(apiUrl(path), init);
+  } catch (err) {
+    if (err.name === "AbortError") throw err;
+    throw new ApiError("Cannot reach the server. Is it still running?", { kind: "network" });
+  }
+  if (!response.ok) throw await errorFromResponse(response);
+  return response.json();
+}
+
+/** [{name, dataset, image_size, channels, num_classes, class_names, timesteps, schedule, device}] */
+export function getModels() {
+  return request("models");
+}
+
+/** {name, schedule, timesteps, alphas_cumprod: [ᾱ_0 … ᾱ_{T-1}]} */
+export function getSchedule(name) {
+  return request(`models/${encodeURIComponent(name)}/schedule`);
+}
+
+/** One request, no frames: {images, grid, seed, model, sampler, steps, elapsed_ms}. */
+export function postSample(req, { signal } = {}) {
+  return request("sample", {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify(req),
+    signal,
+  });
+}
+
+/** An error the stream reported, worded by what its close code means. */
+function streamError(detail, code) {
+  const text = detail || "no reason given";
+  if (code === 1013 || /busy|places are taken|too many/i.test(text)) {
+    return new ApiError(`The server is busy (${text}). Try again in a few seconds.`, { kind: "busy" });
+  }
+  if (code === 1011) return new ApiError(`Sampling failed on the server: ${text}`, { kind: "server" });
+  if (code === 1001) return new ApiError(`The server is shutting down: ${text}`, { kind: "server" });
+  return new ApiError(`The server rejected the settings: ${text}`, { kind: "input" });
+}
+
+/**
+ * Stream one sampling run over WS /ws/sample.
+ *
+ * handlers: onStart(msg), onFrame(msg), onDone(msg), onCancelled(msg), onError(ApiError),
+ *           onStall(secondsSilent) — called when the server has said nothing for a while, so the
+ *           page can say so instead of hanging silently.
+ * Exactly one of onDone / onCancelled / onError is called, once.
+ * Returns {cancel()}: asks the server to stop; if it does not confirm, the socket is closed.
+ */
+export function streamSample(req, handlers, { stallMs = 15000, cancelGraceMs = 5000 } = {}) {
+  const url = new URL("ws/sample", document.baseURI);
+  url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+
+  let socket;
+  let opened = false;
+  let finished = false;
+  let lastStep = 0;
+  let total = null;
+  let stallTimer = null;
+  let cancelTimer = null;
+  let silentSince = performance.now();
+  let pendingError = null; // the detail of an "error" message, until the close code arrives
+  let errorTimer = null;
+
+  const finish = (kind, payload) => {
+    if (finished) return;
+    finished = true;
+    clearInterval(stallTimer);
+    clearTimeout(cancelTimer);
+    clearTimeout(errorTimer);
+    if (kind === "done") handlers.onDone?.(payload);
+    else if (kind === "cancelled") handlers.onCancelled?.(payload);
+    else handlers.onError?.(payload);
+    // The server closes after done/cancelled/error; close our side too in case it does not.
+    if (socket && socket.readyState <= WebSocket.OPEN) socket.close(1000);
+  };
+
+  try {
+    socket = new WebSocket(url.href);
+  } catch (err) {
+    queueMicrotask(() =>
+      finish("error", new ApiError(`Cannot open a WebSocket to ${url.href}: ${err.message}`, { kind: "network" })),
+    );
+    return { cancel() {} };
+  }
+
+  socket.onopen = () => {
+    opened = true;
+    silentSince = performance.now();
+    socket.send(JSON.stringify(req));
+  };
+
+  socket.onmessage = (event) => {
+    silentSince = performance.now();
+    let msg;
+    try {
+      msg = JSON.parse(event.data);
+    } catch {
+      finish("error", new ApiError("The server sent a message that is not JSON."));
+      return;
+    }
+    switch (msg.type) {
+      case "start":
+        total = msg.total;
+        handlers.onStart?.(msg);
+        break;
+      case "frame":
+        lastStep = msg.step;
+        handlers.onFrame?.(msg);
+        break;
+      case "done":
+        finish("done", msg);
+        break;
+      case "cancelled":
+        finish("cancelled", msg);
+        break;
+      case "error":
+        // The close code that follows says why (1008 bad input, 1013 busy, 1011 failed): wait for it
+        // briefly, but never for long.
+        pendingError = describeDetail(msg.detail) || "unknown error";
+        errorTimer = setTimeout(() => finish("error", streamError(pendingError, null)), 1500);
+        break;
+      default:
+        break; // unknown message types are ignored, so the server can add some later
+    }
+  };
+
+  socket.onerror = () => {
+    // Browsers give no detail here on purpose; onclose follows and says what happened.
+  };
+
+  socket.onclose = (event) => {
+    if (finished) return;
+    if (pendingError != null || event.code === 1008 || event.code === 1011 || event.code === 1013 || event.code === 1001) {
+      finish("error", streamError(pendingError ?? event.reason, event.code));
+    } else if (!opened) {
+      finish("error", new ApiError("Cannot reach the server (the live stream did not connect).", { kind: "connect" }));
+    } else {
+      const where = total ? ` at step ${lastStep}/${total}` : "";
+      finish(
+        "error",
+        new ApiError(`Lost the connection to the server${where} (code ${event.code}). Is the server still running?`, {
+          kind: "network",
+        }),
+      );
+    }
+  };
+
+  stallTimer = setInterval(() => {
+    const silent = performance.now() - silentSince;
+    if (!finished && silent >= stallMs) handlers.onStall?.(Math.round(silent / 1000));
+  }, 1000);
+
+  return {
+    cancel() {
+      if (finished) return;
+      if (socket.readyState === WebSocket.OPEN) {
+        socket.send(JSON.stringify({ type: "cancel" }));
+        // A server that never confirms must not leave the page waiting forever.
+        cancelTimer = setTimeout(() => finish("cancelled", { type: "cancelled", step: lastStep, unconfirmed: true }), cancelGraceMs);
+      } else {
+        finish("cancelled", { type: "cancelled", step: lastStep, unconfirmed: true });
+      }
+    },
+  };
+}

@@ -1,0 +1,53 @@
+// "Your runs": a table of finished runs and what each cost, for comparing samplers and step counts.
+
+const MAX_ROWS = 12;
+
+export class RunHistory {
+  constructor(table, { onReuseSeed } = {}) {
+    this.body = table.tBodies[0];
+    this.onReuseSeed = onReuseSeed;
+    this.count = 0;
+  }
+
+  add(request, result, model) {
+    if (this.count === 0) this.body.replaceChildren();
+    this.count += 1;
+    const row = this.body.insertRow(0);
+    const seed = result.seed;
+    const ms = result.elapsed_ms;
+    const className = request.label == null ? "any" : (model?.class_names?.[request.label] ?? String(request.label));
+    const cells = [
+      request.model,
+      request.sampler.toUpperCase(),
+      String(request.steps),
+      request.sampler === "ddim" ? String(request.eta) : "–",
+      String(request.n),
+      request.label == null ? "any" : `${className} (w = ${request.guidance})`,
+      null, // seed: a button
+      ms == null ? "–" : `${(ms / 1000).toFixed(2)} s`,
+      ms == null ? "–" : `${(ms / request.steps).toFixed(1)} ms`,
+      null, // thumbnail
+    ];
+    cells.forEach((text, i) => {
+      const cell = row.insertCell();
+      if (text != null) cell.textContent = text;
+      if (i === 6) {
+        const button = document.createElement("button");
+        button.type = "button";
+        button.className = "link-button";
+        button.textContent = String(seed);
+        button.title = "Use this seed for the next run";
+        button.addEventListener("click", () => this.onReuseSeed?.(seed));
+        cell.append(button);
+      }
+      if (i === 9) {
+        const img = document.createElement("img");
+        img.className = "history-thumb pixelated";
+        img.src = `data:image/png;base64,${result.grid}`;
+        img.alt = `the ${request.n} images of this run`;
+        cell.append(img);
+      }
+    });
+    while (this.body.rows.length > MAX_ROWS) this.body.deleteRow(-1);
+  }
+}

@@ -1,0 +1,119 @@
+// Wiring: load the models, connect the form to the live view, and keep the other sections in step.
+
+import { getModels } from "./api.js";
+import { Compare } from "./compare.js";
+import { Controls } from "./controls.js";
+import { ForwardView } from "./forward-view.js";
+import { RunHistory } from "./history.js";
+import { startRun } from "./runner.js";
+import { RunView } from "./run-view.js";
+
+const form = document.getElementById("generate-form");
+const generateButton = document.getElementById("generate");
+const stopButton = document.getElementById("stop");
+const pageError = document.getElementById("page-error");
+
+const controls = new Controls(form);
+const mainView = new RunView(document.getElementById("main-view"), { title: "Live view" });
+const forward = new ForwardView();
+const history = new RunHistory(document.getElementById("history"), {
+  onReuseSeed: (seed) => {
+    controls.useSeed(seed);
+    document.getElementById("seed").focus();
+  },
+});
+const compare = new Compare(controls, { onRunFinished: (request, result) => recordRun(request, result) });
+
+let currentRun = null;
+
+function recordRun(request, result) {
+  history.add(request, result, controls.models.find((m) => m.name === request.model));
+  if (result.elapsed_ms != null) controls.recordTiming(request.model, request.steps, request.n, result.elapsed_ms);
+}
+
+function setRunning(running) {
+  generateButton.disabled = running || !controls.model;
+  stopButton.disabled = !running;
+  generateButton.textContent = running ? "Generating…" : "Generate";
+  form.setAttribute("aria-busy", String(running));
+}
+
+/** On a phone the live view sits below the controls: show it, or the visitor sees nothing happen. */
+function bringIntoView(element) {
+  const rect = element.getBoundingClientRect();
+  if (rect.top > window.innerHeight * 0.6 || rect.bottom < 0) {
+    const smooth = !window.matchMedia("(prefers-reduced-motion: reduce)").matches;
+    element.scrollIntoView({ block: "start", behavior: smooth ? "smooth" : "auto" });
+  }
+}
+
+async function generate() {
+  if (currentRun) return;
+  const settings = controls.read();
+  if (!settings) return;
+  const { request, stream } = settings;
+  const run = startRun(request, mainView, { stream });
+  currentRun = run;
+  setRunning(true);
+  bringIntoView(mainView.root);
+  const outcome = await run.finished;
+  currentRun = null;
+  setRunning(false);
+  if (outcome.status === "done") {
+    const seed = outcome.result.seed ?? mainView.seed;
+    controls.showSeedUsed(seed);
+    recordRun({ ...request, seed }, outcome.result);
+    forward.setGenerated({
+      images: outcome.result.images ?? [],
+      frames: mainView.filmstrip,
+      n: request.n,
+      imageSize: controls.model?.image_size ?? 28,
+    });
+  } else if (mainView.seed != null) {
+    controls.showSeedUsed(mainView.seed);
+  }
+}
+
+form.addEventListener("submit", (event) => {
+  event.preventDefault();
+  generate();
+});
+stopButton.addEventListener("click", () => currentRun?.stop());
+document.addEventListener("keydown", (event) => {
+  if (event.key === "Escape" && (currentRun || compare.running)) {
+    currentRun?.stop();
+    compare.stop();
+  }
+});
+
+controls.onModelChanged((model) => {
+  setRunning(Boolean(currentRun));
+  compare.setModel(model);
+  forward.setModel(model);
+});
+
+async function loadModels() {
+  try {
+    const models = await getModels();
+    controls.setModels(models);
+    if (models.length === 0) {
+      pageError.textContent =
+        "The server has no models loaded. Put a checkpoint (.safetensors) in its checkpoints folder and restart it.";
+      pageError.hidden = false;
+    } else {
+      pageError.hidden = true;
+    }
+  } catch (error) {
+    pageError.replaceChildren(`Could not load the list of models: ${error.message} `);
+    const retry = document.createElement("button");
+    retry.type = "button";
+    retry.className = "secondary";
+    retry.textContent = "Try again";
+    retry.addEventListener("click", loadModels);
+    pageError.append(retry);
+    pageError.hidden = false;
+  }
+  document.body.dataset.ready = "true"; // for tests: the page has finished loading what it can
+}
+
+loadModels();

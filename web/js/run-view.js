@@ -1,0 +1,309 @@
+// One live panel: x_t and predicted x0 canvases, progress, timing, messages, the final result and
+// a filmstrip to scrub back through. It only displays; runner.js feeds it what the server says.
+//
+// For tests and for anyone curious, the panel's state is mirrored in data-* attributes:
+//   data-state (idle|running|stopping|done|cancelled|error), data-step, data-total, data-frames-drawn.
+
+import { FrameKeeper } from "./frames.js";
+import { clearCanvas, decodePng, drawCrisp, pngDataUrl } from "./pixels.js";
+
+const FILMSTRIP_SLOTS = 20;
+
+function formatSeconds(ms) {
+  return ms < 10000 ? `${(ms / 1000).toFixed(2)} s` : `${(ms / 1000).toFixed(1)} s`;
+}
+
+export class RunView {
+  /** container: an element to fill with a clone of #run-view-template. */
+  constructor(container, { title = "Live view", placeholder = null } = {}) {
+    const template = document.getElementById("run-view-template");
+    this.root = template.content.firstElementChild.cloneNode(true);
+    container.replaceChildren(this.root);
+    const $ = (selector) => this.root.querySelector(selector);
+    this.el = {
+      title: $(".rv-title"),
+      showX0: $(".rv-show-x0"),
+      xt: $(".rv-xt"),
+      x0: $(".rv-x0"),
+      xtCaption: $(".rv-xt-caption"),
+      progress: $(".rv-progress"),
+      step: $(".rv-step"),
+      t: $(".rv-t"),
+      elapsed: $(".rv-elapsed"),
+      fps: $(".rv-fps"),
+      frames: $(".rv-frames"),
+      message: $(".rv-message"),
+      result: $(".rv-result"),
+      download: $(".rv-download"),
+      downloadLarge: $(".rv-download-large"),
+      seed: $(".rv-seed"),
+      filmstrip: $(".rv-filmstrip"),
+      scrub: $(".rv-scrub"),
+      scrubValue: $(".rv-scrub-value"),
+      thumbs: $(".rv-thumbs"),
+    };
+    this.el.title.textContent = title;
+    if (placeholder) this.root.querySelector(".rv-placeholder span").textContent = placeholder;
+    this.el.showX0.addEventListener("change", () => {
+      this.root.classList.toggle("hide-x0", !this.el.showX0.checked);
+    });
+    this.el.scrub.addEventListener("input", () => this.showFilmstripFrame(Number(this.el.scrub.value)));
+    this.timer = null;
+    this.largeUrl = null;
+    this.reset();
+  }
+
+  set state(value) {
+    this.root.dataset.state = value;
+  }
+
+  get state() {
+    return this.root.dataset.state;
+  }
+
+  reset() {
+    clearInterval(this.timer);
+    this.state = "idle";
+    this.request = null;
+    this.total = null;
+    this.keeper = null;
+    this.framesDrawn = 0;
+    this.drawnStep = 0;
+    this.firstDrawAt = null;
+    this.lastDrawAt = null;
+    this.startedAt = null;
+    this.filmstrip = [];
+    this.root.dataset.framesDrawn = "0";
+    this.root.dataset.step = "0";
+    this.root.dataset.total = "0";
+  }
+
+  /** A run was requested: clear the panel and start the clock. */
+  begin(request, { streaming = true } = {}) {
+    this.reset();
+    this.request = request;
+    this.streaming = streaming;
+    this.state = "running";
+    this.startedAt = performance.now();
+    this.el.result.hidden = true;
+    this.el.filmstrip.hidden = true;
+    this.el.thumbs.replaceChildren();
+    this.el.progress.max = request.steps;
+    this.el.progress.removeAttribute("value"); // indeterminate until the first frame
+    this.el.step.textContent = `step 0/${request.steps}`;
+    this.el.t.textContent = "t = –";
+    this.el.fps.textContent = "– fps";
+    this.el.frames.textContent = "0 frames";
+    this.el.xtCaption.innerHTML = "x<sub>t</sub>: the current sample";
+    this.clear();
+    this.message(streaming ? "Connecting…" : "Sampling on the server; this mode shows only the final image…");
+    this.timer = setInterval(() => this.tick(), 100);
+    this.tick();
+  }
+
+  tick() {
+    if (this.startedAt == null) return;
+    this.el.elapsed.textContent = formatSeconds(performance.now() - this.startedAt);
+  }
+
+  message(text, kind = "info") {
+    this.el.message.textContent = text;
+    this.el.message.dataset.kind = kind;
+    // Errors interrupt a screen reader; progress notes wait their turn.
+    this.el.message.setAttribute("aria-live", kind === "error" ? "assertive" : "polite");
+  }
+
+  /** {type:"start", total, seed, every, image_size, ...} */
+  start(msg) {
+    this.total = msg.total;
+    this.seed = msg.seed;
+    this.startMessage = msg;
+    this.keeper = new FrameKeeper(msg.total, FILMSTRIP_SLOTS);
+    this.root.dataset.total = String(msg.total);
+    this.el.progress.max = msg.total;
+    this.el.progress.value = 0;
+    this.el.step.textContent = `step 0/${msg.total}`;
+    const every = msg.every && msg.every > 1 ? `, a frame every ${msg.every} steps` : "";
+    this.message(`Sampling ${msg.n ?? ""} image${msg.n === 1 ? "" : "s"} with seed ${msg.seed}${every}…`);
+  }
+
+  /** {type:"frame", step, total, t, x_t, x0}: decode both grids, then draw unless a newer one won. */
+  async frame(msg) {
+    this.keeper?.offer({ step: msg.step, t: msg.t, xt: msg.x_t, x0: msg.x0 });
+    this.el.progress.max = msg.total;
+    this.el.progress.value = msg.step;
+    this.el.step.textContent = `step ${msg.step}/${msg.total}`;
+    this.el.t.textContent = msg.t >= 0 ? `t = ${msg.t}` : "t = 0 (done)";
+    this.root.dataset.step = String(msg.step);
+    let images;
+    try {
+      images = await Promise.all([decodePng(msg.x_t), msg.x0 ? decodePng(msg.x0) : null]);
+    } catch {
+      this.message("A frame from the server could not be decoded; waiting for the next one.", "warn");
+      return;
+    }
+    // Decoding is asynchronous: a slow frame must not paint over a newer one or the final image.
+    if (this.state !== "running" && this.state !== "stopping") return;
+    if (msg.step <= this.drawnStep) return;
+    this.drawnStep = msg.step;
+    drawCrisp(this.el.xt, images[0]);
+    if (images[1]) drawCrisp(this.el.x0, images[1]);
+    const now = performance.now();
+    this.firstDrawAt ??= now;
+    this.lastDrawAt = now;
+    this.framesDrawn += 1;
+    this.root.dataset.framesDrawn = String(this.framesDrawn);
+    this.el.frames.textContent = `${this.framesDrawn} frame${this.framesDrawn === 1 ? "" : "s"}`;
+    this.el.xt.setAttribute("aria-label", `x_t at step ${msg.step} of ${msg.total}, timestep ${msg.t}`);
+    if (this.framesDrawn >= 2) {
+      const fps = ((this.framesDrawn - 1) * 1000) / Math.max(1, this.lastDrawAt - this.firstDrawAt);
+      this.el.fps.textContent = `${fps.toFixed(fps < 10 ? 1 : 0)} fps`;
+    }
+    if (this.state === "running" && msg.step === 1) this.message("Denoising…");
+  }
+
+  stall(seconds) {
+    if (this.state === "running") {
+      this.message(`No word from the server for ${seconds} s; it may be busy with other runs. Press Stop to give up.`, "warn");
+    }
+  }
+
+  stopping() {
+    this.state = "stopping";
+    this.message("Stopping…");
+  }
+
+  /** {grid, images, seed, elapsed_ms} (from the WebSocket's "done" or POST /sample). */
+  async finish(result) {
+    clearInterval(this.timer);
+    const clientMs = performance.now() - this.startedAt;
+    const total = this.total ?? this.request.steps;
+    this.seed = result.seed ?? this.seed;
+    this.result = result;
+    const grid = await decodePng(result.grid);
+    drawCrisp(this.el.xt, grid);
+    drawCrisp(this.el.x0, grid);
+    this.el.progress.max = total;
+    this.el.progress.value = total;
+    this.el.step.textContent = `step ${total}/${total}`;
+    this.el.t.textContent = "t = 0 (done)";
+    this.root.dataset.step = String(total);
+    this.root.dataset.total = String(total);
+    this.el.elapsed.textContent = formatSeconds(clientMs);
+    if (result.elapsed_ms != null) this.el.elapsed.title = `the server spent ${formatSeconds(result.elapsed_ms)} sampling`;
+    this.el.xtCaption.innerHTML = "x<sub>0</sub>: the final images";
+    this.el.xt.setAttribute("aria-label", `The final ${result.images?.length ?? ""} generated images`);
+    this.showResult(result, grid);
+    this.buildFilmstrip(result);
+    this.state = "done";
+    const server = result.elapsed_ms != null ? ` (${formatSeconds(result.elapsed_ms)} on the server)` : "";
+    this.message(`Done: ${total} steps in ${formatSeconds(clientMs)}${server}.`, "success");
+  }
+
+  showResult(result, gridImage) {
+    const r = this.request;
+    const name = `${r.model}-${r.sampler}${r.steps}${r.sampler === "ddim" && r.eta ? `-eta${r.eta}` : ""}-seed${this.seed}`;
+    this.el.download.href = pngDataUrl(result.grid);
+    this.el.download.download = `${name}.png`;
+    this.el.downloadLarge.download = `${name}-large.png`;
+    // An enlarged copy with crisp pixels: 28-pixel digits are hard to see at their true size.
+    const big = document.createElement("canvas");
+    drawCrisp(big, gridImage, { minSize: 1024 });
+    big.toBlob((blob) => {
+      if (this.largeUrl) URL.revokeObjectURL(this.largeUrl);
+      this.largeUrl = URL.createObjectURL(blob);
+      this.el.downloadLarge.href = this.largeUrl;
+    }, "image/png");
+    this.el.seed.textContent = `seed ${this.seed}`;
+    this.el.result.hidden = false;
+  }
+
+  buildFilmstrip(result) {
+    const frames = this.keeper ? this.keeper.frames() : [];
+    const total = this.total ?? this.request.steps;
+    if (!frames.length || frames.at(-1).step < total) {
+      frames.push({ step: total, t: 0, xt: result.grid, x0: result.grid, final: true });
+    }
+    this.setFilmstrip(frames);
+  }
+
+  setFilmstrip(frames) {
+    this.filmstrip = frames;
+    if (frames.length < 2) {
+      this.el.filmstrip.hidden = true;
+      return;
+    }
+    const thumbs = frames.map((frame, index) => {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = "rv-thumb";
+      button.setAttribute("aria-label", `Show step ${frame.step}`);
+      const img = document.createElement("img");
+      img.src = pngDataUrl(frame.xt);
+      img.alt = "";
+      const caption = document.createElement("span");
+      caption.textContent = frame.step === (this.total ?? frame.step) ? "final" : `${frame.step}`;
+      button.append(img, caption);
+      button.addEventListener("click", () => {
+        this.el.scrub.value = String(index);
+        this.showFilmstripFrame(index);
+      });
+      return button;
+    });
+    this.el.thumbs.replaceChildren(...thumbs);
+    this.el.scrub.max = String(frames.length - 1);
+    this.el.scrub.value = String(frames.length - 1);
+    this.el.filmstrip.hidden = false;
+    this.markThumb(frames.length - 1);
+  }
+
+  markThumb(index) {
+    const frame = this.filmstrip[index];
+    const total = this.total ?? this.request?.steps;
+    const text =
+      frame.final || frame.step === total ? `final (step ${frame.step}/${total})` : `step ${frame.step}/${total}, t = ${frame.t}`;
+    this.el.scrubValue.textContent = text;
+    this.el.scrub.setAttribute("aria-valuetext", text);
+    this.el.thumbs.querySelectorAll(".rv-thumb").forEach((b, i) => b.setAttribute("aria-current", String(i === index)));
+  }
+
+  async showFilmstripFrame(index) {
+    const frame = this.filmstrip[index];
+    if (!frame) return;
+    this.markThumb(index);
+    const [xt, x0] = await Promise.all([decodePng(frame.xt), frame.x0 ? decodePng(frame.x0) : null]);
+    if (Number(this.el.scrub.value) !== index) return; // the visitor has already moved on
+    drawCrisp(this.el.xt, xt);
+    if (x0) drawCrisp(this.el.x0, x0);
+    const total = this.total ?? this.request.steps;
+    const isFinal = frame.final || frame.step === total;
+    this.el.xtCaption.innerHTML = isFinal
+      ? "x<sub>0</sub>: the final images"
+      : `x<sub>t</sub> at step ${frame.step}/${total} (t = ${frame.t})`;
+    this.el.progress.value = frame.step;
+    this.el.step.textContent = `step ${frame.step}/${total}`;
+    this.el.t.textContent = isFinal ? "t = 0 (done)" : `t = ${frame.t}`;
+  }
+
+  cancelled(msg) {
+    clearInterval(this.timer);
+    this.state = "cancelled";
+    const total = this.total ?? this.request?.steps ?? "?";
+    const step = msg?.step ?? this.drawnStep;
+    const note = msg?.unconfirmed ? " (the server did not confirm; the connection was closed)" : "";
+    this.message(`Stopped at step ${step}/${total}${note}. Scrub back through the frames below.`, "warn");
+    if (this.keeper) this.setFilmstrip(this.keeper.frames());
+  }
+
+  fail(error) {
+    clearInterval(this.timer);
+    this.state = "error";
+    this.message(error.message || String(error), "error");
+    if (this.keeper) this.setFilmstrip(this.keeper.frames());
+  }
+
+  clear() {
+    clearCanvas(this.el.xt);
+    clearCanvas(this.el.x0);
+  }
+}
