@@ -330,6 +330,7 @@ def test_side_by_side_runs_both_from_one_seed(page):
     seeds = {view.find_element(By.CSS_SELECTOR, ".rv-seed").text for view in views}
     assert len(seeds) == 1, seeds
     assert canvas_std(page, "#compare-view-a .rv-xt") > 5 and canvas_std(page, "#compare-view-b .rv-xt") > 5
+    assert page.execute_script("return document.documentElement.scrollWidth <= window.innerWidth"), "sideways scroll"
 
 
 def test_forward_process_follows_the_slider(page):
@@ -397,4 +398,10 @@ def test_phone_screen_has_no_sideways_scroll(page, server_url, tmp_path):
     WebDriverWait(page, 20).until(lambda d: d.execute_script("return document.body.dataset.ready === 'true'"))
     overflow = page.execute_script("return document.documentElement.scrollWidth - window.innerWidth")
     assert overflow <= 0, f"the page is {overflow}px wider than a phone screen"
+    # and after a run, with the filmstrip and the final grid in place
+    set_value(page, "steps", "10")
+    page.find_element(By.ID, "generate").click()
+    assert wait_for_state(page, main_view(page), {"done", "error"}) == "done"
+    overflow = page.execute_script("return document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 0, f"after a run the page is {overflow}px wider than a phone screen"
     page.save_screenshot(str(tmp_path / "phone.png"))
