@@ -22,6 +22,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SERVER_MAX_STEPS = 900  # below the model's T = 1000, so the page can send a value only the server refuses
+SERVER_MAX_JOBS = 3  # few, so that a test can fill them all
 
 pytestmark = pytest.mark.browser
 
@@ -95,7 +96,7 @@ def server_url(tmp_path_factory):
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(port),
-             "--checkpoints", str(folder), "--device", "cpu"],
+             "--checkpoints", str(folder), "--device", "cpu", "--max-jobs", str(SERVER_MAX_JOBS)],
             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
     url = f"http://127.0.0.1:{port}/"
@@ -310,6 +311,36 @@ def test_post_mode_and_a_lost_server_read_clearly(page, server_url):
     assert wait_for_state(page, view, {"error", "done"}, timeout=20) == "error"
     assert "Cannot reach the server" in view.find_element(By.CSS_SELECTOR, ".rv-message").text
     page.get_log("browser")  # the refused connections are logged by Chromium: expected here
+
+
+def test_busy_server_reads_clearly(page):
+    # Take every sampling place with long runs opened from the page's own API module, then ask for one more.
+    started = page.execute_async_script(
+        """
+        const [places, done] = arguments;
+        import('./js/api.js').then((api) => {
+          let started = 0;
+          window.hogs = Array.from({length: places}, () => api.streamSample(
+            {model: 'mnist', sampler: 'ddpm', steps: 900, n: 1, every: 100},
+            {onStart: () => { if (++started === places) done(started); }, onError: (e) => done(e.message)}));
+        });
+        """,
+        SERVER_MAX_JOBS,
+    )
+    assert started == SERVER_MAX_JOBS, started
+    view = main_view(page)
+    try:
+        page.find_element(By.ID, "generate").click()  # streamed
+        assert wait_for_state(page, view, {"error", "done"}) == "error"
+        assert "The server is busy" in view.find_element(By.CSS_SELECTOR, ".rv-message").text
+        Select(page.find_element(By.ID, "every")).select_by_value("off")  # POST /sample: 503 and Retry-After
+        page.find_element(By.ID, "generate").click()
+        assert wait_for_state(page, view, {"error", "done"}) == "error"
+        message = view.find_element(By.CSS_SELECTOR, ".rv-message").text
+        assert "The server is busy" in message and "Try again in" in message, message
+    finally:
+        page.execute_script("window.hogs.forEach((hog) => hog.cancel())")
+    page.get_log("browser")  # Chromium logs the 503 as a failed resource: expected here
 
 
 def test_side_by_side_runs_both_from_one_seed(page):
