@@ -290,8 +290,14 @@ export class RunView {
     this.state = "cancelled";
     const total = this.total ?? this.request?.steps ?? "?";
     const step = msg?.step ?? this.drawnStep;
-    const note = msg?.unconfirmed ? " (the server did not confirm; the connection was closed)" : "";
-    this.message(`Stopped at step ${step}/${total}${note}. Scrub back through the frames below.`, "warn");
+    if (msg?.abandoned) {
+      // A single POST cannot be cancelled: only the waiting stops.
+      this.message("Stopped waiting. The server may still finish this run, but its result will not be shown.", "warn");
+    } else {
+      const note = msg?.unconfirmed ? " (the server did not confirm; the connection was closed)" : "";
+      const hint = this.keeper?.size ? " Scrub back through the frames below." : "";
+      this.message(`Stopped at step ${step}/${total}${note}.${hint}`, "warn");
+    }
     if (this.keeper) this.setFilmstrip(this.keeper.frames());
   }
 

@@ -28,7 +28,7 @@ export function startRun(request, view, { stream = true } = {}) {
       },
       (error) => {
         if (error.name === "AbortError") {
-          view.cancelled({ step: 0, unconfirmed: true });
+          view.cancelled({ step: 0, abandoned: true });
           settle({ status: "cancelled" });
         } else {
           view.fail(error);
