@@ -9,11 +9,14 @@ without them every test here is skipped with the reason, never passed.
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -85,33 +88,33 @@ def make_checkpoint(folder: Path) -> Path:
     return save_checkpoint(folder / "mnist.safetensors", unet, NoiseSchedule.from_name("linear"), "mnist", names)
 
 
-@pytest.fixture(scope="module")
-def server_url(tmp_path_factory):
-    """The real server (`python -m server`) on a free loopback port, serving web/ at /."""
-    folder = tmp_path_factory.mktemp("checkpoints")
-    make_checkpoint(folder)
+class ServerFailed(RuntimeError):
+    pass
+
+
+@contextlib.contextmanager
+def running_server(checkpoints: Path, log_path: Path, *flags: str, env: dict | None = None):
+    """`python -m server` on a free loopback port, serving web/ at /; yields its URL once /readyz says 200."""
     port = free_port()
-    log_path = folder / "server.log"
-    env = {**os.environ, "DDPM_MAX_STEPS": str(SERVER_MAX_STEPS), "PYTHONUNBUFFERED": "1"}
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(port),
-             "--checkpoints", str(folder), "--device", "cpu", "--max-jobs", str(SERVER_MAX_JOBS)],
-            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+             "--checkpoints", str(checkpoints), "--device", "cpu", *flags],
+            cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.monotonic() + 90
         while True:
             if process.poll() is not None:
-                pytest.fail(f"the server exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
+                raise ServerFailed(f"the server exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
             try:
                 if httpx.get(url + "readyz", timeout=2).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
-                pytest.fail(f"the server was not ready within 90 s:\n{log_path.read_text()[-3000:]}")
+                raise ServerFailed(f"the server was not ready within 90 s:\n{log_path.read_text()[-3000:]}")
             time.sleep(0.2)
         yield url
     finally:
@@ -122,6 +125,33 @@ def server_url(tmp_path_factory):
             process.kill()
 
 
+def start_chromium(binary: str, driver_path: str, profile: Path, size: tuple[int, int] = (1280, 900)):
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for arg in (
+        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+        "--hide-scrollbars", f"--user-data-dir={profile}", f"--window-size={size[0]},{size[1]}",
+    ):  # fmt: skip
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(options=options, service=Service(driver_path))
+
+
+@pytest.fixture(scope="module")
+def server_url(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("checkpoints")
+    make_checkpoint(folder)
+    flags = ("--max-jobs", str(SERVER_MAX_JOBS))
+    try:
+        with running_server(
+            folder, folder / "server.log", *flags, env={"DDPM_MAX_STEPS": str(SERVER_MAX_STEPS)}
+        ) as url:
+            yield url
+    except ServerFailed as e:
+        pytest.fail(str(e))
+
+
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
     if webdriver is None:
@@ -130,17 +160,8 @@ def browser(tmp_path_factory):
     if binary is None or driver_path is None:
         missing = " and ".join(name for name, p in (("chromium", binary), ("chromedriver", driver_path)) if p is None)
         pytest.skip(f"no {missing} found: install Debian's chromium and chromium-driver to run the browser tests")
-    options = webdriver.ChromeOptions()
-    options.binary_location = binary
-    for arg in (
-        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}", "--window-size=1280,900",
-    ):  # fmt: skip
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     try:
-        driver = webdriver.Chrome(options=options, service=Service(driver_path))
+        driver = start_chromium(binary, driver_path, tmp_path_factory.mktemp("chromium-profile"))
     except WebDriverException as e:
         pytest.skip(f"chromium ({binary}) with chromedriver ({driver_path}) would not start: {e.msg}")
     yield driver
@@ -436,3 +457,52 @@ def test_phone_screen_has_no_sideways_scroll(page, server_url, tmp_path):
     overflow = page.execute_script("return document.documentElement.scrollWidth - window.innerWidth")
     assert overflow <= 0, f"after a run the page is {overflow}px wider than a phone screen"
     page.save_screenshot(str(tmp_path / "phone.png"))
+
+
+# --- the README's screenshot -----------------------------------------------------------------
+
+
+def take_screenshot(checkpoints: Path, out: Path, model: str = "mnist", label: int | None = None) -> None:
+    """Run the page against real checkpoints and photograph it the way a visitor sees it after one
+    run: the live view scrubbed back to a step where digits are still forming, the filmstrip below."""
+    binary, driver_path = find_browser()
+    if binary is None or driver_path is None:
+        sys.exit("no chromium/chromedriver found")
+    with tempfile.TemporaryDirectory() as tmp, running_server(checkpoints, Path(tmp) / "server.log") as url:
+        driver = start_chromium(binary, driver_path, Path(tmp) / "profile")
+        try:
+            # the visible page itself (not the window) is 1280×1000: a laptop screen, controls and live view
+            metrics = {"width": 1280, "height": 1000, "deviceScaleFactor": 1, "mobile": False}
+            driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)
+            driver.get(url)
+            WebDriverWait(driver, 30).until(lambda d: d.find_element(By.ID, "generate").is_enabled())
+            Select(driver.find_element(By.ID, "model")).select_by_value(model)
+            if label is not None:
+                Select(driver.find_element(By.ID, "label")).select_by_value(str(label))
+            set_value(driver, "seed", "1")
+            driver.find_element(By.ID, "generate").click()
+            view = main_view(driver)
+            WebDriverWait(driver, 120).until(lambda _: view.get_attribute("data-state") in {"done", "error"})
+            scrub = view.find_element(By.CSS_SELECTOR, ".rv-scrub")
+            middle = round(int(scrub.get_attribute("max")) * 0.7)
+            driver.execute_script(
+                "arguments[0].value = arguments[1]; arguments[0].dispatchEvent(new Event('input'))", scrub, middle
+            )
+            time.sleep(0.5)  # let the chosen frame decode and draw
+            driver.execute_script("window.scrollTo(0, 0); document.activeElement.blur()")
+            out.parent.mkdir(parents=True, exist_ok=True)
+            driver.save_screenshot(str(out))
+        finally:
+            driver.quit()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="Save a screenshot of the web UI (docs/screenshot.png).")
+    parser.add_argument("--checkpoints", type=Path, default=REPO / "checkpoints")
+    parser.add_argument("--model", default="mnist")
+    parser.add_argument("--label", type=int, default=None)
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "screenshot.png")
+    args = parser.parse_args()
+    sys.path.insert(0, str(REPO))
+    take_screenshot(args.checkpoints, args.out, args.model, args.label)
+    print(f"saved {args.out}")
