@@ -260,6 +260,20 @@ def test_same_seed_gives_the_same_images(page):
     assert "1234" in page.find_element(By.ID, "seed-used").text
 
 
+def test_the_address_carries_the_settings(page, server_url):
+    page.get(server_url + "?sampler=ddpm&steps=12&n=4&seed=77&label=3&guidance=1.5")
+    WebDriverWait(page, 20).until(lambda d: d.find_element(By.ID, "generate").is_enabled())
+    assert page.find_element(By.ID, "sampler-ddpm").is_selected()
+    assert page.find_element(By.ID, "steps").get_attribute("value") == "12"
+    assert page.find_element(By.ID, "seed").get_attribute("value") == "77"
+    assert Select(page.find_element(By.ID, "label")).first_selected_option.get_attribute("value") == "3"
+    set_value(page, "seed", "78")
+    page.find_element(By.ID, "generate").click()
+    assert wait_for_state(page, main_view(page), {"done", "error"}) == "done"
+    # after a run the address reproduces it, with the seed it used
+    assert page.current_url.endswith("?model=mnist&sampler=ddpm&steps=12&n=4&seed=78&label=3&guidance=1.5")
+
+
 def test_stop_cancels_a_run(page):
     page.find_element(By.CSS_SELECTOR, 'label[for="sampler-ddpm"]').click()
     assert page.find_element(By.ID, "steps").get_attribute("value") == "1000"  # DDPM's default: all T steps

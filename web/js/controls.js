@@ -4,6 +4,9 @@
 export const DEFAULTS = { sampler: "ddim", ddimSteps: 50, eta: 0, n: 16, guidance: 2, every: "auto" };
 export const MAX_SEED = Number.MAX_SAFE_INTEGER; // the server takes seeds below 2^53, exact in JS
 const MAX_IMAGES = 64;
+const PREFERRED_MODEL = "mnist";
+// The settings a link can carry (?model=mnist&sampler=ddim&steps=50&seed=7…), so a run can be shared.
+const LINK_FIELDS = ["model", "sampler", "steps", "eta", "n", "seed", "label", "guidance"];
 const MAX_GUIDANCE = 20;
 
 /** About 100 frames per run at most: every step for DDIM-50, every 10th for DDPM-1000. */
@@ -171,6 +174,8 @@ export class Controls {
       return option;
     });
     this.el.model.replaceChildren(...options);
+    // /models does not say which model is the server's default; the server prefers "mnist", so do we.
+    if (models.some((m) => m.name === PREFERRED_MODEL)) this.el.model.value = PREFERRED_MODEL;
     this.el.model.disabled = models.length === 0;
     if (models.length === 0) {
       const none = document.createElement("option");
@@ -270,6 +275,43 @@ export class Controls {
     this.el.estimate.textContent = `Estimated time: ${text} (from this server's speed on your last run).`;
   }
 
+  /** Apply settings from the page's address (?model=…&seed=…), ignoring what does not fit. */
+  applyLink(search) {
+    const params = new URLSearchParams(search);
+    if (params.has("model") && this.models.some((m) => m.name === params.get("model"))) {
+      this.el.model.value = params.get("model");
+      this.onModelChange();
+    }
+    if (params.get("sampler") === "ddpm" || params.get("sampler") === "ddim") {
+      this.form.querySelector(`input[name="sampler"][value="${params.get("sampler")}"]`).checked = true;
+      this.onSamplerChange();
+    }
+    if (params.has("steps")) {
+      this.el.steps.value = params.get("steps");
+      this.stepsBySampler[this.sampler] = this.el.steps.value;
+    }
+    if (params.has("eta")) this.el.eta.value = params.get("eta");
+    if (params.has("n") && [...this.el.n.options].some((o) => o.value === params.get("n"))) this.el.n.value = params.get("n");
+    if (params.has("seed")) this.el.seed.value = params.get("seed");
+    if (params.has("label") && [...this.el.label.options].some((o) => o.value === params.get("label"))) {
+      this.el.label.value = params.get("label");
+    }
+    if (params.has("guidance")) this.el.guidance.value = params.get("guidance");
+    this.refreshHints();
+  }
+
+  /** The address that reproduces a finished run: its settings and the seed it used. */
+  static linkFor(request, seed) {
+    const params = new URLSearchParams();
+    for (const field of LINK_FIELDS) {
+      const value = field === "seed" ? seed : request[field];
+      if (value == null || (field === "eta" && request.sampler !== "ddim")) continue;
+      if (field === "guidance" && request.label == null) continue;
+      params.set(field, String(value));
+    }
+    return `?${params}`;
+  }
+
   values() {
     const data = new FormData(this.form);
     return {
@@ -319,7 +361,7 @@ export class Controls {
       this.el.seed.value = String(seed);
       this.el.seed.focus();
     });
-    this.el.seedUsed.append(reuse);
+    this.el.seedUsed.append(reuse, " · The page's address now links to this run.");
   }
 
   useSeed(seed) {

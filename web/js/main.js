@@ -16,7 +16,7 @@ const pageError = document.getElementById("page-error");
 const controls = new Controls(form);
 const mainView = new RunView(document.getElementById("main-view"), { title: "Live view" });
 const forward = new ForwardView();
-const history = new RunHistory(document.getElementById("history"), {
+const runHistory = new RunHistory(document.getElementById("history"), {
   onReuseSeed: (seed) => {
     controls.useSeed(seed);
     document.getElementById("seed").focus();
@@ -27,7 +27,7 @@ const compare = new Compare(controls, { onRunFinished: (request, result) => reco
 let currentRun = null;
 
 function recordRun(request, result) {
-  history.add(request, result, controls.models.find((m) => m.name === request.model));
+  runHistory.add(request, result, controls.models.find((m) => m.name === request.model));
   if (result.elapsed_ms != null) controls.recordTiming(request.model, request.steps, request.n, result.elapsed_ms);
 }
 
@@ -63,6 +63,8 @@ async function generate() {
     const seed = outcome.result.seed ?? mainView.seed;
     controls.showSeedUsed(seed);
     recordRun({ ...request, seed }, outcome.result);
+    // The address bar now reproduces this run: copy it to share these exact images.
+    history.replaceState(null, "", Controls.linkFor(request, seed) + window.location.hash);
     forward.setGenerated({
       images: outcome.result.images ?? [],
       frames: mainView.filmstrip,
@@ -96,6 +98,7 @@ async function loadModels() {
   try {
     const models = await getModels();
     controls.setModels(models);
+    controls.applyLink(window.location.search);
     if (models.length === 0) {
       pageError.textContent =
         "The server has no models loaded. Put a checkpoint (.safetensors) in its checkpoints folder and restart it.";
