@@ -292,7 +292,7 @@ def test_stop_cancels_a_run(page):
     assert not page.find_element(By.ID, "stop").is_enabled()
 
 
-def test_escape_stops_a_run_started_from_the_keyboard(page):
+def test_the_keyboard_alone_runs_and_stops(page):
     page.execute_script("document.getElementById('sampler-ddim').focus()")
     ActionChains(page).send_keys(Keys.ARROW_RIGHT).perform()  # arrow keys move between the radios
     assert page.find_element(By.ID, "sampler-ddpm").is_selected()
@@ -301,8 +301,17 @@ def test_escape_stops_a_run_started_from_the_keyboard(page):
     steps.send_keys(str(SERVER_MAX_STEPS), Keys.ENTER)  # Enter in a field submits the form
     view = main_view(page)
     WebDriverWait(page, 30).until(lambda _: int(view.get_attribute("data-frames-drawn")) >= 1)
-    ActionChains(page).send_keys(Keys.ESCAPE).perform()
+    ActionChains(page).send_keys(Keys.ESCAPE).perform()  # Esc stops
     assert wait_for_state(page, view, {"cancelled", "done", "error"}, timeout=15) == "cancelled", view.text
+
+    # Enter on Generate starts a run and hands the focus to Stop (Generate is disabled meanwhile);
+    # Enter on Stop cancels it and the focus comes back to Generate.
+    page.find_element(By.ID, "generate").send_keys(Keys.ENTER)
+    WebDriverWait(page, 10).until(lambda d: d.switch_to.active_element.get_attribute("id") == "stop")
+    WebDriverWait(page, 30).until(lambda _: int(view.get_attribute("data-frames-drawn")) >= 1)
+    page.switch_to.active_element.send_keys(Keys.ENTER)
+    assert wait_for_state(page, view, {"cancelled", "done", "error"}, timeout=15) == "cancelled", view.text
+    assert page.switch_to.active_element.get_attribute("id") == "generate"
 
 
 def test_bad_value_shows_an_error_message(page):

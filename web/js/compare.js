@@ -78,8 +78,10 @@ export class Compare {
     }
     this.error.textContent = "";
     this.summary.textContent = `Both start from seed ${seed}…`;
+    const focusOnRun = document.activeElement === this.runButton;
     this.runButton.disabled = true;
     this.stopButton.disabled = false;
+    if (focusOnRun) this.stopButton.focus(); // a disabled button would drop the keyboard's focus
     for (const side of ["a", "b"]) this.views[side].el.title.textContent = describe(requests[side]);
     const started = ["a", "b"].map((side) => {
       const handle = startRun(requests[side], this.views[side]);
@@ -88,8 +90,10 @@ export class Compare {
     this.runs = started;
     const outcomes = await Promise.all(started.map((run) => run.handle.finished));
     this.runs = [];
+    const focusOnStop = document.activeElement === this.stopButton;
     this.runButton.disabled = !this.controls.model;
     this.stopButton.disabled = true;
+    if (focusOnStop) this.runButton.focus();
     started.forEach((run, i) => {
       if (outcomes[i].status === "done") this.onRunFinished?.(run.request, outcomes[i].result);
     });

@@ -32,8 +32,12 @@ function recordRun(request, result) {
 }
 
 function setRunning(running) {
+  // Disabling the focused button would drop a keyboard user's focus on the page's body: hand it over.
+  const focusWasOn = document.activeElement;
   generateButton.disabled = running || !controls.model;
   stopButton.disabled = !running;
+  if (running && focusWasOn === generateButton) stopButton.focus();
+  if (!running && focusWasOn === stopButton && !generateButton.disabled) generateButton.focus();
   generateButton.textContent = running ? "Generating…" : "Generate";
   form.setAttribute("aria-busy", String(running));
 }
@@ -69,7 +73,7 @@ async function generate() {
       images: outcome.result.images ?? [],
       frames: mainView.filmstrip,
       n: request.n,
-      imageSize: controls.model?.image_size ?? 28,
+      imageSize: controls.models.find((m) => m.name === request.model)?.image_size ?? 28,
     });
   } else if (mainView.seed != null) {
     controls.showSeedUsed(mainView.seed);
