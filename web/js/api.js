@@ -62,16 +62,36 @@ async function errorFromResponse(response) {
   });
 }
 
-async function request(path, init = {}) {
+/**
+ * fetch + JSON, with a deadline: a server that accepts the connection but never answers must not
+ * leave the page waiting forever. `signal` (the visitor's Stop) aborts with an AbortError.
+ */
+async function request(path, { timeoutMs = 20000, signal, ...init } = {}) {
+  const controller = new AbortController();
+  let timedOut = false;
+  const timer = setTimeout(() => {
+    timedOut = true;
+    controller.abort();
+  }, timeoutMs);
+  const onAbort = () => controller.abort();
+  signal?.addEventListener("abort", onAbort);
   let response;
   try {
-    response = await fetch(apiUrl(path), init);
+    response = await fetch(apiUrl(path), { ...init, signal: controller.signal });
+    if (!response.ok) throw await errorFromResponse(response);
+    return await response.json();
   } catch (err) {
+    if (err instanceof ApiError) throw err;
+    if (timedOut) {
+      throw new ApiError(`The server did not answer within ${Math.round(timeoutMs / 1000)} s.`, { kind: "network" });
+    }
     if (err.name === "AbortError") throw err;
+    if (err instanceof SyntaxError) throw new ApiError("The server's answer was not the JSON this page expects.");
     throw new ApiError("Cannot reach the server. Is it still running?", { kind: "network" });
+  } finally {
+    clearTimeout(timer);
+    signal?.removeEventListener("abort", onAbort);
   }
-  if (!response.ok) throw await errorFromResponse(response);
-  return response.json();
 }
 
 /** [{name, dataset, image_size, channels, num_classes, class_names, timesteps, schedule, device}] */
@@ -87,6 +107,7 @@ export function getSchedule(name) {
 /** One request, no frames: {images, grid, seed, model, sampler, steps, elapsed_ms}. */
 export function postSample(req, { signal } = {}) {
   return request("sample", {
+    timeoutMs: 300000, // a DDPM run can take minutes on a CPU; the server has its own limit below this
     method: "POST",
     headers: { "Content-Type": "application/json" },
     body: JSON.stringify(req),

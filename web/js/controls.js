@@ -170,7 +170,8 @@ export class Controls {
     const options = models.map((m) => {
       const option = document.createElement("option");
       option.value = m.name;
-      option.textContent = `${m.name} (${m.dataset}, ${m.image_size}×${m.image_size})`;
+      const size = `${m.image_size}×${m.image_size}`;
+      option.textContent = m.dataset === m.name ? `${m.name} (${size})` : `${m.name} (${m.dataset}, ${size})`;
       return option;
     });
     this.el.model.replaceChildren(...options);
