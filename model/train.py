@@ -209,7 +209,8 @@ def train(args: argparse.Namespace) -> Path:
     model = UNet(unet_config(args, info.channels, image_size, num_classes)).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(args.ema_decay), use_buffers=True)
+    # the EMA copy is only ever evaluated: eval mode keeps dropout off when it draws samples
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(args.ema_decay), use_buffers=True).eval()
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, args.warmup, args.steps, args.min_lr_ratio)
@@ -223,9 +224,6 @@ def train(args: argparse.Namespace) -> Path:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step = int(state["step"])
-        torch.set_rng_state(state["rng_cpu"][rank].cpu())
-        if cuda and "rng_cuda" in state:
-            torch.cuda.set_rng_state(state["rng_cuda"][rank].cpu())
 
     trained = DistributedDataParallel(model) if distributed else model
     forward = torch.compile(trained) if args.compile else trained
@@ -236,6 +234,8 @@ def train(args: argparse.Namespace) -> Path:
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / "samples").mkdir(exist_ok=True)
+        if args.resume:  # forget what was logged after the saved state: those steps run again
+            drop_metrics_after(out / "metrics.jsonl", step)
         config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
         atomic_write(out / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2)))
         from torch.utils.tensorboard import SummaryWriter
@@ -266,6 +266,10 @@ def train(args: argparse.Namespace) -> Path:
     progress = tqdm(
         total=args.steps, initial=step, disable=rank != 0 or args.no_progress, dynamic_ncols=True, mininterval=1
     )
+    if args.resume:  # last: setting up the loop above draws from the RNG (the DataLoader's base seed)
+        torch.set_rng_state(state["rng_cpu"][rank].cpu())
+        if cuda and "rng_cuda" in state:
+            torch.cuda.set_rng_state(state["rng_cuda"][rank].cpu())
     model.train()
     tick, seen = time.perf_counter(), 0
     while step < args.steps:
@@ -323,6 +327,12 @@ def train(args: argparse.Namespace) -> Path:
         dist.barrier()
         dist.destroy_process_group()
     return out / "model.safetensors"
+
+
+def drop_metrics_after(path: Path, step: int) -> None:
+    if path.is_file():
+        kept = [line for line in path.read_text().splitlines(keepends=True) if json.loads(line)["step"] <= step]
+        atomic_write(path, lambda tmp: Path(tmp).write_text("".join(kept)))
 
 
 def gather_states(state: torch.Tensor, world: int, distributed: bool) -> list[torch.Tensor]:

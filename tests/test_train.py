@@ -1,0 +1,162 @@
+"""The training CLI on tiny synthetic data: it learns, it resumes exactly after a kill, it runs under torchrun."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from conftest import REPO
+from model.checkpoint import load_checkpoint
+from model.train import EpochBatches, lr_factor, main, parse_args
+
+TINY_MODEL = ["--base-channels", "8", "--channel-mults", "1", "2", "--attention-resolutions", "4", "--dropout", "0"]
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory) -> Path:
+    """16 8×8 images: coloured squares and bars, a fixed dataset small enough to learn in seconds."""
+    root = tmp_path_factory.mktemp("shapes")
+    for i in range(16):
+        img = Image.new("RGB", (8, 8), (20, 20, 20))
+        color = (255, 60 + 12 * i, 30) if i % 2 else (30, 200, 255 - 10 * i)
+        for p in range(2 + i % 4, 6):
+            img.putpixel((p, p if i % 2 else 4), color)
+            img.putpixel((p, 3), color)
+        img.save(root / f"{i:02d}.png")
+    return root
+
+
+def args_for(shapes: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "--dataset", "folder", "--data-root", str(shapes), "--image-size", "8", *TINY_MODEL,
+        "--batch-size", "8", "--lr", "1e-3", "--warmup", "10", "--sample-every", "0", "--no-progress",
+        "--out", str(out), *extra,
+    ]  # fmt: skip
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_short_run_writes_a_loadable_checkpoint_and_its_files(shapes, tmp_path):
+    main(
+        args_for(
+            shapes, tmp_path / "run", "--steps", "6", "--log-every", "2", "--ckpt-every", "3", "--sample-every", "6"
+        )
+    )
+    run = tmp_path / "run"
+    ckpt = load_checkpoint(run / "model.safetensors")
+    assert (ckpt.dataset, ckpt.step, ckpt.ema, ckpt.config.in_channels, ckpt.config.image_size) == (
+        "folder",
+        6,
+        True,
+        3,
+        8,
+    )
+    assert ckpt.config.num_classes == 0  # the folder has no labels
+    assert [m["step"] for m in metrics(run)] == [2, 4, 6]
+    assert {"loss", "lr", "images_per_s", "grad_norm"} <= set(metrics(run)[0])
+    assert list(run.glob("events.out.tfevents.*")), "no TensorBoard log"
+    assert (run / "samples" / "grid_0000006.png").stat().st_size > 0
+    assert (run / "samples" / "strip_0000006.png").stat().st_size > 0
+    assert json.loads((run / "config.json").read_text())["steps"] == 6
+    assert not list(run.glob(".*.tmp")), "a temporary file was left behind"
+
+
+def test_a_few_hundred_steps_drive_the_loss_down(shapes, tmp_path):
+    main(args_for(shapes, tmp_path / "run", "--steps", "300", "--log-every", "10", "--ckpt-every", "300"))
+    losses = [m["loss"] for m in metrics(tmp_path / "run")]
+    first, last = sum(losses[:3]) / 3, sum(losses[-5:]) / 5
+    assert last < 0.5 * first, f"loss went from {first:.3f} to {last:.3f}"
+
+
+def _train_cli(*args: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-m", "model.train", *args], cwd=REPO, env=env)
+
+
+def test_a_killed_run_resumes_to_the_same_weights(shapes, tmp_path):
+    common = ["--steps", "300", "--ckpt-every", "25", "--log-every", "25", "--threads", "1", "--seed", "3"]
+    straight = _train_cli(*args_for(shapes, tmp_path / "straight", *common))
+
+    killed = _train_cli(*args_for(shapes, tmp_path / "killed", *common))
+    state = tmp_path / "killed" / "state.pt"
+    deadline = time.monotonic() + 120
+    while not state.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    stopped_at = int(torch.load(state, weights_only=True)["step"])
+    assert stopped_at < 300, "the run finished before it could be killed"
+
+    resumed = _train_cli(*args_for(shapes, tmp_path / "killed", *common, "--resume"))
+    assert resumed.wait(timeout=300) == 0 and straight.wait(timeout=300) == 0
+    a = load_file(tmp_path / "straight" / "model.safetensors")
+    b = load_file(tmp_path / "killed" / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), f"weights differ after resuming from step {stopped_at}"
+    assert [m["step"] for m in metrics(tmp_path / "killed")] == list(range(25, 301, 25))
+
+
+def test_torchrun_trains_with_two_gloo_processes(shapes, tmp_path):
+    run = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd += ["-m", "model.train", *args_for(shapes, run, "--steps", "4", "--ckpt-every", "2", "--log-every", "2")]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(p.name for p in run.glob("*.safetensors")) == ["model.safetensors"]
+    assert load_checkpoint(run / "model.safetensors").step == 4
+    assert len(torch.load(run / "state.pt", weights_only=True)["rng_cpu"]) == 2  # both processes' RNG states
+
+
+def test_resume_and_fresh_runs_guard_the_run_folder(shapes, tmp_path):
+    with pytest.raises(SystemExit, match=r"no .*state\.pt"):
+        main(args_for(shapes, tmp_path / "none", "--steps", "1", "--resume"))
+    main(args_for(shapes, tmp_path / "run", "--steps", "1"))
+    with pytest.raises(SystemExit, match="already holds a run"):
+        main(args_for(shapes, tmp_path / "run", "--steps", "1"))
+
+
+def test_a_missing_dataset_stops_with_one_clear_line(tmp_path):
+    with pytest.raises(SystemExit, match=r"error: mnist not found under .*MNIST/raw/"):
+        main(["--dataset", "mnist", "--data-root", str(tmp_path), "--out", str(tmp_path / "run")])
+
+
+def test_config_file_values_are_defaults_that_flags_override(tmp_path):
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"dataset": "fashion-mnist", "steps": 7, "lr": 0.01}))
+    args = parse_args(["--config", str(cfg), "--steps", "9"])
+    assert (args.dataset, args.steps, args.lr) == ("fashion-mnist", 9, 0.01)
+    cfg.write_text(json.dumps({"stepz": 1}))
+    with pytest.raises(SystemExit):
+        parse_args(["--config", str(cfg)])
+
+
+def test_the_shipped_configs_are_valid_options():
+    for cfg in (REPO / "checkpoints" / "configs").glob("*.json"):
+        assert parse_args(["--config", str(cfg)]).dataset in cfg.name
+
+
+def test_batches_are_a_function_of_the_step_and_split_across_processes():
+    straight = iter(EpochBatches(10, 4, seed=1, start_step=0))
+    first_five = [next(straight) for _ in range(5)]
+    assert first_five[3] == next(iter(EpochBatches(10, 4, seed=1, start_step=3)))
+    assert first_five[0] != first_five[2]  # a new permutation each epoch (2 batches an epoch)
+    halves = [next(iter(EpochBatches(10, 4, 1, 0, rank, 2))) for rank in (0, 1)]
+    assert sorted(halves[0] + halves[1]) == sorted(first_five[0])
+
+
+def test_learning_rate_warms_up_then_decays_by_cosine():
+    assert lr_factor(0, 10, 100, 0.1) == pytest.approx(0.1)
+    assert lr_factor(9, 10, 100, 0.1) == pytest.approx(1.0)
+    assert lr_factor(55, 10, 100, 0.1) == pytest.approx(0.55)
+    assert lr_factor(100, 10, 100, 0.1) == pytest.approx(0.1)
