@@ -1,0 +1,1 @@
+"""The sampling server: FastAPI routes over one batched sampling loop per device."""

@@ -1,0 +1,48 @@
+"""The server's settings: environment variables prefixed DDPM_ (DDPM_PORT=9000, DDPM_DEVICE=cuda,
+DDPM_CORS_ORIGINS=https://a.example,https://b.example), an optional env file (`.env` in the
+working directory, or the one named by --env-file), and command-line flags, which win."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+PACKAGE_WEB_DIR = Path(__file__).resolve().parents[1] / "web"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DDPM_", env_file=".env", extra="ignore")
+
+    checkpoint_dir: Path = Field(Path("checkpoints"), description="every *.safetensors directly inside is served")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto: cuda if available, else cpu")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    default_model: str | None = Field(None, description="default: 'mnist' if loaded, else the first one by name")
+
+    max_n: int = Field(64, ge=1, description="most images per request")
+    max_steps: int = Field(1000, ge=1, description="most denoising steps per request")
+    max_jobs: int = Field(8, ge=1, description="most jobs sampling at once; more are refused with 503")
+    max_guidance: float = Field(20.0, ge=1)
+    default_guidance: float = Field(2.0, ge=0, description="classifier-free guidance w when a label is given")
+    request_timeout_s: float = Field(120.0, gt=0, description="a job running longer is stopped")
+    max_body_bytes: int = Field(16_384, ge=256, description="largest request body or WebSocket message")
+
+    ws_send_timeout_s: float = Field(10.0, gt=0, description="a client slower to read a message is dropped")
+    ws_frame_buffer: int = Field(1, ge=1, description="unsent frames kept per client; a newer one replaces the oldest")
+
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="origins allowed to call the API and open WebSockets; same origin always is"
+    )
+    web_dir: Path | None = Field(PACKAGE_WEB_DIR, description="the browser UI served at /, if the folder exists")
+    log_level: str = "info"
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def split_origins(cls, value):
+        """A comma-separated string (the natural form of an environment variable) or a list."""
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value

@@ -1,0 +1,548 @@
+"""The sampling server's HTTP and WebSocket contract, through FastAPI's TestClient, with tiny random
+checkpoints written to a temporary folder."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import time
+from contextlib import contextmanager
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from PIL import Image
+from safetensors.torch import save_file
+from starlette.websockets import WebSocketDisconnect
+
+from model.checkpoint import save_checkpoint
+from model.samplers import ddim_timesteps
+from model.schedule import NoiseSchedule
+from model.unet import UNet, UNetConfig
+from server.__main__ import browsable_host, parse_args, settings_from_args
+from server.app import create_app
+from server.registry import resolve_device
+from server.settings import Settings
+
+WAIT_S = 30  # generous: the machine is shared; a passing test never waits this long
+
+
+def write_checkpoint(path, channels: int, num_classes: int, timesteps: int, class_names=()):
+    torch.manual_seed(channels + num_classes)
+    config = UNetConfig(
+        in_channels=channels,
+        image_size=8,
+        base_channels=8,
+        channel_mults=(1, 2),
+        num_res_blocks=1,
+        attention_resolutions=(4,),
+        num_classes=num_classes,
+        dropout=0.0,
+    )
+    unet = UNet(config)
+    with torch.no_grad():  # the output layers start at zero: make ε depend on the input
+        for p in unet.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    save_checkpoint(path, unet, NoiseSchedule.from_name("linear", timesteps), "toy", list(class_names), step=7)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """cond: 1×8×8, 3 classes, T=1000. uncond: 3×8×8, T=100. Beside them, files to skip: a broken
+    one, a safetensors file that is not a diffusion checkpoint, and one in a subfolder."""
+    folder = tmp_path_factory.mktemp("checkpoints")
+    write_checkpoint(folder / "cond.safetensors", channels=1, num_classes=3, timesteps=1000, class_names="abc")
+    write_checkpoint(folder / "uncond.safetensors", channels=3, num_classes=0, timesteps=100)
+    (folder / "broken.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    save_file({"weight": torch.zeros(2)}, folder / "other.safetensors")
+    write_checkpoint(folder / "classifiers" / "classifier.safetensors", channels=1, num_classes=3, timesteps=100)
+    return folder
+
+
+@contextmanager
+def serve(checkpoint_dir, **overrides):
+    settings = Settings(_env_file=None, checkpoint_dir=checkpoint_dir, web_dir=None, **overrides)
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def client(checkpoints):
+    # a frame buffer as long as any run here: these tests read every frame the loop makes
+    with serve(checkpoints, ws_frame_buffer=10_000) as client:
+        yield client
+
+
+def png_image(data: str) -> Image.Image:
+    image = Image.open(io.BytesIO(base64.b64decode(data)))
+    assert image.format == "PNG"
+    return image
+
+
+def pixels(data: str) -> bytes:
+    return png_image(data).tobytes()
+
+
+def active_jobs(client) -> int:
+    return client.app.state.server.loop.active_jobs
+
+
+def wait_until_idle(client) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while active_jobs(client) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert active_jobs(client) == 0
+
+
+def read_to_end(ws) -> list[dict]:
+    """Messages up to the job's last one: done, cancelled or error."""
+    messages = [ws.receive_json()]
+    while messages[-1]["type"] not in ("done", "cancelled", "error"):
+        messages.append(ws.receive_json())
+    return messages
+
+
+def stream(ws, request: dict) -> list[dict]:
+    ws.send_json(request)
+    return read_to_end(ws)
+
+
+def expect_close(ws, code: int) -> None:
+    message = ws.receive()
+    assert message["type"] == "websocket.close" and message["code"] == code
+
+
+# --- health, models ----------------------------------------------------------------------------
+
+
+def test_health_and_readiness(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json() == {"status": "ready", "models": ["cond", "uncond"]}
+
+
+def test_not_ready_without_models(tmp_path):
+    with serve(tmp_path) as client:
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/readyz").status_code == 503
+        response = client.post("/sample", json={})
+        assert response.status_code == 422 and "loaded: none" in response.text
+
+
+def test_models_lists_the_diffusion_checkpoints_and_skips_the_rest(checkpoints, caplog):
+    with caplog.at_level("WARNING", logger="server.registry"), serve(checkpoints) as client:
+        models = client.get("/models").json()
+    assert models == [
+        {
+            "name": "cond",
+            "dataset": "toy",
+            "image_size": 8,
+            "channels": 1,
+            "num_classes": 3,
+            "class_names": ["a", "b", "c"],
+            "timesteps": 1000,
+            "schedule": "linear",
+            "device": "cpu",
+        },
+        {
+            "name": "uncond",
+            "dataset": "toy",
+            "image_size": 8,
+            "channels": 3,
+            "num_classes": 0,
+            "class_names": [],
+            "timesteps": 100,
+            "schedule": "linear",
+            "device": "cpu",
+        },
+    ]
+    skipped = " ".join(record.getMessage() for record in caplog.records)
+    assert "broken.safetensors" in skipped and "other.safetensors" in skipped
+    assert "classifier" not in skipped  # subfolders are not looked at
+
+
+def test_schedule_gives_alphas_cumprod(client):
+    body = client.get("/models/uncond/schedule").json()
+    expected = NoiseSchedule.from_name("linear", 100).alphas_cumprod
+    assert body["name"] == "uncond" and body["schedule"] == "linear" and body["timesteps"] == 100
+    torch.testing.assert_close(torch.tensor(body["alphas_cumprod"]), expected)
+    assert client.get("/models/nope/schedule").status_code == 404
+
+
+def test_default_model_prefers_the_setting(checkpoints):
+    with serve(checkpoints, default_model="uncond") as client:
+        assert client.post("/sample", json={"n": 1, "steps": 1}).json()["model"] == "uncond"
+
+
+# --- POST /sample ----------------------------------------------------------------------------
+
+
+def test_sample_answers_images_and_their_grid(client):
+    response = client.post("/sample", json={"model": "cond", "n": 5, "steps": 4, "label": 1, "seed": 9})
+    assert response.status_code == 200
+    body = response.json()
+    assert [png_image(data).size for data in body["images"]] == [(8, 8)] * 5
+    assert png_image(body["images"][0]).mode == "L"
+    # ceil(√5) = 3 a row, 2 rows, 2 px padding around and between
+    assert png_image(body["grid"]).size == (3 * 8 + 4 * 2, 2 * 8 + 3 * 2)
+    assert {key: body[key] for key in ("seed", "model", "sampler", "steps", "eta", "label", "guidance")} == {
+        "seed": 9,
+        "model": "cond",
+        "sampler": "ddim",
+        "steps": 4,
+        "eta": 0.0,
+        "label": 1,
+        "guidance": 2.0,  # the default guidance, with a label
+    }
+    assert body["elapsed_ms"] > 0
+
+
+def test_sample_defaults(client):
+    body = client.post("/sample", json={"model": "uncond", "sampler": "ddpm", "n": 1}).json()
+    assert (body["steps"], body["eta"], body["label"], body["guidance"]) == (100, None, None, None)  # all T steps
+    body = client.post("/sample", json={"model": "cond"}).json()
+    assert (body["steps"], len(body["images"])) == (50, 16)
+    assert png_image(body["images"][0]).size == (8, 8)
+
+
+def test_sample_as_png(client):
+    response = client.post(
+        "/sample", json={"model": "uncond", "n": 4, "steps": 2, "seed": 3}, headers={"Accept": "image/png"}
+    )
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+    assert response.headers["x-seed"] == "3"
+    grid = Image.open(io.BytesIO(response.content))
+    assert grid.mode == "RGB" and grid.size == (2 * 8 + 3 * 2, 2 * 8 + 3 * 2)
+    as_json = client.post("/sample", json={"model": "uncond", "n": 4, "steps": 2, "seed": 3}).json()
+    assert grid.tobytes() == pixels(as_json["grid"])
+
+
+@pytest.mark.parametrize(
+    "request_body",
+    [
+        {"model": "cond", "sampler": "ddim", "steps": 5, "eta": 0.5, "label": 2, "guidance": 3.0},
+        {"model": "cond", "sampler": "ddpm", "steps": 5},
+        {"model": "uncond", "sampler": "ddim", "steps": 5},
+    ],
+)
+def test_same_seed_same_images(client, request_body):
+    first = client.post("/sample", json={**request_body, "n": 3, "seed": 1234}).json()
+    again = client.post("/sample", json={**request_body, "n": 3, "seed": 1234}).json()
+    other = client.post("/sample", json={**request_body, "n": 3, "seed": 1235}).json()
+    assert [pixels(image) for image in first["images"]] == [pixels(image) for image in again["images"]]
+    assert first["images"] != other["images"]
+
+
+def test_a_drawn_seed_is_reported_and_reproduces_the_images(client):
+    drawn = client.post("/sample", json={"model": "cond", "n": 2, "steps": 3, "seed": None}).json()
+    assert isinstance(drawn["seed"], int) and 0 <= drawn["seed"] < 2**32
+    replayed = client.post("/sample", json={"model": "cond", "n": 2, "steps": 3, "seed": drawn["seed"]}).json()
+    assert replayed["images"] == drawn["images"]
+
+
+BAD_REQUESTS = {
+    "unknown model": {"model": "nope"},
+    "unknown sampler": {"sampler": "euler"},
+    "unknown field": {"cfg_scale": 7},
+    "n zero": {"n": 0},
+    "n over max_n": {"n": 65},
+    "steps zero": {"steps": 0},
+    "steps over max_steps": {"steps": 1001},
+    "steps over the model's T": {"model": "uncond", "steps": 101},
+    "eta negative": {"eta": -0.1},
+    "eta over 1": {"eta": 1.5},
+    "guidance negative": {"label": 1, "guidance": -1.0},
+    "guidance over max": {"label": 1, "guidance": 21.0},
+    "label on an unconditional model": {"model": "uncond", "label": 0},
+    "label out of range": {"model": "cond", "label": 3},
+    "label negative": {"model": "cond", "label": -1},
+    "seed negative": {"seed": -1},
+    "seed beyond 2^53": {"seed": 2**53},
+    "n as a string": {"n": "4"},
+    "n as a float": {"n": 4.0},
+    "n as a bool": {"n": True},
+    "steps as a list": {"steps": [5]},
+    "model as a number": {"model": 5},
+    "eta as a string": {"eta": "0.5"},
+    "not an object": [1, 2],
+}
+
+
+@pytest.mark.parametrize("body", BAD_REQUESTS.values(), ids=BAD_REQUESTS.keys())
+def test_bad_requests_are_422(client, body):
+    response = client.post("/sample", json=body)
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b'{"n": 4', b"", b"null", b'{"n": NaN}', b"\xff\xfe"],
+    ids=["truncated JSON", "empty", "null", "NaN", "not UTF-8"],
+)
+def test_malformed_bodies_are_422(client, content):
+    response = client.post("/sample", content=content, headers={"Content-Type": "application/json"})
+    assert response.status_code == 422, response.text
+
+
+def test_a_huge_body_is_422_before_it_is_read(client):
+    huge = json.dumps({"model": "cond", "padding": "x" * 100_000}).encode()
+    response = client.post("/sample", content=huge, headers={"Content-Type": "application/json"})
+    assert response.status_code == 422 and "larger than" in response.text
+
+    def chunks():  # no Content-Length: the limit applies while the body streams in
+        yield huge[:10_000]
+        yield huge[10_000:]
+
+    response = client.post("/sample", content=chunks(), headers={"Content-Type": "application/json"})
+    assert response.status_code == 422 and "larger than" in response.text
+
+
+def test_errors_list_every_bad_field(client):
+    detail = client.post("/sample", json={"model": "cond", "n": 100, "label": 5}).json()["detail"]
+    assert sorted(tuple(error["loc"]) for error in detail) == [("body", "label"), ("body", "n")]
+
+
+def test_over_the_job_limit_is_503_with_retry_after(checkpoints):
+    with serve(checkpoints, max_jobs=1) as client, client.websocket_connect("/ws/sample") as ws:
+        ws.send_json({"model": "cond", "sampler": "ddpm", "steps": 1000, "n": 1})
+        assert ws.receive_json()["type"] == "start"
+        response = client.post("/sample", json={"n": 1, "steps": 1})
+        assert response.status_code == 503 and int(response.headers["retry-after"]) > 0
+        with client.websocket_connect("/ws/sample") as second:
+            second.send_json({"n": 1, "steps": 1})
+            assert second.receive_json()["type"] == "error"
+            expect_close(second, 1013)
+        ws.send_json({"type": "cancel"})
+        assert read_to_end(ws)[-1]["type"] == "cancelled"
+        assert client.post("/sample", json={"n": 1, "steps": 1}).status_code == 200
+
+
+def test_a_job_over_the_time_limit_is_504(checkpoints):
+    with serve(checkpoints, request_timeout_s=0.05) as client:
+        response = client.post("/sample", json={"model": "cond", "sampler": "ddpm", "steps": 1000, "n": 1})
+        assert response.status_code == 504 and "longer than" in response.json()["detail"]
+        assert active_jobs(client) == 0
+
+
+def test_metrics_count_requests_jobs_and_batches(client):
+    client.post("/sample", json={"model": "uncond", "n": 1, "steps": 2})
+    client.post("/sample", json={"n": 0})
+    text = client.get("/metrics").text
+    assert client.get("/metrics").headers["content-type"].startswith("text/plain; version=0.0.4")
+    assert 'ddpm_http_requests_total{method="POST",route="/sample",status="200"}' in text
+    assert 'ddpm_http_requests_total{method="POST",route="/sample",status="422"}' in text
+    assert 'ddpm_errors_total{kind="invalid"}' in text
+    for sample in ("ddpm_active_jobs 0", "ddpm_batch_jobs_count", "ddpm_batch_images_bucket", "_per_second"):
+        assert sample in text
+    steps = float(next(line.split()[1] for line in text.splitlines() if line.startswith("ddpm_denoising_steps_total")))
+    assert steps >= 2
+
+
+def test_openapi_documents_the_contract(client):
+    schema = client.get("/openapi.json").json()
+    assert {"/healthz", "/readyz", "/models", "/models/{name}/schedule", "/sample", "/metrics"} <= set(schema["paths"])
+    assert "image/png" in schema["paths"]["/sample"]["post"]["responses"]["200"]["content"]
+    assert "/ws/sample" in schema["info"]["description"]
+    assert client.get("/docs").status_code == 200
+
+
+# --- WS /ws/sample ---------------------------------------------------------------------------
+
+
+def test_ws_streams_start_every_frame_and_done(client):
+    with client.websocket_connect("/ws/sample") as ws:
+        messages = stream(ws, {"model": "cond", "sampler": "ddim", "steps": 6, "n": 3, "seed": 4, "label": 0})
+        expect_close(ws, 1000)
+    start, frames, done = messages[0], messages[1:-1], messages[-1]
+    assert start == {
+        "type": "start",
+        "total": 6,
+        "seed": 4,
+        "model": "cond",
+        "sampler": "ddim",
+        "steps": 6,
+        "n": 3,
+        "every": 1,
+        "image_size": 8,
+        "channels": 1,
+        "eta": 0.0,
+        "label": 0,
+        "guidance": 2.0,
+    }
+    assert [frame["type"] for frame in frames] == ["frame"] * 6
+    assert [frame["step"] for frame in frames] == [1, 2, 3, 4, 5, 6]
+    assert [frame["t"] for frame in frames] == [*ddim_timesteps(1000, 6)[1:], -1]
+    assert all(frame["total"] == 6 for frame in frames)
+    assert png_image(frames[0]["x_t"]).size == png_image(frames[0]["x0"]).size == (2 * 8 + 3 * 2, 2 * 8 + 3 * 2)
+    assert done["type"] == "done" and len(done["images"]) == 3 and done["seed"] == 4
+    assert pixels(frames[-1]["x_t"]) == pixels(done["grid"])  # the last frame is the result
+
+
+def test_ws_every_k_streams_every_kth_step_and_the_last(client):
+    with client.websocket_connect("/ws/sample") as ws:
+        messages = stream(ws, {"model": "uncond", "steps": 10, "n": 1, "every": 4})
+    assert [m["step"] for m in messages if m["type"] == "frame"] == [4, 8, 10]
+
+
+def test_ws_gives_the_same_images_as_rest(client):
+    request = {"model": "cond", "sampler": "ddpm", "steps": 5, "n": 2, "seed": 77, "label": 2}
+    with client.websocket_connect("/ws/sample") as ws:
+        done = stream(ws, request)[-1]
+    rest = client.post("/sample", json=request).json()
+    assert done["images"] == rest["images"] and done["grid"] == rest["grid"]
+
+
+def test_ws_cancel_stops_the_job(client):
+    with client.websocket_connect("/ws/sample") as ws:
+        ws.send_json({"model": "cond", "sampler": "ddpm", "steps": 1000, "n": 1})
+        assert ws.receive_json()["type"] == "start"
+        assert ws.receive_json()["type"] == "frame"
+        ws.send_json({"type": "cancel"})
+        messages = read_to_end(ws)
+        expect_close(ws, 1000)
+    cancelled = messages[-1]
+    assert cancelled["type"] == "cancelled" and 1 <= cancelled["step"] < 1000
+    assert all(m["type"] == "frame" and m["step"] <= cancelled["step"] for m in messages[:-1])
+    wait_until_idle(client)
+
+
+def test_ws_disconnect_mid_stream_ends_the_job(client):
+    cancelled_before = client.app.state.server.metrics.jobs.value(outcome="cancelled")
+    with client.websocket_connect("/ws/sample") as ws:
+        ws.send_json({"model": "cond", "sampler": "ddpm", "steps": 1000, "n": 2})
+        assert ws.receive_json()["type"] == "start"
+        assert ws.receive_json()["type"] == "frame"
+    wait_until_idle(client)
+    assert client.app.state.server.metrics.jobs.value(outcome="cancelled") == cancelled_before + 1
+    assert client.get("/healthz").status_code == 200
+    assert client.post("/sample", json={"n": 1, "steps": 2}).status_code == 200
+
+
+WS_BAD_MESSAGES = {
+    "malformed JSON": '{"n": ',
+    "not an object": "[1]",
+    "unknown field": json.dumps({"n": 1, "nope": 1}),
+    "unknown model": json.dumps({"model": "nope"}),
+    "steps out of range": json.dumps({"steps": 5000}),
+    "every zero": json.dumps({"every": 0}),
+    "label on an unconditional model": json.dumps({"model": "uncond", "label": 1}),
+    "wrong type": json.dumps({"n": "many"}),
+    "too long": json.dumps({"model": "x" * 20_000}),
+}
+
+
+@pytest.mark.parametrize("text", WS_BAD_MESSAGES.values(), ids=WS_BAD_MESSAGES.keys())
+def test_ws_bad_requests_get_an_error_and_close_1008(client, text):
+    with client.websocket_connect("/ws/sample") as ws:
+        ws.send_text(text)
+        message = ws.receive_json()
+        assert message["type"] == "error" and message["detail"]
+        expect_close(ws, 1008)
+
+
+def test_ws_binary_request_is_refused(client):
+    with client.websocket_connect("/ws/sample") as ws:
+        ws.send_bytes(b'{"n": 1}')
+        assert ws.receive_json()["type"] == "error"
+        expect_close(ws, 1008)
+
+
+def test_ws_a_bad_message_while_sampling_ends_the_job(client):
+    with client.websocket_connect("/ws/sample") as ws:
+        ws.send_json({"model": "cond", "sampler": "ddpm", "steps": 1000, "n": 1})
+        assert ws.receive_json()["type"] == "start"
+        ws.send_json({"type": "pause"})
+        messages = read_to_end(ws)
+        expect_close(ws, 1008)
+    assert messages[-1]["type"] == "error"
+    wait_until_idle(client)
+
+
+def test_ws_origin_must_be_allowed(checkpoints):
+    with serve(checkpoints, cors_origins=["https://allowed.example"]) as client:
+        for origin in ("https://allowed.example", "http://testserver", None):  # listed, same origin, no browser
+            headers = {"origin": origin} if origin else {}
+            with client.websocket_connect("/ws/sample", headers=headers) as ws:
+                assert stream(ws, {"n": 1, "steps": 1})[-1]["type"] == "done"
+        evil = {"origin": "https://evil.example"}
+        with pytest.raises(WebSocketDisconnect) as refused, client.websocket_connect("/ws/sample", headers=evil):
+            pass
+        assert refused.value.code == 1008
+
+
+def test_ws_origin_other_than_same_origin_is_refused_by_default(client):
+    other = {"origin": "http://localhost:1234"}
+    with pytest.raises(WebSocketDisconnect), client.websocket_connect("/ws/sample", headers=other):
+        pass
+
+
+def test_cors_headers_only_for_allowed_origins(checkpoints, client):
+    assert "access-control-allow-origin" not in client.get("/models", headers={"origin": "https://a.example"}).headers
+    with serve(checkpoints, cors_origins=["https://a.example"]) as allowing:
+        response = allowing.get("/models", headers={"origin": "https://a.example"})
+        assert response.headers["access-control-allow-origin"] == "https://a.example"
+
+
+# --- the browser UI, settings, command line ------------------------------------------------------
+
+
+def test_the_ui_is_served_at_the_root_after_the_api(checkpoints, tmp_path):
+    (tmp_path / "index.html").write_text("<h1>demo</h1>")
+    settings = Settings(_env_file=None, checkpoint_dir=checkpoints, web_dir=tmp_path)
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/").text == "<h1>demo</h1>"
+        assert client.get("/models").status_code == 200
+        assert client.get("/healthz").json() == {"status": "ok"}
+
+
+def test_without_a_ui_the_root_points_to_the_docs(client):
+    response = client.get("/", follow_redirects=False)
+    assert response.status_code == 307 and response.headers["location"] == "/docs"
+
+
+def test_settings_from_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("DDPM_MAX_N", "8")
+    monkeypatch.setenv("DDPM_DEVICE", "cpu")
+    monkeypatch.setenv("DDPM_CORS_ORIGINS", "https://a.example, https://b.example")
+    settings = Settings(_env_file=None)
+    assert (settings.max_n, settings.device) == (8, "cpu")
+    assert settings.cors_origins == ["https://a.example", "https://b.example"]
+    env_file = tmp_path / "server.env"
+    env_file.write_text("DDPM_PORT=9100\nDDPM_MAX_JOBS=3\n")
+    from_file = Settings(_env_file=env_file)
+    assert (from_file.port, from_file.max_jobs) == (9100, 3)
+
+
+def test_flags_override_the_environment(monkeypatch):
+    monkeypatch.setenv("DDPM_PORT", "9000")
+    monkeypatch.setenv("DDPM_HOST", "0.0.0.0")
+    settings = settings_from_args(parse_args(["--port", "9001", "--checkpoints", "ckpts", "--device", "cpu"]))
+    assert (settings.port, settings.host, str(settings.checkpoint_dir), settings.device) == (
+        9001,
+        "0.0.0.0",
+        "ckpts",
+        "cpu",
+    )
+
+
+def test_invalid_settings_are_refused():
+    with pytest.raises(ValueError):
+        Settings(_env_file=None, device="gpu")
+    with pytest.raises(ValueError):
+        Settings(_env_file=None, max_n=0)
+
+
+def test_the_device_is_cuda_when_there_is_one_and_asking_for_a_missing_one_fails():
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cpu").type == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA is not available"):
+            resolve_device("cuda")
+
+
+def test_the_announced_address_can_be_opened():
+    assert browsable_host("0.0.0.0") == "127.0.0.1"
+    assert browsable_host("::") == "[::1]"
+    assert browsable_host("127.0.0.1") == "127.0.0.1"
