@@ -146,7 +146,7 @@ def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> Cla
 
 
 @torch.inference_mode()
-def classify(model: Classifier, images: torch.Tensor, batch_size: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
+def classify(model: Classifier, images: torch.Tensor, batch_size: int = 250) -> tuple[torch.Tensor, torch.Tensor]:
     """Images in [-1, 1] (or uint8 in [0, 255]) → (predicted class (N,), features (N, D)), on the CPU."""
     device = next(model.parameters()).device
     preds, feats = [], []
@@ -166,13 +166,14 @@ def train_classifier(
     epochs: int = 5,
     batch_size: int = 128,
     lr: float = 3e-3,
+    width: int = 16,
     seed: int = 0,
     device: torch.device | str = "cpu",
     progress: bool = True,
 ) -> Classifier:
     """Adam with a one-cycle learning rate; images in [-1, 1], (N, C, H, W)."""
     torch.manual_seed(seed)
-    model = Classifier(ClassifierConfig(images.shape[1], images.shape[-1], num_classes)).to(device)
+    model = Classifier(ClassifierConfig(images.shape[1], images.shape[-1], num_classes, width)).to(device)
     steps_per_epoch = len(images) // batch_size
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=epochs * steps_per_epoch)
@@ -221,6 +222,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--width", type=int, default=16, help="channels of the first convolution")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads)")
@@ -237,7 +239,7 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     info = DATASETS[args.dataset]
     model = train_classifier(
-        train_x, train_y, len(info.class_names), args.epochs, args.batch_size, args.lr, args.seed, device
+        train_x, train_y, len(info.class_names), args.epochs, args.batch_size, args.lr, args.width, args.seed, device
     )
     acc = accuracy(model, test_x, test_y)
     out = args.out or default_classifier_path(args.dataset)

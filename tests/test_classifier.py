@@ -1,0 +1,65 @@
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from model.classifier import (
+    Classifier,
+    ClassifierConfig,
+    ClassifierError,
+    accuracy,
+    classify,
+    dataset_tensors,
+    default_classifier_path,
+    load_classifier,
+    save_classifier,
+    train_classifier,
+)
+
+# the accuracy each shipped classifier must keep on the real test set
+REQUIRED = {"mnist": 0.99, "fashion-mnist": 0.90}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dataset", sorted(REQUIRED))
+def test_the_shipped_classifier_reaches_its_stated_test_accuracy(dataset, data_root):
+    folder = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}[dataset]
+    if not (data_root / folder / "raw").is_dir():
+        pytest.skip(f"no {folder} files under {data_root}")
+    loaded = load_classifier(default_classifier_path(dataset))
+    images, labels = dataset_tensors(dataset, data_root, train=False)
+    measured = accuracy(loaded.model, images, labels)
+    assert loaded.dataset == dataset and loaded.test_images == len(images) == 10_000
+    assert measured == pytest.approx(loaded.test_accuracy, abs=2e-4)  # what its metadata states
+    assert measured >= REQUIRED[dataset]
+    assert default_classifier_path(dataset).stat().st_size < 1_000_000
+
+
+def test_save_and_load_give_the_same_predictions_and_metadata(tmp_path):
+    model = Classifier(ClassifierConfig(width=4)).eval()
+    path = save_classifier(tmp_path / "c.safetensors", model, "mnist", list("0123456789"), 0.5, 100, {"epochs": 1})
+    loaded = load_classifier(path)
+    x = torch.rand(5, 1, 28, 28) * 2 - 1
+    with torch.inference_mode():
+        assert torch.equal(model(x), loaded.model(x))
+    assert (loaded.dataset, loaded.class_names, loaded.test_accuracy, loaded.test_images) == (
+        "mnist", list("0123456789"), 0.5, 100
+    )  # fmt: skip
+    preds, feats = classify(loaded.model, ((x + 1) * 127.5).round().to(torch.uint8))  # uint8 images work too
+    assert preds.shape == (5,) and feats.shape == (5, loaded.model.feature_dim) == (5, 32)
+
+
+def test_training_learns_a_simple_rule():
+    """Bright or dark 8×8 images: a few dozen steps must reach near-perfect accuracy."""
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 2, (512,), generator=gen)
+    images = (labels.float() - 0.5).view(-1, 1, 1, 1) + 0.3 * torch.randn(512, 1, 8, 8, generator=gen)
+    model = train_classifier(images, labels, 2, epochs=2, batch_size=32, width=4, progress=False)
+    assert accuracy(model, images, labels) > 0.95
+
+
+def test_files_that_are_not_classifiers_are_refused_clearly(tmp_path):
+    with pytest.raises(ClassifierError, match="no such classifier file"):
+        load_classifier(tmp_path / "none.safetensors")
+    save_file({"w": torch.zeros(1)}, tmp_path / "other.safetensors")
+    with pytest.raises(ClassifierError, match="not a classifier checkpoint"):
+        load_classifier(tmp_path / "other.safetensors")
