@@ -208,7 +208,7 @@ def dataset_tensors(
 
 def accuracy(model: Classifier, images: torch.Tensor, labels: torch.Tensor) -> float:
     preds, _ = classify(model, images)
-    return (preds == labels).float().mean().item()
+    return (preds == labels).double().mean().item()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -73,13 +73,13 @@ from model.visualize import save_sample_grid
 
 SWEEP_SAMPLERS = ("ddpm", "ddim0", "ddim1")
 SWEEP_STEPS = (10, 20, 50, 100, 1000)
-# how each score is written in the tables, and whether lower is better
+# each score's title (with the direction that is better) and how it is written
 FORMATS = {
-    "fid": ("FID", "{:.2f}"),
-    "cls_acc": ("classifier accuracy of class-conditional samples", "{:.2%}"),
-    "cls_fd": ("Fréchet distance in the classifier's feature space", "{:.3f}"),
-    "class_tv": ("class histogram: total variation from the training frequencies", "{:.3f}"),
-    "min_share": ("rarest class share × K", "{:.2f}"),
+    "fid": ("FID ↓", "{:.2f}"),
+    "cls_acc": ("classifier accuracy of class-conditional samples ↑", "{:.2%}"),
+    "cls_fd": ("Fréchet distance in the classifier's feature space ↓", "{:.3f}"),
+    "class_tv": ("class histogram: total variation from the training frequencies ↓", "{:.3f}"),
+    "min_share": ("rarest class share × K ↑", "{:.2f}"),
 }
 
 
