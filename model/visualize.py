@@ -127,9 +127,10 @@ def forward_noising(
 ) -> Image.Image:
     """q(x_t | x_0) = N(√ᾱ_t x_0, (1-ᾱ_t) I): one row per image, its x_0 then x_t at each t, all with
     the same ε, so each row shows one image drowning in one noise."""
-    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
-    schedule = schedule.to("cpu")
-    columns = [x0] + [schedule.q_sample(x0, torch.full((len(x0),), t), noise) for t in timesteps]
+    x0 = x0.to(schedule.device)
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed)).to(schedule.device)
+    t_of = lambda t: torch.full((len(x0),), t, device=schedule.device)  # noqa: E731
+    columns = [x0] + [schedule.q_sample(x0, t_of(t), noise) for t in timesteps]
     images = torch.stack(columns, 1).flatten(0, 1)
     cell = (x0.shape[-1] + 1) * scale
     return with_column_labels(
@@ -143,8 +144,8 @@ def sampling_frames(steps: list[Step], frames: int = 60, scale: int = 3, with_x0
     out = []
     for s in pick_steps(steps, min(frames, len(steps))):
         image = grid_image(s.x_t, nrow, scale)
-        if with_x0 and s.x0 is not None:
-            image = side_by_side(image, grid_image(s.x0, nrow, scale))
+        if with_x0:  # before the first step there is no prediction yet: a grey panel
+            image = side_by_side(image, grid_image(s.x0 if s.x0 is not None else torch.zeros_like(s.x_t), nrow, scale))
         caption = f"step {s.index}/{s.total}  {step_label(s)}" + ("   |   predicted x0" if with_x0 else "")
         out.append(with_column_labels(image, [caption], image.width))
     return out
@@ -268,8 +269,8 @@ def sampling_steps(
     guidance: float = 1.0,
     seed: int = 0,
 ) -> list[Step]:
-    """Every step of one sampling run of n samples; a conditional model's sample i is conditioned on
-    class i mod K, or on `label` for all."""
+    """Every state of one sampling run of n samples, from x_T to x_0; a conditional model's sample i
+    is conditioned on class i mod K, or on `label` for all."""
     device, cfg = ckpt.schedule.device, ckpt.config
     generator = make_generator(seed, device)
     x = initial_noise((n, cfg.in_channels, cfg.image_size, cfg.image_size), generator, device)
@@ -278,10 +279,14 @@ def sampling_steps(
         labels = torch.full((n,), label, device=device) if label is not None else torch.arange(n, device=device)
         labels = labels % cfg.num_classes
     if sampler == "ddpm":
+        first_t = ckpt.schedule.num_timesteps - 1
         run = ddpm_steps(ckpt.schedule, x, steps, generator=generator)
     else:
-        run = ddim_steps(ckpt.schedule, x, ddim_timesteps(ckpt.schedule.num_timesteps, steps), eta, generator)
-    return [s for s in denoise(run, lambda x_t, t: guided_eps(ckpt.unet, x_t, t, labels, guidance))]
+        timesteps = ddim_timesteps(ckpt.schedule.num_timesteps, steps)
+        first_t = timesteps[0]
+        run = ddim_steps(ckpt.schedule, x, timesteps, eta, generator)
+    later = list(denoise(run, lambda x_t, t: guided_eps(ckpt.unet, x_t, t, labels, guidance)))
+    return [Step(0, steps, first_t, x), *later]  # the pure noise first: pictures start from it
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -49,12 +49,12 @@ def test_the_denoising_process_shows_x_t_and_predicted_x0_at_the_chosen_steps(ck
         assert written(out).size == (panel, 4 * (SIZE + 1) + 1)
 
 
-def test_the_sampling_gif_has_one_frame_per_step(ckpt, tmp_path):
+def test_the_sampling_gif_has_one_frame_per_state_from_noise_to_image(ckpt, tmp_path):
     out = tmp_path / "s.gif"
     main(["gif", str(ckpt), "-n", "4", "--steps", "3", "--class", "7", "--out", str(out), "--scale", "1"])
     gif = written(out)
     panel = 2 * (SIZE + 1) + 1
-    assert gif.format == "GIF" and gif.n_frames == 3 and gif.size == (2 * panel + 6, panel + HEADER)
+    assert gif.format == "GIF" and gif.n_frames == 4 and gif.size == (2 * panel + 6, panel + HEADER)
 
 
 def test_forward_noising_of_real_images_at_chosen_t(tmp_path):
