@@ -57,6 +57,11 @@ async function errorFromResponse(response) {
   if (response.status === 422 || response.status === 400) {
     return new ApiError(`The server rejected the settings: ${detail}`, { status: response.status, kind: "input" });
   }
+  if (response.status === 504) {
+    return new ApiError(`The run took too long and the server stopped it${detail ? ` (${detail})` : ""}.`, {
+      status: 504,
+    });
+  }
   return new ApiError(`The server answered ${response.status}${detail ? `: ${detail}` : ""}`, {
     status: response.status,
   });
