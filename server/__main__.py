@@ -21,6 +21,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--checkpoints", dest="checkpoint_dir", help="folder of *.safetensors (default checkpoints/)")
     parser.add_argument("--device", help="auto (default: cuda if available, else cpu), cpu, cuda or cuda:N")
     parser.add_argument("--default-model", help="model used when a request names none")
+    parser.add_argument("--threads", dest="torch_threads", type=int, help="PyTorch CPU threads (default: one per core)")
     parser.add_argument("--max-jobs", type=int, help="most jobs sampling at once (default 8)")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="default info")
     parser.add_argument("--env-file", default=".env", help="file of DDPM_* settings (default .env, if present)")

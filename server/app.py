@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
+import torch
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -52,6 +53,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         device = resolve_device(settings.device)
+        if settings.torch_threads:
+            # process-wide; with every core busy elsewhere, threads that wait on each other make each op slower
+            torch.set_num_threads(settings.torch_threads)
         registry = ModelRegistry.load(settings.checkpoint_dir, device, settings.default_model)
         metrics.models.set(len(registry.models))
         loop = SamplingLoop(device, settings.max_jobs, metrics)
@@ -60,11 +64,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.server = ServerState(settings, registry, loop, metrics, encoder)
         served = ", ".join(registry.models) or "no models"
         log.info(
-            "serving %s on %s (default %s), at most %d jobs at once",
+            "serving %s on %s (default %s), at most %d jobs at once, %d PyTorch CPU threads",
             served,
             device,
             registry.default,
             settings.max_jobs,
+            torch.get_num_threads(),
         )
         try:
             yield

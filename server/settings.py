@@ -18,6 +18,11 @@ class Settings(BaseSettings):
 
     checkpoint_dir: Path = Field(Path("checkpoints"), description="every *.safetensors directly inside is served")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto: cuda if available, else cpu")
+    torch_threads: int | None = Field(
+        None,
+        ge=1,
+        description="PyTorch's CPU threads (default: its own, one per core); 1 on a machine busy with other work",
+    )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     default_model: str | None = Field(None, description="default: 'mnist' if loaded, else the first one by name")

@@ -134,10 +134,10 @@ async def _session(websocket: WebSocket, state: ServerState) -> str:
         return "disconnected"
     if sender.exception() is not None:  # the client left, or did not read in time
         log.info("dropping a WebSocket client: %r", sender.exception())
-        await _close(websocket, INTERNAL_ERROR)
+        await _close(websocket, INTERNAL_ERROR, state)
         return "slow_client" if isinstance(sender.exception(), TimeoutError) else "disconnected"
     outcome, code = sender.result()
-    await _close(websocket, code)
+    await _close(websocket, code, state)
     return outcome
 
 
@@ -254,12 +254,13 @@ async def _close_with_error(websocket: WebSocket, detail, code: int, state: Serv
         )
     except (TimeoutError, WebSocketDisconnect, RuntimeError):
         return
-    await _close(websocket, code)
+    await _close(websocket, code, state)
 
 
-async def _close(websocket: WebSocket, code: int) -> None:
-    with contextlib.suppress(RuntimeError, WebSocketDisconnect):  # the client closed first
-        await websocket.close(code)
+async def _close(websocket: WebSocket, code: int, state: ServerState) -> None:
+    # the client may have closed first, or stopped reading: closing must not wait for it
+    with contextlib.suppress(RuntimeError, WebSocketDisconnect, TimeoutError):
+        await asyncio.wait_for(websocket.close(code), state.settings.ws_send_timeout_s)
 
 
 def _error(kind: str, message: str) -> dict:

@@ -518,13 +518,15 @@ def test_settings_from_the_environment(monkeypatch, tmp_path):
 def test_flags_override_the_environment(monkeypatch):
     monkeypatch.setenv("DDPM_PORT", "9000")
     monkeypatch.setenv("DDPM_HOST", "0.0.0.0")
-    settings = settings_from_args(parse_args(["--port", "9001", "--checkpoints", "ckpts", "--device", "cpu"]))
+    flags = ["--port", "9001", "--checkpoints", "ckpts", "--device", "cpu", "--threads", "1", "--max-jobs", "2"]
+    settings = settings_from_args(parse_args(flags))
     assert (settings.port, settings.host, str(settings.checkpoint_dir), settings.device) == (
         9001,
         "0.0.0.0",
         "ckpts",
         "cpu",
     )
+    assert (settings.torch_threads, settings.max_jobs) == (1, 2)
 
 
 def test_invalid_settings_are_refused():

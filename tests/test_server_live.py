@@ -35,7 +35,19 @@ def server(tmp_path_factory):
     env_file = folder / "empty.env"
     env_file.write_text("")
     env = {key: value for key, value in os.environ.items() if not key.startswith("DDPM_")}
-    command = [sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", "0", "--device", "cpu"]
+    command = [
+        sys.executable,
+        "-m",
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+    ]
     process = subprocess.Popen(
         [*command, "--checkpoints", str(folder), "--env-file", str(env_file)],
         cwd=REPO,
@@ -68,6 +80,7 @@ def server(tmp_path_factory):
 def test_the_server_logs_what_it_loaded(server):
     _, output = server
     assert any("loaded digits" in line and "on cpu" in line for line in output)
+    assert any("serving digits on cpu" in line and "1 PyTorch CPU threads" in line for line in output)
 
 
 def test_http_endpoints(server):
