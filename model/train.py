@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
@@ -125,6 +125,24 @@ class EpochBatches(Sampler):
                 yield batch[self.rank :: self.world].tolist()
 
 
+def bias_corrected_ema(decay: float):
+    """An EMA of the weights that is, after n updates, exactly Σ_k d^(n-k) θ_k / Σ_k d^(n-k).
+
+    A plain EMA, m_n = d m_{n-1} + (1 - d) θ_n, keeps a share d^(n-1) of its first weights: 37% after
+    1000 steps at d = 0.999, 8% after 2500. Those weights hold the zero-initialised output layers, so
+    ε_θ comes out too small and samples stay noisy. Normalising, as Adam does for its moments, removes
+    that share: with decay β_n = d (1 - d^(n-1)) / (1 - d^n) the average starts as a plain mean and
+    tends to d.
+    """
+
+    def average(averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor) -> torch.Tensor:
+        n = num_averaged + 1  # this update makes the n-th average
+        beta = decay * (1 - decay ** (n - 1)) / (1 - decay**n)
+        return beta * averaged + (1 - beta) * current
+
+    return average
+
+
 def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
     """Linear warmup, then cosine decay from 1 to min_ratio."""
     if step < warmup:
@@ -151,15 +169,16 @@ def unet_config(args: argparse.Namespace, channels: int, image_size: int, num_cl
 
 @torch.inference_mode()
 def save_samples(model: UNet, schedule: NoiseSchedule, folder: Path, step: int, device: torch.device) -> None:
-    """A 10×10 grid (one row per class for conditional models) and a denoising strip of 4 samples."""
+    """A 10×10 grid (one row per class for conditional models, guidance w = 3) and a denoising strip of 4
+    samples, by DDIM with 50 steps and clipped x0."""
     n = 100 if model.config.num_classes else 64
     gen = make_generator(0, device)
     x = initial_noise((n, model.config.in_channels, model.config.image_size, model.config.image_size), gen, device)
     labels = torch.arange(n, device=device) // 10 % model.config.num_classes if model.config.num_classes else None
     steps = list(
         denoise(
-            ddim_steps(schedule, x, ddim_timesteps(schedule.num_timesteps, 50), generator=gen),
-            lambda x_t, t: guided_eps(model, x_t, t, labels, 1.0),
+            ddim_steps(schedule, x, ddim_timesteps(schedule.num_timesteps, 50), generator=gen, clip_x0=True),
+            lambda x_t, t: guided_eps(model, x_t, t, labels, 3.0),
         )
     )
     save_sample_grid(steps[-1].x_t, folder / f"grid_{step:07d}.png", nrow=10 if labels is not None else 8)
@@ -210,7 +229,7 @@ def train(args: argparse.Namespace) -> Path:
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     # the EMA copy is only ever evaluated: eval mode keeps dropout off when it draws samples
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(args.ema_decay), use_buffers=True).eval()
+    ema = AveragedModel(model, avg_fn=bias_corrected_ema(args.ema_decay), use_buffers=True).eval()
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, args.warmup, args.steps, args.min_lr_ratio)

@@ -12,10 +12,11 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
+from torch.optim.swa_utils import AveragedModel
 
 from conftest import REPO
 from model.checkpoint import load_checkpoint
-from model.train import EpochBatches, lr_factor, main, parse_args
+from model.train import EpochBatches, bias_corrected_ema, lr_factor, main, parse_args
 
 TINY_MODEL = ["--base-channels", "8", "--channel-mults", "1", "2", "--attention-resolutions", "4", "--dropout", "0"]
 
@@ -160,3 +161,19 @@ def test_learning_rate_warms_up_then_decays_by_cosine():
     assert lr_factor(9, 10, 100, 0.1) == pytest.approx(1.0)
     assert lr_factor(55, 10, 100, 0.1) == pytest.approx(0.55)
     assert lr_factor(100, 10, 100, 0.1) == pytest.approx(0.1)
+
+
+def test_the_ema_is_the_normalised_average_of_the_iterates():
+    """No share of the initial weights survives, however few the steps."""
+    model = torch.nn.Linear(1, 1, bias=False)
+    ema = AveragedModel(model, avg_fn=bias_corrected_ema(0.9))
+    thetas = [3.0, -1.0, 2.0, 5.0]
+    for theta in thetas:
+        model.weight.data.fill_(theta)
+        ema.update_parameters(model)
+    weights = [0.9 ** (len(thetas) - 1 - k) for k in range(len(thetas))]
+    expected = sum(w * th for w, th in zip(weights, thetas, strict=True)) / sum(weights)
+    assert ema.module.weight.item() == pytest.approx(expected, rel=1e-6)
+    for _ in range(200):  # a constant model: the average is that constant
+        ema.update_parameters(model)
+    assert ema.module.weight.item() == pytest.approx(5.0, rel=1e-6)
