@@ -4,10 +4,12 @@ image's entry point, environment and healthcheck run here as the container would
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import http.server
 import json
 import os
+import re
 import shlex
 import shutil
 import socket
@@ -241,3 +243,117 @@ def test_entrypoint_serves_the_page_and_the_checkpoints_on_the_cpu(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+# --- the scale-out path, run here: two replicas behind nginx, as docker-compose.replicas.yml ------
+
+REPLICAS = REPO / "docker-compose.replicas.yml"
+NGINX_CONF = REPO / "deploy" / "nginx.conf"
+
+
+def test_replicas_compose_matches_the_nginx_upstreams():
+    if shutil.which("docker-compose") is None:
+        pytest.skip("docker-compose is not installed (Debian: apt-get install docker-compose)")
+    result = subprocess.run(["docker-compose", "-f", str(REPLICAS), "config"], capture_output=True, text=True,
+                            cwd=REPO, env=_without_compose_variables())  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    replicas = sorted(name for name in services if name != "lb")
+    gpus = [services[name]["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"] for name in replicas]
+    assert gpus == [[str(i)] for i in range(len(replicas))]  # one GPU each, all different
+    upstreams = re.findall(r"^\s*server (\S+):8000", NGINX_CONF.read_text(), re.MULTILINE)
+    assert upstreams == replicas
+    assert services["lb"]["volumes"] == [f"{NGINX_CONF}:/etc/nginx/conf.d/default.conf:ro"]
+
+
+def start_replica(executable: str, folder: Path, port: int) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DDPM_")}
+    command = [executable, "--host", "127.0.0.1", "--port", str(port), "--checkpoints", str(folder),
+               "--device", "cpu", "--max-jobs", "1", "--log-level", "warning", "--env-file", os.devnull]  # fmt: skip
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_until_ready(port: int, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2):
+                return
+        except OSError:
+            assert process.poll() is None, process.stdout.read()
+            assert time.monotonic() < deadline, f"no replica ready on port {port} in 2 minutes"
+            time.sleep(0.3)
+
+
+def finished_jobs(port: int) -> int:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        match = re.search(r'^ddpm_jobs_total\{outcome="finished"\} (\S+)$', response.read().decode(), re.MULTILINE)
+    return int(float(match.group(1))) if match else 0
+
+
+@pytest.mark.slow
+def test_nginx_spreads_websocket_runs_over_two_replicas(tmp_path):
+    """deploy/nginx.conf with its upstreams pointed at two local CPU replicas that each take one job at
+    a time: WebSocket runs stream through nginx (Host and Origin intact) to the least loaded replica."""
+    nginx = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
+    if nginx is None:
+        pytest.skip("nginx is not installed (Debian: apt-get install nginx)")
+    executable = shutil.which("ddpm-serve", path=str(Path(sys.executable).parent))
+    if executable is None:
+        pytest.skip("ddpm-serve is not installed (pip install -e .)")
+    from websockets.asyncio.client import connect
+
+    from conftest import tiny_unet
+    from model.checkpoint import save_checkpoint
+    from model.schedule import NoiseSchedule
+
+    models = tmp_path / "checkpoints"
+    save_checkpoint(models / "tiny.safetensors", tiny_unet(num_classes=10), NoiseSchedule.from_name("linear"), "test")
+    ports = [free_port(), free_port()]
+    lb_port = free_port()
+    site = NGINX_CONF.read_text().replace("listen 8000;", f"listen 127.0.0.1:{lb_port};")
+    for i, port in enumerate(ports):
+        site = site.replace(f"server server-gpu{i}:8000", f"server 127.0.0.1:{port}")
+    (tmp_path / "site.conf").write_text(site)
+    (tmp_path / "nginx.conf").write_text(
+        f"daemon off; pid {tmp_path}/nginx.pid; error_log {tmp_path}/error.log; events {{}}\n"
+        f"http {{ access_log off; client_body_temp_path {tmp_path}/body; proxy_temp_path {tmp_path}/proxy;\n"
+        f"       include {tmp_path}/site.conf; }}\n"
+    )
+    replicas = [start_replica(executable, models, port) for port in ports]
+    balancer = subprocess.Popen([nginx, "-c", str(tmp_path / "nginx.conf"), "-p", str(tmp_path)],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        for port, replica in zip(ports, replicas, strict=True):
+            wait_until_ready(port, replica)
+        url, origin = f"ws://127.0.0.1:{lb_port}/ws/sample", f"http://127.0.0.1:{lb_port}"
+
+        async def run(seed: int, steps: int, started: asyncio.Event | None = None) -> str:
+            async with connect(url, origin=origin, open_timeout=30) as ws:
+                await ws.send(json.dumps({"sampler": "ddim", "steps": steps, "n": 2, "seed": seed, "every": 10}))
+                while (message := json.loads(await ws.recv()))["type"] in ("start", "frame"):
+                    if started:
+                        started.set()
+                return message["type"]
+
+        async def long_and_two_short() -> list[str]:
+            """A long run holds one replica's only place; least_conn sends both short runs that follow
+            to the other replica, where round robin would send the second to the busy one (refused)."""
+            started = asyncio.Event()
+            long = asyncio.create_task(run(0, 1000, started))
+            await asyncio.wait([long, asyncio.create_task(started.wait())], return_when=asyncio.FIRST_COMPLETED)
+            if long.done():  # it failed (or ended before the short ones could start): say how
+                return [long.result()]
+            short = [await run(seed, 10) for seed in (1, 2)]
+            return [await long, *short]
+
+        wait_until_ready(lb_port, balancer)  # through nginx
+        outcomes = asyncio.run(asyncio.wait_for(long_and_two_short(), 180))
+        assert outcomes == ["done", "done", "done"]
+        assert sorted(finished_jobs(port) for port in ports) == [1, 2]
+    finally:
+        balancer.terminate()
+        for replica in replicas:
+            replica.terminate()
+        for process in (balancer, *replicas):
+            process.wait(timeout=30)
