@@ -1,0 +1,224 @@
+"""Sampling latency and images/s per sampler and step count, and the same model driven by diffusers'
+DDIMScheduler loop for comparison (same weights, same device, same x_T, one run).
+
+    python bench/bench_sampling.py                                   # CPU: about 2 minutes on 2 cores
+    python bench/bench_sampling.py --device cuda --batch 16,256 --compile --bf16 --cuda-graphs
+
+Each row is one full sampling run of `batch` images from x_T to x_0 (the median of --repeats runs,
+after a short warm-up run). Unconditional by default (the null label: one UNet forward of `batch` rows a
+step); --guidance W samples labels 0…9 with classifier-free guidance, which doubles the rows. On a GPU,
+--compile, --bf16 and --cuda-graphs each add a row group of their own, and one with all of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import sys
+from pathlib import Path
+
+import torch
+from _common import (
+    DEFAULT_CHECKPOINT,
+    add_common_args,
+    command_line,
+    gpu_options,
+    load_model,
+    machine_line,
+    markdown_table,
+    median,
+    resolve_device,
+    timed,
+    variants,
+)
+
+from model.samplers import ddim_steps, ddim_timesteps, ddpm_steps, initial_noise, make_generator, sample
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
+    parser.add_argument("--runs", default="ddim:10,ddim:50,ddim:100,ddpm:1000", help="sampler:steps, comma-separated")
+    parser.add_argument("--batch", default="16", help="images per run, comma-separated")
+    parser.add_argument("--guidance", type=float, help="sample labels 0…9 with this classifier-free guidance w")
+    parser.add_argument("--no-diffusers", action="store_true", help="skip the diffusers DDIMScheduler comparison")
+    add_common_args(parser)
+    gpu = parser.add_argument_group("GPU only (ignored with a note on the CPU)")
+    gpu.add_argument("--compile", action="store_true", help="torch.compile the UNet")
+    gpu.add_argument("--bf16", action="store_true", help="bf16 autocast for the UNet (the sampler math stays fp32)")
+    gpu.add_argument("--cuda-graphs", action="store_true", help="replay the UNet forward as a CUDA graph")
+    args = parser.parse_args(argv)
+    args.runs = [(name, int(steps)) for name, steps in (run.split(":") for run in args.runs.split(","))]
+    args.batch = [int(b) for b in args.batch.split(",")]
+    return args
+
+
+# --- the noise predictor, plain and sped up -------------------------------------------------------
+
+
+class EpsFn:
+    """ε_θ(x_t, t) for a batch, with classifier-free guidance over a statically doubled batch (no
+    data-dependent indexing, so that the forward can be captured as a CUDA graph)."""
+
+    def __init__(self, unet, labels: torch.Tensor | None, guidance: float | None, options: tuple[str, ...] = ()):
+        self.labels, self.guidance = labels, guidance
+        self.bf16 = "bf16" in options
+        forward = unet
+        self.mark_step = "compile" in options and "cuda_graphs" in options
+        if "compile" in options:  # with CUDA graphs too: Inductor's own graphs ("reduce-overhead")
+            forward = torch.compile(unet, mode="reduce-overhead" if "cuda_graphs" in options else "default")
+        elif "cuda_graphs" in options:
+            forward = GraphedForward(unet)
+        self.forward = forward
+        self.null = unet.null_label if unet.config.num_classes else None
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        labels = self.labels
+        if labels is not None and self.guidance is not None:
+            x, t, labels = torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, torch.full_like(labels, self.null)])
+        if self.mark_step:  # Inductor's graphs reuse their output buffers: copy ε out before the next step
+            torch.compiler.cudagraph_mark_step_begin()
+        with torch.autocast("cuda", torch.bfloat16) if self.bf16 else contextlib.nullcontext():
+            eps = self.forward(x, t, labels).float()
+        if self.mark_step:
+            eps = eps.clone()
+        if labels is not None and self.guidance is not None:
+            cond, uncond = eps.chunk(2)
+            eps = uncond + self.guidance * (cond - uncond)
+        return eps
+
+
+class GraphedForward:
+    """unet(x, t, labels) captured once per input shape as a CUDA graph and replayed."""
+
+    def __init__(self, unet):
+        self.unet = unet
+        self.graphs = {}
+
+    def __call__(self, x, t, labels):
+        key = (tuple(x.shape), labels is None)
+        if key not in self.graphs:
+            self.graphs[key] = self._capture(x, t, labels)
+        graph, inputs, out = self.graphs[key]
+        for static, value in zip(inputs, (x, t, labels), strict=True):
+            if static is not None:
+                static.copy_(value)
+        graph.replay()
+        return out.clone()
+
+    def _capture(self, x, t, labels):
+        inputs = (x.clone(), t.clone(), None if labels is None else labels.clone())
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up off the default stream, as capture requires
+            for _ in range(3):
+                self.unet(*inputs)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = self.unet(*inputs)
+        return graph, inputs, out
+
+
+# --- one sampling run, ours and diffusers' ------------------------------------------------------------
+
+
+def run_ours(schedule, x_T: torch.Tensor, sampler: str, steps: int, eps_fn, seed: int) -> torch.Tensor:
+    generator = make_generator(seed, x_T.device)
+    if sampler == "ddim":
+        return sample(ddim_steps(schedule, x_T, ddim_timesteps(schedule.num_timesteps, steps), 0.0, generator), eps_fn)
+    # as the server samples DDPM: the predicted x0 clipped to [-1, 1], as in DDPM's reference code
+    return sample(ddpm_steps(schedule, x_T, steps, generator=generator, clip_x0=True), eps_fn)
+
+
+def run_diffusers(scheduler, x_T: torch.Tensor, steps: int, eps_fn) -> torch.Tensor:
+    scheduler.set_timesteps(steps)
+    x = x_T
+    for t in scheduler.timesteps:
+        eps = eps_fn(x, torch.full((x.shape[0],), int(t), device=x.device, dtype=torch.long))
+        x = scheduler.step(eps, t, x).prev_sample
+    return x
+
+
+def diffusers_scheduler(num_timesteps: int):
+    try:
+        from diffusers import DDIMScheduler
+    except ImportError:
+        print("note: diffusers is not installed (pip install -e '.[test]'): no comparison rows", file=sys.stderr)
+        return None
+    return DDIMScheduler(
+        num_train_timesteps=num_timesteps, beta_schedule="linear", clip_sample=False, set_alpha_to_one=True
+    )
+
+
+# --- the table ----------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    options = gpu_options(args, device)
+    checkpoint, note = load_model(args.checkpoint, device)
+    unet, schedule = checkpoint.unet, checkpoint.schedule
+    conditional = unet.config.num_classes > 0
+    scheduler = None if args.no_diffusers else diffusers_scheduler(schedule.num_timesteps)
+
+    print(command_line())
+    print(machine_line(device))
+    print(f"model: {note}; {sum(p.numel() for p in unet.parameters()) / 1e6:.2f}M parameters")
+    guided = args.guidance is not None and conditional
+    print(
+        f"requests: labels 0…9 with guidance w={args.guidance:g} (two UNet rows an image)" if guided
+        else "requests: unconditional (one UNet row an image)"
+    )  # fmt: skip
+
+    rows = []
+    with torch.inference_mode():
+        for variant in variants(options):
+            name = " + ".join(option.replace("_", " ") for option in variant) or "eager fp32"
+            for batch in args.batch:
+                gen = make_generator(0, device)
+                x_T = initial_noise((batch, *_image_shape(unet)), gen, device)
+                if not conditional:
+                    labels = None
+                elif guided:
+                    labels = torch.arange(batch, device=device) % unet.config.num_classes
+                else:
+                    labels = torch.full((batch,), unet.null_label, device=device)
+                eps_fn = EpsFn(unet, labels, args.guidance if guided else None, variant)
+                for sampler, steps in args.runs:
+                    compare = scheduler is not None and sampler == "ddim" and not variant
+                    ours, theirs = [], []
+                    run_ours(schedule, x_T, sampler, min(steps, 2), eps_fn, 1)  # warm-up (and compilation)
+                    run = functools.partial(run_ours, schedule, x_T, sampler, steps, eps_fn, 1)
+                    run_theirs = functools.partial(run_diffusers, scheduler, x_T, steps, eps_fn)
+                    for _ in range(args.repeats):  # interleaved, so that both see the same machine
+                        seconds, out = timed(run, device)
+                        ours.append(seconds)
+                        if compare:
+                            seconds, ref = timed(run_theirs, device)
+                            theirs.append(seconds)
+                    rows.append(_row(name, f"{sampler} (ours)", steps, batch, median(ours), ""))
+                    if compare:
+                        diff = (out - ref).abs().max().item()
+                        rows.append(_row(name, "ddim (diffusers loop)", steps, batch, median(theirs), f"{diff:.1e}"))
+                    print(f"  done: {name}, {sampler}-{steps}, batch {batch}", file=sys.stderr, flush=True)
+
+    header = ["variant", "sampler", "steps", "batch", "latency s", "ms/step", "images/s", "max abs diff vs ours"]
+    print()
+    print(markdown_table(header, rows))
+
+
+def _row(variant: str, sampler: str, steps: int, batch: int, seconds: float, diff: str) -> list:
+    return [variant, sampler, steps, batch, seconds, seconds / steps * 1000, batch / seconds, diff]
+
+
+def _image_shape(unet) -> tuple[int, int, int]:
+    return (unet.config.in_channels, unet.config.image_size, unet.config.image_size)
+
+
+if __name__ == "__main__":
+    main()
