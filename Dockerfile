@@ -1,6 +1,7 @@
 # The sampling server with the shipped checkpoints: `docker compose up` on a GPU host, or
 #   docker build -t ddpm-ddim . && docker run --gpus all -p 8000:8000 ddpm-ddim
 # Without a GPU (or without --gpus) the same image serves from the CPU: DDPM_DEVICE=auto.
+# Another base: --build-arg BASE_IMAGE=pytorch/pytorch:<tag> (Python 3.11 or newer: tomllib below).
 ARG BASE_IMAGE=pytorch/pytorch:2.8.0-cuda12.8-cudnn9-runtime
 FROM ${BASE_IMAGE}
 

@@ -66,6 +66,7 @@ class EpsFn:
         self.bf16 = "bf16" in options
         forward = unet
         self.mark_step = "compile" in options and "cuda_graphs" in options
+        self.graphed = "cuda_graphs" in options
         if "compile" in options:  # with CUDA graphs too: Inductor's own graphs ("reduce-overhead")
             forward = torch.compile(unet, mode="reduce-overhead" if "cuda_graphs" in options else "default")
         elif "cuda_graphs" in options:
@@ -79,7 +80,9 @@ class EpsFn:
             x, t, labels = torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, torch.full_like(labels, self.null)])
         if self.mark_step:  # Inductor's graphs reuse their output buffers: copy ε out before the next step
             torch.compiler.cudagraph_mark_step_begin()
-        with torch.autocast("cuda", torch.bfloat16) if self.bf16 else contextlib.nullcontext():
+        # no autocast weight cache under a graph: it would replay casts that were freed after capture
+        autocast = torch.autocast("cuda", torch.bfloat16, cache_enabled=not self.graphed) if self.bf16 else None
+        with autocast or contextlib.nullcontext():
             eps = self.forward(x, t, labels).float()
         if self.mark_step:
             eps = eps.clone()
