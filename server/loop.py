@@ -124,11 +124,12 @@ class Job:
         self.started_at = time.perf_counter()
         generator = make_generator(spec.seed, model.device)
         x = initial_noise((spec.n, *model.image_shape), generator, model.device)
+        # both samplers clip the predicted x0 to [-1, 1], as DDPM's code and diffusers' schedulers do by
+        # default: images live there, and small models' noisy x0 estimates need it
         if spec.sampler == "ddim":
             timesteps = ddim_timesteps(model.schedule.num_timesteps, spec.steps)
-            self.steps = ddim_steps(model.schedule, x, timesteps, spec.eta or 0.0, generator)
+            self.steps = ddim_steps(model.schedule, x, timesteps, spec.eta or 0.0, generator, clip_x0=True)
         else:
-            # DDPM's reference code clips the predicted x0 to [-1, 1] when sampling; DDIM's does not
             self.steps = ddpm_steps(model.schedule, x, spec.steps, generator=generator, clip_x0=True)
         self.step = next(self.steps)
         if model.num_classes:
