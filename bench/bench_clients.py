@@ -45,10 +45,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sampler", default="ddim", choices=["ddim", "ddpm"])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--n", type=int, default=4, help="images per request")
-    parser.add_argument("--every", type=int, default=1, help="stream every k-th step (the page: every step of DDIM-50)")
+    parser.add_argument(
+        "--every", default="1", help="stream every k-th step (the page: every step of DDIM-50); several: 1,20"
+    )
     parser.add_argument("--label", type=int, help="a class, with the server's default guidance (doubles the rows)")
     args = parser.parse_args(argv)
     args.clients = [int(c) for c in args.clients.split(",")]
+    args.every = [int(k) for k in args.every.split(",")]
     return args
 
 
@@ -149,14 +152,15 @@ def _quantile(values: list[float], q: float) -> float | str:
 
 async def run(args: argparse.Namespace, url: str) -> list[list]:
     ws_url = re.sub(r"^http", "ws", url.rstrip("/")) + "/ws/sample"
-    request = {"sampler": args.sampler, "steps": args.steps, "n": args.n, "every": args.every}
+    request = {"sampler": args.sampler, "steps": args.steps, "n": args.n}
     if args.label is not None:
         request["label"] = args.label
-    await one_request(ws_url, {**request, "seed": 0})  # warm-up
+    await one_request(ws_url, {**request, "seed": 0, "every": args.every[0]})  # warm-up
     rows = []
     for clients in args.clients:
-        rows.append(await level(ws_url, request, clients, args.rounds))
-        print(f"  done: {clients} clients", file=sys.stderr, flush=True)
+        for every in args.every:  # side by side at each level, so that both see the same machine
+            rows.append([every, *await level(ws_url, {**request, "every": every}, clients, args.rounds)])
+            print(f"  done: {clients} clients, a frame every {every} steps", file=sys.stderr, flush=True)
     return rows
 
 
@@ -177,14 +181,13 @@ def main(argv: list[str] | None = None) -> None:
                   f"load average {os.getloadavg()[0]:.1f} at start; clients on this machine")  # fmt: skip
             print(f"model: {note}")
             what = f"label {args.label}, default guidance" if args.label is not None else "unconditional"
-            print(f"request: {args.sampler}-{args.steps}, n={args.n}, {what}, a frame every {args.every} steps; "
-                  f"{args.rounds} requests a client")  # fmt: skip
+            print(f"request: {args.sampler}-{args.steps}, n={args.n}, {what}; {args.rounds} requests a client")
             rows = asyncio.run(run(args, url))
         finally:
             if process:
                 process.terminate()
                 process.wait(timeout=30)
-    header = ["clients", "requests", "images/s", "latency p50 s", "latency p95 s", "first frame p50 s",
+    header = ["frame every", "clients", "requests", "images/s", "latency p50 s", "latency p95 s", "first frame p50 s",
               "frames/s", "refused"]  # fmt: skip
     print()
     print(markdown_table(header, rows))

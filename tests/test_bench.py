@@ -44,4 +44,4 @@ def test_bench_clients_against_a_server_it_starts(capsys):
     bench_clients.main(["--clients", "1,2", "--rounds", "1", "--steps", "2", "--n", "1", "--device", "cpu",
                         "--checkpoint", "none"])  # fmt: skip
     rows = table_rows(capsys.readouterr().out)
-    assert [(row[0], row[1], row[-1]) for row in rows] == [("1", "1", "0"), ("2", "2", "0")]
+    assert [(row[1], row[2], row[-1]) for row in rows] == [("1", "1", "0"), ("2", "2", "0")]
