@@ -1,7 +1,7 @@
 """Server throughput under 1, 4, 16 and 64 concurrent WebSocket clients, each streaming its run as the
 page does (WS /ws/sample, a frame every --every steps), all batched by the server's sampling loop.
 
-    python bench/bench_clients.py                             # starts a server on the CPU: ~2 minutes here
+    OMP_NUM_THREADS=1 python bench/bench_clients.py           # starts a server on the CPU: 3-5 minutes here
     python bench/bench_clients.py --device cuda --n 16 --steps 50
     python bench/bench_clients.py --url http://gpu-host:8000  # a running server, e.g. `docker compose up`
 
@@ -62,7 +62,7 @@ def start_server(checkpoint: Path, device: str, max_jobs: int, folder: Path) -> 
     """`python -m server` on a free port with the one model; returns it, its address and a note."""
     if checkpoint.is_file():
         (folder / checkpoint.name).symlink_to(checkpoint.resolve())
-        note = str(checkpoint)
+        note = str(checkpoint.relative_to(REPO) if checkpoint.is_relative_to(REPO) else checkpoint)
     else:
         from model.checkpoint import save_checkpoint
         from model.schedule import NoiseSchedule

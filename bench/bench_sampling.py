@@ -1,7 +1,7 @@
 """Sampling latency and images/s per sampler and step count, and the same model driven by diffusers'
 DDIMScheduler loop for comparison (same weights, same device, same x_T, one run).
 
-    python bench/bench_sampling.py                                   # CPU: about 2 minutes on 2 cores
+    python bench/bench_sampling.py --threads 1                       # CPU: about 4 minutes on a busy core
     python bench/bench_sampling.py --device cuda --batch 16,256 --compile --bf16 --cuda-graphs
 
 Each row is one full sampling run of `batch` images from x_T to x_0 (the median of --repeats runs,

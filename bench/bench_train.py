@@ -1,7 +1,7 @@
 """Training throughput (images/s) of the UNet: the optimizer step of model/train.py (L_simple, AdamW,
 gradient clipping, EMA update) on synthetic batches, so that data loading is not what is measured.
 
-    python bench/bench_train.py                                           # CPU: about a minute on 2 cores
+    python bench/bench_train.py --threads 1                               # CPU: about a minute
     python bench/bench_train.py --device cuda --preset ddpm-cifar10 --channels 3 --image-size 32 \
         --classes 0 --batch 128 --steps 50 --compile --bf16 --channels-last
 
