@@ -268,6 +268,7 @@ def sampling_steps(
     label: int | None = None,
     guidance: float = 1.0,
     seed: int = 0,
+    clip_x0: bool = False,
 ) -> list[Step]:
     """Every state of one sampling run of n samples, from x_T to x_0; a conditional model's sample i
     is conditioned on class i mod K, or on `label` for all."""
@@ -280,11 +281,11 @@ def sampling_steps(
         labels = labels % cfg.num_classes
     if sampler == "ddpm":
         first_t = ckpt.schedule.num_timesteps - 1
-        run = ddpm_steps(ckpt.schedule, x, steps, generator=generator)
+        run = ddpm_steps(ckpt.schedule, x, steps, generator=generator, clip_x0=clip_x0)
     else:
         timesteps = ddim_timesteps(ckpt.schedule.num_timesteps, steps)
         first_t = timesteps[0]
-        run = ddim_steps(ckpt.schedule, x, timesteps, eta, generator)
+        run = ddim_steps(ckpt.schedule, x, timesteps, eta, generator, clip_x0)
     later = list(denoise(run, lambda x_t, t: guided_eps(ckpt.unet, x_t, t, labels, guidance)))
     return [Step(0, steps, first_t, x), *later]  # the pure noise first: pictures start from it
 
@@ -300,6 +301,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     sampling.add_argument("--eta", type=float, default=0.0, help="DDIM's η")
     sampling.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance w")
     sampling.add_argument("--class", dest="label", type=int, help="condition every sample on this class")
+    sampling.add_argument("--clip-x0", action="store_true", help="clip the predicted x0 to [-1, 1] at each step")
     sampling.add_argument("--seed", type=int, default=0)
     sampling.add_argument("--device", default="cpu")
     common = argparse.ArgumentParser(add_help=False)
@@ -357,7 +359,9 @@ def run(args: argparse.Namespace) -> Path:
         return save_picture(forward_noising(schedule, x0, args.t, args.seed, args.scale), args.out)
 
     ckpt = load_checkpoint(args.checkpoint, args.device)
-    steps = sampling_steps(ckpt, args.n, args.sampler, args.steps, args.eta, args.label, args.guidance, args.seed)
+    steps = sampling_steps(
+        ckpt, args.n, args.sampler, args.steps, args.eta, args.label, args.guidance, args.seed, args.clip_x0
+    )
     if args.command == "grid":
         conditional = ckpt.config.num_classes and args.label is None
         nrow = args.nrow or (ckpt.config.num_classes if conditional else max(1, round(args.n**0.5)))
