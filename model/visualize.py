@@ -173,11 +173,12 @@ COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
 
 
 def read_metrics(path: str | Path, key: str = "loss") -> list[tuple[int, float]]:
-    """(step, value) pairs of one key from a run's metrics.jsonl (a run folder works too)."""
+    """(step, value) pairs of one key from a run's metrics.jsonl (a run folder works too), by step."""
     path = Path(path)
     path = path / "metrics.jsonl" if path.is_dir() else path
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [(r["step"], float(r[key])) for r in rows if key in r]
+    latest = {r["step"]: float(r[key]) for r in rows if key in r}  # a resumed run logs its last steps again
+    return sorted(latest.items())
 
 
 def smoothed(values: list[float], weight: float) -> list[float]:

@@ -7,7 +7,7 @@ from PIL import Image
 from conftest import tiny_unet
 from model.checkpoint import save_checkpoint
 from model.schedule import NoiseSchedule
-from model.visualize import HEADER, main, nice_ticks, smoothed
+from model.visualize import HEADER, main, nice_ticks, read_metrics, smoothed
 
 SIZE = 28
 
@@ -83,6 +83,12 @@ def test_the_loss_curve_of_two_runs(tmp_path):
     assert image.size == (400, 300)
     colours = {colour for _, colour in image.getcolors(1 << 18)}
     assert (31, 119, 180) in colours and (214, 39, 40) in colours  # one solid line per run
+
+
+def test_metrics_of_a_resumed_run_keep_the_last_value_of_each_step(tmp_path):
+    rows = [{"step": 50, "loss": 1.0}, {"step": 100, "loss": 0.5}, {"step": 100, "loss": 0.4}, {"step": 150, "lr": 1}]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    assert read_metrics(tmp_path) == [(50, 1.0), (100, 0.4)]
 
 
 def test_ticks_and_smoothing():
