@@ -53,7 +53,7 @@ class SampleRequest(BaseModel):
         ge=0,
         allow_inf_nan=False,
         description="Classifier-free guidance weight w in ε_u + w (ε_c - ε_u), used with a label: 1 is the plain "
-        "conditional model, larger is more class-typical. Default: the server's default_guidance (2.0); at most "
+        "conditional model, larger is more class-typical. Default: the server's default_guidance (3.0); at most "
         "its max_guidance (20). Ignored without a label.",
     )
 

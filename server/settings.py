@@ -31,7 +31,7 @@ class Settings(BaseSettings):
     max_steps: int = Field(1000, ge=1, description="most denoising steps per request")
     max_jobs: int = Field(8, ge=1, description="most jobs sampling at once; more are refused with 503")
     max_guidance: float = Field(20.0, ge=1)
-    default_guidance: float = Field(2.0, ge=0, description="classifier-free guidance w when a label is given")
+    default_guidance: float = Field(3.0, ge=0, description="classifier-free guidance w when a label is given")
     request_timeout_s: float = Field(120.0, gt=0, description="a job running longer is stopped")
     max_body_bytes: int = Field(16_384, ge=256, description="largest request body or WebSocket message")
 

@@ -193,7 +193,7 @@ def test_sample_answers_images_and_their_grid(client):
         "steps": 4,
         "eta": 0.0,
         "label": 1,
-        "guidance": 2.0,  # the default guidance, with a label
+        "guidance": 3.0,  # the default guidance, with a label
     }
     assert body["elapsed_ms"] > 0
 
@@ -369,7 +369,7 @@ def test_ws_streams_start_every_frame_and_done(client):
         "channels": 1,
         "eta": 0.0,
         "label": 0,
-        "guidance": 2.0,
+        "guidance": 3.0,
     }
     assert [frame["type"] for frame in frames] == ["frame"] * 6
     assert [frame["step"] for frame in frames] == [1, 2, 3, 4, 5, 6]

@@ -1,7 +1,7 @@
 // The generate form: filling it from /models, keeping its hints honest, and turning it into a
 // request of the contract. `validateSettings` and `autoEvery` are pure, so tests can call them.
 
-export const DEFAULTS = { sampler: "ddim", ddimSteps: 50, eta: 0, n: 16, guidance: 2, every: "auto" };
+export const DEFAULTS = { sampler: "ddim", ddimSteps: 50, eta: 0, n: 16, guidance: 3, every: "auto" };
 export const MAX_SEED = Number.MAX_SAFE_INTEGER; // the server takes seeds below 2^53, exact in JS
 const MAX_IMAGES = 64;
 const PREFERRED_MODEL = "mnist";
