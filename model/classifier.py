@@ -28,6 +28,7 @@ from torch import nn
 from tqdm import tqdm
 
 from model.checkpoint import atomic_write
+from model.cli import HelpFormatter
 from model.data import DATASETS, load_dataset
 
 FORMAT_VERSION = 1
@@ -214,7 +215,7 @@ def accuracy(model: Classifier, images: torch.Tensor, labels: torch.Tensor) -> f
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(
         description="Train the small CNN that judges MNIST/Fashion-MNIST samples, and save it with its test accuracy.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--dataset", choices=[n for n, d in DATASETS.items() if d.class_names], default="mnist")
     p.add_argument("--data-root", type=Path, default=Path("data"))

@@ -44,6 +44,7 @@ from model.classifier import (
     default_classifier_path,
     load_classifier,
 )
+from model.cli import HelpFormatter
 from model.data import DATASETS
 from model.fid import (
     CACHE_DIR,
@@ -368,7 +369,7 @@ def best_device(name: str = "auto") -> torch.device:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description="FID and classifier scores of a checkpoint's samples, for one sampler or a sweep.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("checkpoint", type=Path)
     g = p.add_argument_group("sampling")

@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
 from model.checkpoint import atomic_write, save_checkpoint
+from model.cli import HelpFormatter
 from model.data import DATASETS, load_dataset
 from model.samplers import ddim_steps, ddim_timesteps, denoise, guided_eps, initial_noise, make_generator
 from model.schedule import SCHEDULES, NoiseSchedule
@@ -43,7 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="python -m model.train",
         description="Train a DDPM/DDIM noise predictor. Options can also come from --config FILE.json "
         "(keys are the option names with underscores); options on the command line win.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--config", type=Path, help="JSON file of option values")
     g = p.add_argument_group("data")

@@ -22,6 +22,7 @@ from torchvision.transforms.functional import to_pil_image
 from torchvision.utils import make_grid, save_image
 
 from model.checkpoint import Checkpoint, CheckpointError, atomic_write, load_checkpoint
+from model.cli import HelpFormatter
 from model.data import load_dataset
 from model.samplers import (
     Step,
@@ -309,7 +310,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     common.add_argument("--out", type=Path, required=True)
     common.add_argument("--scale", type=int, default=2, help="enlarge every pixel this many times")
 
-    defaults = argparse.ArgumentDefaultsHelpFormatter
+    defaults = HelpFormatter
     g = sub.add_parser("grid", parents=[sampling, common], formatter_class=defaults, help="a grid of samples")
     g.add_argument("-n", type=int, default=100)
     g.add_argument("--nrow", type=int, help="images per row (default: K for a conditional model, else √n)")
