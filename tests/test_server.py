@@ -16,10 +16,10 @@ from PIL import Image
 from safetensors.torch import save_file
 from starlette.websockets import WebSocketDisconnect
 
+from conftest import server_unet
 from model.checkpoint import save_checkpoint
 from model.samplers import ddim_timesteps
 from model.schedule import NoiseSchedule
-from model.unet import UNet, UNetConfig
 from server.__main__ import browsable_host, parse_args, settings_from_args
 from server.app import create_app
 from server.registry import resolve_device
@@ -29,21 +29,7 @@ WAIT_S = 30  # generous: the machine is shared; a passing test never waits this 
 
 
 def write_checkpoint(path, channels: int, num_classes: int, timesteps: int, class_names=()):
-    torch.manual_seed(channels + num_classes)
-    config = UNetConfig(
-        in_channels=channels,
-        image_size=8,
-        base_channels=8,
-        channel_mults=(1, 2),
-        num_res_blocks=1,
-        attention_resolutions=(4,),
-        num_classes=num_classes,
-        dropout=0.0,
-    )
-    unet = UNet(config)
-    with torch.no_grad():  # the output layers start at zero: make ε depend on the input
-        for p in unet.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
+    unet = server_unet(channels, num_classes, seed=channels + num_classes)
     save_checkpoint(path, unet, NoiseSchedule.from_name("linear", timesteps), "toy", list(class_names), step=7)
 
 

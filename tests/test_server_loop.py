@@ -9,10 +9,10 @@ import threading
 import pytest
 import torch
 
+from conftest import server_unet
 from model.checkpoint import Checkpoint
 from model.samplers import ddim_steps, ddim_timesteps, ddpm_steps, guided_eps, initial_noise, make_generator, sample
 from model.schedule import NoiseSchedule
-from model.unet import UNet, UNetConfig
 from server.loop import Cancelled, Failed, Finished, Frame, Job, JobSpec, LoopFull, SamplingLoop
 from server.registry import LoadedModel
 from server.ws import Outbox
@@ -21,21 +21,7 @@ WAIT_S = 30  # generous: the machine is shared; a passing test never waits this 
 
 
 def tiny_model(name: str, channels: int, num_classes: int, timesteps: int, device="cpu") -> LoadedModel:
-    torch.manual_seed(len(name))
-    config = UNetConfig(
-        in_channels=channels,
-        image_size=8,
-        base_channels=8,
-        channel_mults=(1, 2),
-        num_res_blocks=1,
-        attention_resolutions=(4,),
-        num_classes=num_classes,
-        dropout=0.0,
-    )
-    unet = UNet(config)
-    with torch.no_grad():  # the output layers start at zero: make ε depend on the input
-        for p in unet.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
+    unet = server_unet(channels, num_classes, seed=len(name))
     checkpoint = Checkpoint(unet.to(device).eval(), NoiseSchedule.from_name("linear", timesteps).to(device), "toy")
     return LoadedModel(name, checkpoint, torch.device(device))
 
