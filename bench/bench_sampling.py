@@ -8,12 +8,15 @@ Each row is one full sampling run of `batch` images from x_T to x_0 (the median 
 after a short warm-up run). Unconditional by default (the null label: one UNet forward of `batch` rows a
 step); --guidance W samples labels 0…9 with classifier-free guidance, which doubles the rows. On a GPU,
 --compile, --bf16 and --cuda-graphs each add a row group of their own, and one with all of them.
+--nchw adds a row per run with the weights in PyTorch's default layout, timed interleaved with ours
+(load_checkpoint keeps them channels-last).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import functools
 import sys
 from pathlib import Path
@@ -43,6 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch", default="16", help="images per run, comma-separated")
     parser.add_argument("--guidance", type=float, help="sample labels 0…9 with this classifier-free guidance w")
     parser.add_argument("--no-diffusers", action="store_true", help="skip the diffusers DDIMScheduler comparison")
+    parser.add_argument("--nchw", action="store_true", help="also time the weights in the default (NCHW) layout")
     add_common_args(parser)
     gpu = parser.add_argument_group("GPU only (ignored with a note on the CPU)")
     gpu.add_argument("--compile", action="store_true", help="torch.compile the UNet")
@@ -178,6 +182,7 @@ def main(argv: list[str] | None = None) -> None:
         else "requests: unconditional (one UNet row an image)"
     )  # fmt: skip
 
+    unet_nchw = copy.deepcopy(unet).to(memory_format=torch.contiguous_format) if args.nchw else None
     rows = []
     with torch.inference_mode():
         for variant in variants(options):
@@ -192,27 +197,44 @@ def main(argv: list[str] | None = None) -> None:
                 else:
                     labels = torch.full((batch,), unet.null_label, device=device)
                 eps_fn = EpsFn(unet, labels, args.guidance if guided else None, variant)
+                nchw_fn = EpsFn(unet_nchw, labels, args.guidance if guided else None) if args.nchw else None
                 for sampler, steps in args.runs:
-                    compare = scheduler is not None and sampler == "ddim" and not variant
-                    ours, theirs = [], []
+                    contenders = {
+                        f"{sampler} (ours)": functools.partial(run_ours, schedule, x_T, sampler, steps, eps_fn, 1)
+                    }
+                    if scheduler is not None and sampler == "ddim" and not variant:
+                        contenders["ddim (diffusers loop)"] = functools.partial(
+                            run_diffusers, scheduler, x_T, steps, eps_fn
+                        )
+                    if nchw_fn is not None and not variant:
+                        contenders[f"{sampler} (ours, NCHW weights)"] = functools.partial(
+                            run_ours, schedule, x_T, sampler, steps, nchw_fn, 1
+                        )
                     run_ours(schedule, x_T, sampler, min(steps, 2), eps_fn, 1)  # warm-up (and compilation)
-                    run = functools.partial(run_ours, schedule, x_T, sampler, steps, eps_fn, 1)
-                    run_theirs = functools.partial(run_diffusers, scheduler, x_T, steps, eps_fn)
-                    for _ in range(args.repeats):  # interleaved, so that both see the same machine
-                        seconds, out = timed(run, device)
-                        ours.append(seconds)
-                        if compare:
-                            seconds, ref = timed(run_theirs, device)
-                            theirs.append(seconds)
-                    rows.append(_row(name, f"{sampler} (ours)", steps, batch, median(ours), ""))
-                    if compare:
-                        diff = (out - ref).abs().max().item()
-                        rows.append(_row(name, "ddim (diffusers loop)", steps, batch, median(theirs), f"{diff:.1e}"))
+                    if nchw_fn is not None and not variant:
+                        run_ours(schedule, x_T, sampler, min(steps, 2), nchw_fn, 1)
+                    results = time_interleaved(contenders, args.repeats, device)
+                    ours = results[f"{sampler} (ours)"][1]
+                    for label, (seconds, out) in results.items():
+                        diff = "" if out is ours else f"{(out - ours).abs().max().item():.1e}"
+                        rows.append(_row(name, label, steps, batch, seconds, diff))
                     print(f"  done: {name}, {sampler}-{steps}, batch {batch}", file=sys.stderr, flush=True)
 
     header = ["variant", "sampler", "steps", "batch", "latency s", "ms/step", "images/s", "max abs diff vs ours"]
     print()
     print(markdown_table(header, rows))
+
+
+def time_interleaved(runs: dict, repeats: int, device: torch.device) -> dict:
+    """{label: (median seconds, output of the last run)}; the runs take turns, repeat by repeat, so
+    that all of them see the same machine."""
+    seconds = {label: [] for label in runs}
+    outputs = {}
+    for _ in range(repeats):
+        for label, run in runs.items():
+            elapsed, outputs[label] = timed(run, device)
+            seconds[label].append(elapsed)
+    return {label: (median(seconds[label]), outputs[label]) for label in runs}
 
 
 def _row(variant: str, sampler: str, steps: int, batch: int, seconds: float, diff: str) -> list:

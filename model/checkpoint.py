@@ -93,7 +93,11 @@ def read_metadata(path: str | Path) -> dict:
 
 
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> Checkpoint:
-    """Rebuild the model a checkpoint describes, on `device`, ready to sample (eval mode)."""
+    """Rebuild the model a checkpoint describes, on `device`, ready to sample (eval mode).
+
+    The weights are kept channels-last, the layout oneDNN's convolutions prefer (DDIM-50 on the CPU
+    1.1–1.3× faster for the shipped models, docs/results.md#speed); inputs in either layout work.
+    """
     path = Path(path)
     meta = read_metadata(path)
     try:
@@ -111,7 +115,7 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> Che
     except RuntimeError as e:
         raise CheckpointError(f"{path}: weights do not match the model in its metadata: {e}") from e
     return Checkpoint(
-        unet=unet.to(device).eval(),
+        unet=unet.to(device, memory_format=torch.channels_last).eval(),
         schedule=schedule.to(device),
         dataset=meta.get("dataset", "unknown"),
         class_names=list(meta.get("class_names", [])),

@@ -32,6 +32,14 @@ def test_bench_sampling_compares_with_diffusers(capsys):
     assert float(rows[1][-1]) < 1e-4  # the same images as diffusers' DDIMScheduler, to float32 rounding
 
 
+def test_bench_sampling_times_the_nchw_weights_beside_ours(capsys):
+    args = ["--runs", "ddim:3", "--batch", "2", "--repeats", "2", "--checkpoint", "none", "--no-diffusers"]
+    bench_sampling.main([*args, "--nchw", "--guidance", "2"])
+    rows = table_rows(capsys.readouterr().out)
+    assert [row[1] for row in rows] == ["ddim (ours)", "ddim (ours, NCHW weights)"]
+    assert float(rows[1][-1]) < 1e-4  # the same function in another memory layout
+
+
 def test_bench_train_notes_gpu_options_on_the_cpu(capsys):
     bench_train.main(["--batch", "4", "--steps", "1", "--warmup", "1", "--repeats", "1", "--device", "cpu", "--bf16"])
     captured = capsys.readouterr()
