@@ -32,8 +32,10 @@ def server(tmp_path_factory):
     folder = tmp_path_factory.mktemp("checkpoints")
     config = UNetConfig(in_channels=1, image_size=8, base_channels=8, channel_mults=(1, 2), num_classes=2, dropout=0.0)
     save_checkpoint(folder / "digits.safetensors", UNet(config), NoiseSchedule.from_name("linear", 1000), "toy")
-    env_file = folder / "empty.env"
-    env_file.write_text("")
+    env_file = folder / "test.env"
+    # room for every frame of the short runs below: with the default of one slot, a frame the loop makes
+    # before the previous one is sent replaces it (by design; test_server_loop.py checks the Outbox)
+    env_file.write_text("DDPM_WS_FRAME_BUFFER=16\n")
     env = {key: value for key, value in os.environ.items() if not key.startswith("DDPM_")}
     command = [
         sys.executable,
