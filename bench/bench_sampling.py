@@ -196,8 +196,10 @@ def main(argv: list[str] | None = None) -> None:
                     labels = torch.arange(batch, device=device) % unet.config.num_classes
                 else:
                     labels = torch.full((batch,), unet.null_label, device=device)
-                eps_fn = EpsFn(unet, labels, args.guidance if guided else None, variant)
-                nchw_fn = EpsFn(unet_nchw, labels, args.guidance if guided else None) if args.nchw else None
+                guidance = args.guidance if guided else None
+                eps_fn = EpsFn(unet, labels, guidance, variant)
+                # the layout comparison is made for plain eager fp32 only, as the diffusers one
+                nchw_fn = EpsFn(unet_nchw, labels, guidance) if args.nchw and not variant else None
                 for sampler, steps in args.runs:
                     contenders = {
                         f"{sampler} (ours)": functools.partial(run_ours, schedule, x_T, sampler, steps, eps_fn, 1)
@@ -206,12 +208,11 @@ def main(argv: list[str] | None = None) -> None:
                         contenders["ddim (diffusers loop)"] = functools.partial(
                             run_diffusers, scheduler, x_T, steps, eps_fn
                         )
-                    if nchw_fn is not None and not variant:
+                    run_ours(schedule, x_T, sampler, min(steps, 2), eps_fn, 1)  # warm-up (and compilation)
+                    if nchw_fn is not None:
                         contenders[f"{sampler} (ours, NCHW weights)"] = functools.partial(
                             run_ours, schedule, x_T, sampler, steps, nchw_fn, 1
                         )
-                    run_ours(schedule, x_T, sampler, min(steps, 2), eps_fn, 1)  # warm-up (and compilation)
-                    if nchw_fn is not None and not variant:
                         run_ours(schedule, x_T, sampler, min(steps, 2), nchw_fn, 1)
                     results = time_interleaved(contenders, args.repeats, device)
                     ours = results[f"{sampler} (ours)"][1]

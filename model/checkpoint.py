@@ -96,7 +96,7 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> Che
     """Rebuild the model a checkpoint describes, on `device`, ready to sample (eval mode).
 
     The weights are kept channels-last, the layout oneDNN's convolutions prefer (DDIM-50 on the CPU
-    1.1–1.3× faster for the shipped models, docs/results.md#speed); inputs in either layout work.
+    1.0–1.5× faster for the shipped models, docs/results.md#speed); inputs in either layout work.
     """
     path = Path(path)
     meta = read_metadata(path)
