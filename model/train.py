@@ -19,8 +19,9 @@ import math
 import os
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import nullcontext
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -187,10 +188,35 @@ def save_samples(model: UNet, schedule: NoiseSchedule, folder: Path, step: int, 
     save_denoising_strip(keep, folder / f"strip_{step:07d}.png", columns=10)
 
 
-# --- the training run ---------------------------------------------------------------------------
+# --- the parts of a run that distillation shares ------------------------------------------------
 
 
-def train(args: argparse.Namespace) -> Path:
+@dataclass
+class Runtime:
+    """Where a run computes: the device, its place among torchrun's processes, and the speed options."""
+
+    device: torch.device
+    rank: int = 0
+    world: int = 1
+    distributed: bool = False
+    bf16: bool = False
+    channels_last: bool = False
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    def autocast(self):
+        return torch.autocast(self.device.type, torch.bfloat16) if self.bf16 else nullcontext()
+
+    def close(self) -> None:
+        if self.distributed:
+            dist.barrier()
+            dist.destroy_process_group()
+
+
+def init_runtime(args: argparse.Namespace) -> Runtime:
+    """Pick the device (one GPU per torchrun process), join the process group, set threads."""
     distributed = "LOCAL_RANK" in os.environ
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -202,151 +228,221 @@ def train(args: argparse.Namespace) -> Path:
         dist.init_process_group("nccl" if args.device.startswith("cuda") else "gloo")
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     device = torch.device(args.device)
-    cuda = device.type == "cuda"
     if args.threads:
         torch.set_num_threads(args.threads)
-    bf16 = cuda if args.bf16 is None else args.bf16
-    channels_last = cuda if args.channels_last is None else args.channels_last
+    cuda = device.type == "cuda"
     if args.batch_size % world:
         raise SystemExit(f"--batch-size {args.batch_size} must be divisible by the {world} processes")
+    return Runtime(
+        device,
+        rank,
+        world,
+        distributed,
+        bf16=cuda if args.bf16 is None else args.bf16,
+        channels_last=cuda if args.channels_last is None else args.channels_last,
+    )
 
-    out: Path = args.out
+
+def guard_run_folder(out: Path, resume: bool) -> Path:
+    """The run's state.pt; a fresh run never overwrites an old one, a resumed run needs one."""
     state_path = out / "state.pt"
-    if args.resume and not state_path.is_file():
+    if resume and not state_path.is_file():
         raise SystemExit(f"--resume: no {state_path} to resume from")
-    if not args.resume and state_path.is_file():
+    if not resume and state_path.is_file():
         raise SystemExit(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
+    return state_path
 
+
+class TrainState:
+    """The weights, their EMA, AdamW and its learning-rate schedule, and the step: what one optimisation
+    step changes and what state.pt holds."""
+
+    def __init__(self, model: UNet, args: argparse.Namespace, total_steps: int):
+        self.model = model
+        # the EMA copy is only ever evaluated: eval mode keeps dropout off when it draws samples
+        self.ema = AveragedModel(model, avg_fn=bias_corrected_ema(args.ema_decay), use_buffers=True).eval()
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, args.warmup, total_steps, args.min_lr_ratio)
+        )
+        self.grad_clip = args.grad_clip
+        self.step = 0
+
+    def update(self, loss: torch.Tensor) -> torch.Tensor:
+        """One optimisation step on `loss`: backward, clip, AdamW, learning rate, EMA. Returns the gradient norm."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.ema.update_parameters(self.model)
+        self.step += 1
+        return grad_norm
+
+    @property
+    def lr(self) -> float:
+        return self.scheduler.get_last_lr()[0]
+
+    def save(self, path: Path, rt: Runtime) -> None:
+        """state.pt, atomically. Every process joins the RNG gather; only rank 0 writes."""
+        rng_cpu = gather_states(torch.get_rng_state(), rt.world, rt.distributed)
+        rng_cuda = (
+            gather_states(torch.cuda.get_rng_state(rt.device).to(rt.device), rt.world, rt.distributed)
+            if rt.cuda
+            else None
+        )
+        if rt.rank != 0:
+            return
+        state = {
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "step": torch.tensor(self.step),
+            "rng_cpu": rng_cpu,
+        }
+        if rng_cuda is not None:
+            state["rng_cuda"] = rng_cuda
+        atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+    def load(self, path: Path, rt: Runtime) -> dict:
+        """Restore from state.pt; returns it, for `restore_rng` once everything else is set up."""
+        state = torch.load(path, map_location=rt.device, weights_only=True)
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = int(state["step"])
+        return state
+
+
+def restore_rng(state: dict, rt: Runtime) -> None:
+    """Continue each process's random stream; call last, since setting up a loop draws from it."""
+    torch.set_rng_state(state["rng_cpu"][rt.rank].cpu())
+    if rt.cuda and "rng_cuda" in state:
+        torch.cuda.set_rng_state(state["rng_cuda"][rt.rank].cpu())
+
+
+class RunLog:
+    """metrics.jsonl, TensorBoard and the progress bar of a run folder (rank 0 writes)."""
+
+    def __init__(self, out: Path, config: dict, rt: Runtime, step: int, total: int, resume: bool, progress: bool):
+        self.out, self.rt = out, rt
+        self.writer = None
+        if rt.rank == 0:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "samples").mkdir(exist_ok=True)
+            if resume:  # forget what was logged after the saved state: those steps run again
+                drop_metrics_after(out / "metrics.jsonl", step)
+            config = {k: (str(v) if isinstance(v, Path) else v) for k, v in config.items()}
+            atomic_write(out / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2)))
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(out), purge_step=step)
+        self.progress = tqdm(
+            total=total, initial=step, disable=rt.rank != 0 or not progress, dynamic_ncols=True, mininterval=1
+        )
+        self.tick, self.seen = time.perf_counter(), 0
+
+    def step(self, step: int, images: int, log: bool, **values: torch.Tensor | float) -> None:
+        """Count a step of `images`; when `log`, write the mean over processes of each value and images/s."""
+        self.seen += images * self.rt.world
+        self.progress.update(1)
+        if not log:
+            return
+        metrics = {"step": step}
+        for key, value in values.items():
+            if isinstance(value, torch.Tensor):
+                value = value.detach().float()
+                if self.rt.distributed and key == "loss":
+                    dist.all_reduce(value, op=dist.ReduceOp.AVG)
+                value = value.item()
+            metrics[key] = value
+        metrics["images_per_s"] = self.seen / (time.perf_counter() - self.tick)
+        self.tick, self.seen = time.perf_counter(), 0
+        if self.rt.rank != 0:
+            return
+        with open(self.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(metrics) + "\n")
+        for key, value in metrics.items():
+            if key != "step":
+                self.writer.add_scalar(f"train/{key}", value, step)
+        self.progress.set_postfix(loss=f"{metrics['loss']:.4f}", img_s=f"{metrics['images_per_s']:.0f}")
+
+    def close(self) -> None:
+        self.progress.close()
+        if self.writer:
+            self.writer.close()
+
+
+def batches(dataset, args: argparse.Namespace, step: int, rt: Runtime) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless (images, labels) batches on the device, the same ones a resumed run would see. The
+    DataLoader draws its base seed here, so call this before `restore_rng`."""
+    sampler = EpochBatches(len(dataset), args.batch_size, args.seed, step, rt.rank, rt.world)
+    loader = iter(DataLoader(dataset, batch_sampler=sampler, num_workers=args.workers, pin_memory=rt.cuda))
+
+    def on_device():
+        for x0, labels in loader:
+            x0 = x0.to(rt.device, non_blocking=True)
+            if rt.channels_last:
+                x0 = x0.contiguous(memory_format=torch.channels_last)
+            yield x0, labels.to(rt.device)
+
+    return on_device()
+
+
+# --- the training run ---------------------------------------------------------------------------
+
+
+def train(args: argparse.Namespace) -> Path:
+    rt = init_runtime(args)
+    state_path = guard_run_folder(args.out, args.resume)
     info = DATASETS[args.dataset]
     dataset = load_dataset(args.dataset, args.data_root, train=True, image_size=args.image_size, download=args.download)
-    image_size = args.image_size or info.image_size
     num_classes = len(info.class_names) if args.conditional else 0
     if args.epochs:
         args.steps = max(1, round(args.epochs * (len(dataset) // args.batch_size)))
 
     torch.manual_seed(args.seed)
-    schedule = NoiseSchedule.from_name(args.schedule, args.timesteps).to(device)
-    model = UNet(unet_config(args, info.channels, image_size, num_classes)).to(device)
-    if channels_last:
+    schedule = NoiseSchedule.from_name(args.schedule, args.timesteps).to(rt.device)
+    model = UNet(unet_config(args, info.channels, args.image_size or info.image_size, num_classes)).to(rt.device)
+    if rt.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    # the EMA copy is only ever evaluated: eval mode keeps dropout off when it draws samples
-    ema = AveragedModel(model, avg_fn=bias_corrected_ema(args.ema_decay), use_buffers=True).eval()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, args.warmup, args.steps, args.min_lr_ratio)
-    )
+    state = TrainState(model, args, args.steps)
+    saved = state.load(state_path, rt) if args.resume else None
 
-    step = 0
-    if args.resume:
-        state = torch.load(state_path, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        step = int(state["step"])
-
-    trained = DistributedDataParallel(model) if distributed else model
+    trained = DistributedDataParallel(model) if rt.distributed else model
     forward = torch.compile(trained) if args.compile else trained
-    batches = EpochBatches(len(dataset), args.batch_size, args.seed, step, rank, world)
-    loader = iter(DataLoader(dataset, batch_sampler=batches, num_workers=args.workers, pin_memory=cuda))
+    loader = batches(dataset, args, state.step, rt)
+    log = RunLog(args.out, vars(args), rt, state.step, args.steps, args.resume, not args.no_progress)
+    if saved:
+        restore_rng(saved, rt)
 
-    writer = None
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "samples").mkdir(exist_ok=True)
-        if args.resume:  # forget what was logged after the saved state: those steps run again
-            drop_metrics_after(out / "metrics.jsonl", step)
-        config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-        atomic_write(out / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2)))
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(out), purge_step=step)
-
-    def save() -> None:
-        # every process joins the RNG gather; only rank 0 writes
-        rng_cpu = gather_states(torch.get_rng_state(), world, distributed)
-        rng_cuda = gather_states(torch.cuda.get_rng_state(device).to(device), world, distributed) if cuda else None
-        if rank != 0:
-            return
-        state = {
-            "model": model.state_dict(),
-            "ema": ema.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "step": torch.tensor(step),
-            "rng_cpu": rng_cpu,
-        }
-        if rng_cuda is not None:
-            state["rng_cuda"] = rng_cuda
-        atomic_write(state_path, lambda tmp: torch.save(state, tmp))
-        save_checkpoint(
-            out / "model.safetensors", ema.module, schedule, args.dataset, list(info.class_names), step, ema=True
-        )
-
-    progress = tqdm(
-        total=args.steps, initial=step, disable=rank != 0 or args.no_progress, dynamic_ncols=True, mininterval=1
-    )
-    if args.resume:  # last: setting up the loop above draws from the RNG (the DataLoader's base seed)
-        torch.set_rng_state(state["rng_cpu"][rank].cpu())
-        if cuda and "rng_cuda" in state:
-            torch.cuda.set_rng_state(state["rng_cuda"][rank].cpu())
     model.train()
-    tick, seen = time.perf_counter(), 0
-    while step < args.steps:
+    while state.step < args.steps:
         x0, labels = next(loader)
-        x0 = x0.to(device, non_blocking=True)
-        if channels_last:
-            x0 = x0.contiguous(memory_format=torch.channels_last)
         if num_classes:
-            labels = labels.to(device)
-            drop = torch.rand(labels.shape, device=device) < args.label_dropout
+            drop = torch.rand(labels.shape, device=rt.device) < args.label_dropout
             labels = torch.where(drop, torch.full_like(labels, num_classes), labels)
         else:
             labels = None
-        with torch.autocast(device.type, torch.bfloat16) if bf16 else nullcontext():
+        with rt.autocast():
             loss = schedule.loss(forward, x0, labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        ema.update_parameters(model)
-        step += 1
-        seen += x0.shape[0] * world
-
-        if step % args.log_every == 0 or step == args.steps:
-            loss_value = loss.detach()
-            if distributed:
-                dist.all_reduce(loss_value, op=dist.ReduceOp.AVG)
-            elapsed = time.perf_counter() - tick
-            metrics = {
-                "step": step,
-                "loss": loss_value.item(),
-                "lr": scheduler.get_last_lr()[0],
-                "grad_norm": grad_norm.item(),
-                "images_per_s": seen / elapsed,
-            }
-            tick, seen = time.perf_counter(), 0
-            if rank == 0:
-                with open(out / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(metrics) + "\n")
-                for key, value in metrics.items():
-                    if key != "step":
-                        writer.add_scalar(f"train/{key}", value, step)
-                progress.set_postfix(loss=f"{metrics['loss']:.4f}", img_s=f"{metrics['images_per_s']:.0f}")
-        progress.update(1)
+        grad_norm = state.update(loss)
+        step = state.step
+        log.step(step, x0.shape[0], step % args.log_every == 0 or step == args.steps, loss=loss, lr=state.lr,
+                 grad_norm=grad_norm)  # fmt: skip
         if step % args.ckpt_every == 0 or step == args.steps:
-            save()
-        if rank == 0 and args.sample_every and (step % args.sample_every == 0 or step == args.steps):
-            save_samples(ema.module, schedule, out / "samples", step, device)
+            state.save(state_path, rt)
+            if rt.rank == 0:
+                save_checkpoint(args.out / "model.safetensors", state.ema.module, schedule, args.dataset,
+                                list(info.class_names), step, ema=True)  # fmt: skip
+        if rt.rank == 0 and args.sample_every and (step % args.sample_every == 0 or step == args.steps):
+            save_samples(state.ema.module, schedule, args.out / "samples", step, rt.device)
 
-    progress.close()
-    if writer:
-        writer.close()
-    if distributed:
-        dist.barrier()
-        dist.destroy_process_group()
-    return out / "model.safetensors"
+    log.close()
+    rt.close()
+    return args.out / "model.safetensors"
 
 
 def drop_metrics_after(path: Path, step: int) -> None:

@@ -15,6 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+PREDICTIONS = ("epsilon", "v")
+# w is embedded like a timestep, scaled so that the range of guidance weights in use (0 … 10) spreads
+# over the frequencies as t's 0 … 1000 do
+GUIDANCE_EMBEDDING_SCALE = 100.0
+
 
 @dataclass
 class UNetConfig:
@@ -28,12 +33,18 @@ class UNetConfig:
     num_classes: int = 0  # 0: unconditional
     num_heads: int = 1
     groups: int = 32  # GroupNorm groups, capped at the channel count
+    # guidance-distilled students (Meng et al. 2023) take the guidance weight w as an input
+    guidance_input: bool = False
+    # what the network predicts: "epsilon" (DDPM) or "v" = √ᾱ ε - √(1-ᾱ) x_0 (distilled students)
+    prediction: str = "epsilon"
 
     def __post_init__(self):
         self.channel_mults = tuple(self.channel_mults)
         self.attention_resolutions = tuple(self.attention_resolutions)
         if self.in_channels < 1 or self.image_size < 4 or self.base_channels < 1 or self.num_res_blocks < 0:
             raise ValueError(f"invalid UNet config: {self}")
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"unknown prediction {self.prediction!r}; choose one of {PREDICTIONS}")
         size = self.image_size
         for _ in self.channel_mults[1:]:
             if size % 2:
@@ -166,6 +177,11 @@ class UNet(nn.Module):
         self.time_mlp = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         # num_classes + 1 rows: the last is the null label of classifier-free guidance
         self.label_emb = nn.Embedding(cfg.num_classes + 1, emb_dim) if cfg.num_classes else None
+        self.guidance_mlp = None
+        if cfg.guidance_input:
+            self.guidance_mlp = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+            nn.init.zeros_(self.guidance_mlp[2].weight)  # adds nothing at first: the student starts as its teacher
+            nn.init.zeros_(self.guidance_mlp[2].bias)
         self.conv_in = nn.Conv2d(cfg.in_channels, ch, 3, padding=1)
 
         self.down = nn.ModuleList()
@@ -201,10 +217,24 @@ class UNet(nn.Module):
     def null_label(self) -> int:
         return self.config.num_classes
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """ε_θ(x_t, t, y). `t` holds one timestep per sample; `labels` one class (or null_label) per
-        sample, and None means unconditional (the null label, for a conditional model)."""
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        guidance: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """ε_θ(x_t, t, y) (or v_θ, see config.prediction). `t` holds one timestep per sample; `labels`
+        one class (or null_label) per sample, and None means unconditional (the null label, for a
+        conditional model); `guidance` one w per sample, for a model with guidance_input."""
         emb = self.time_mlp(timestep_embedding(t, self.config.base_channels))
+        if self.guidance_mlp is not None:
+            if guidance is None:
+                raise ValueError("this model takes the guidance weight as an input: pass guidance")
+            w = guidance.to(t.device, torch.float32).expand(t.shape[0]) * GUIDANCE_EMBEDDING_SCALE
+            emb = emb + self.guidance_mlp(timestep_embedding(w, self.config.base_channels))
+        elif guidance is not None:
+            raise ValueError("this model does not take a guidance input")
         if self.label_emb is not None:
             if labels is None:
                 labels = torch.full_like(t, self.null_label, dtype=torch.long)
