@@ -4,7 +4,9 @@ the internet cannot run code, unlike a pickle.
 
 metadata["diffusion"] is a JSON object:
   {"format": 1, "unet": UNetConfig, "schedule": {"name", "timesteps"}, "dataset": str,
-   "class_names": [str], "step": int, "ema": bool}
+   "class_names": [str], "step": int, "ema": bool,
+   "sampling": {"sampler": str, "steps": int, ...sampler parameters} (optional: how a distilled
+               student must be sampled), "distillation": {...} (optional: how it was made)}
 """
 
 from __future__ import annotations
@@ -40,10 +42,32 @@ class Checkpoint:
     step: int = 0
     ema: bool = True
     path: Path | None = None
+    sampling: dict | None = None  # a distilled student's own sampler, steps and their parameters
 
     @property
     def config(self) -> UNetConfig:
         return self.unet.config
+
+
+class EpsilonFromV(torch.nn.Module):
+    """A v-predicting network seen as an ε-predictor (ε = √(1-ᾱ_t) x_t + √ᾱ_t v), so that every sampler
+    and the server drive it unchanged."""
+
+    def __init__(self, net: UNet, schedule: NoiseSchedule):
+        super().__init__()
+        self.net = net
+        self.schedule = schedule
+
+    @property
+    def config(self) -> UNetConfig:
+        return self.net.config
+
+    @property
+    def null_label(self) -> int:
+        return self.net.null_label
+
+    def forward(self, x, t, labels=None, guidance=None):
+        return self.schedule.eps_from_v(x, t, self.net(x, t, labels, guidance))
 
 
 def save_checkpoint(
@@ -54,6 +78,8 @@ def save_checkpoint(
     class_names: list[str] | None = None,
     step: int = 0,
     ema: bool = True,
+    sampling: dict | None = None,
+    distillation: dict | None = None,
 ) -> Path:
     """Write the weights and their metadata atomically: a reader never sees a half-written file."""
     path = Path(path)
@@ -66,6 +92,10 @@ def save_checkpoint(
         "step": step,
         "ema": ema,
     }
+    if sampling:
+        meta["sampling"] = sampling
+    if distillation:
+        meta["distillation"] = distillation
     tensors = {k: v.detach().contiguous().cpu() for k, v in unet.state_dict().items()}
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"diffusion": json.dumps(meta)}))
     return path
@@ -114,14 +144,17 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> Che
         unet.load_state_dict(state)
     except RuntimeError as e:
         raise CheckpointError(f"{path}: weights do not match the model in its metadata: {e}") from e
+    unet = unet.to(device, memory_format=torch.channels_last).eval()
+    schedule = schedule.to(device)
     return Checkpoint(
-        unet=unet.to(device, memory_format=torch.channels_last).eval(),
-        schedule=schedule.to(device),
+        unet=EpsilonFromV(unet, schedule) if config.prediction == "v" else unet,
+        schedule=schedule,
         dataset=meta.get("dataset", "unknown"),
         class_names=list(meta.get("class_names", [])),
         step=int(meta.get("step", 0)),
         ema=bool(meta.get("ema", True)),
         path=path,
+        sampling=meta.get("sampling"),
     )
 
 

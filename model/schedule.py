@@ -100,6 +100,18 @@ class NoiseSchedule:
         """x_0 = (x_t - √(1-ᾱ_t) ε) / √ᾱ_t, the inverse of q_sample."""
         return (x_t - _at(self.sqrt_one_minus_alphas_cumprod, t, x_t) * eps) / _at(self.sqrt_alphas_cumprod, t, x_t)
 
+    def v(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """v = √ᾱ_t ε - √(1-ᾱ_t) x_0, the velocity target of progressive distillation (Salimans & Ho 2022)."""
+        return _at(self.sqrt_alphas_cumprod, t, x0) * noise - _at(self.sqrt_one_minus_alphas_cumprod, t, x0) * x0
+
+    def x0_from_v(self, x_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """x_0 = √ᾱ_t x_t - √(1-ᾱ_t) v: finite at every t, where x_0 from ε divides by √ᾱ_t → 0."""
+        return _at(self.sqrt_alphas_cumprod, t, x_t) * x_t - _at(self.sqrt_one_minus_alphas_cumprod, t, x_t) * v
+
+    def eps_from_v(self, x_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """ε = √(1-ᾱ_t) x_t + √ᾱ_t v."""
+        return _at(self.sqrt_one_minus_alphas_cumprod, t, x_t) * x_t + _at(self.sqrt_alphas_cumprod, t, x_t) * v
+
     def posterior_mean(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """μ̃_t(x_t, x_0), the mean of q(x_{t-1} | x_t, x_0)  (DDPM eq. 7)."""
         return _at(self.posterior_mean_coef1, t, x_t) * x0 + _at(self.posterior_mean_coef2, t, x_t) * x_t

@@ -1,0 +1,308 @@
+"""Distil a guided teacher into a student that samples in 1 or 2 steps of one forward each:
+`python -m model.distill --teacher checkpoints/mnist.safetensors --out runs/mnist-fast`.
+
+Two stages, as in Meng et al. 2023 ("On Distillation of Guided Diffusion Models"):
+  round 0, guidance: a student that takes the guidance weight w as an input learns the teacher's guided
+      prediction ε_u + w (ε_c - ε_u), for w drawn from --guidance-range and every class and the null
+      label: a guided step then costs one forward instead of two. The student predicts v = √ᾱ ε - √(1-ᾱ) x0
+      (Salimans & Ho 2022), since an ε-prediction cannot give x0 at the first, pure-noise step.
+  rounds 1 …, progressive distillation (Salimans & Ho 2022, Algorithm 2): a student initialised from its
+      teacher learns to take in one DDIM step what the teacher takes in two, so each round halves the
+      steps: --teacher-steps/2, /4, … down to --final-steps.
+Each round is a run folder of its own under --out (round-0-guidance, round-1-8-steps, …), written and
+resumed as model.train's runs are (config.json, state.pt, model.safetensors, metrics.jsonl, TensorBoard
+events, a sample grid per round); `--resume` skips the rounds that are done and continues the one that
+is not. --out/model.safetensors is the final student, with the sampler and steps it must be used with
+in its metadata.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+from model.checkpoint import Checkpoint, EpsilonFromV, atomic_write, load_checkpoint, save_checkpoint
+from model.cli import HelpFormatter
+from model.data import load_dataset
+from model.samplers import ddim_steps, ddim_timesteps, guided_eps, initial_noise, make_generator, sample
+from model.schedule import NoiseSchedule, _at
+from model.train import RunLog, Runtime, TrainState, batches, guard_run_folder, init_runtime, restore_rng
+from model.unet import UNet, UNetConfig
+from model.visualize import save_sample_grid
+
+SPACING = "trailing"  # the student grids nest: trailing(2N) ⊃ trailing(N), and every run starts at t = T-1
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m model.distill",
+        description="Distil a class-conditional teacher (trained with label dropout, for classifier-free guidance) "
+        "into a student that takes w as an input and samples in --final-steps DDIM steps. Options can also come "
+        "from --config FILE.json (keys are the option names with underscores); options on the command line win.",
+        formatter_class=HelpFormatter,
+    )
+    p.add_argument("--config", type=Path, help="JSON file of option values")
+    p.add_argument("--teacher", type=Path, help="the teacher checkpoint (.safetensors); required")
+    p.add_argument("--data-root", type=Path, default=Path("data"), help="where the teacher's dataset's files are")
+    p.add_argument("--download", action="store_true", help="let torchvision download the dataset")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    g = p.add_argument_group("distillation")
+    g.add_argument("--guidance-range", type=float, nargs=2, default=(0.0, 8.0), metavar=("LOW", "HIGH"),
+                   help="w is drawn uniformly from this range")  # fmt: skip
+    g.add_argument("--null-share", type=float, default=0.1, help="share of rows with the null label (w unused)")
+    g.add_argument("--teacher-steps", type=int, default=16, help="DDIM steps of the guided teacher the first "
+                   "progressive round distils (a power of two times --final-steps)")  # fmt: skip
+    g.add_argument("--final-steps", type=int, default=2, help="the student's steps after the last round")
+    g.add_argument("--guidance-round-steps", type=int, default=1000, help="optimizer steps of round 0")
+    g.add_argument("--round-steps", type=int, default=1000, help="optimizer steps of each progressive round")
+    g = p.add_argument_group("optimization")
+    g.add_argument("--batch-size", type=int, default=64)
+    g.add_argument("--lr", type=float, default=2e-4)
+    g.add_argument("--warmup", type=int, default=50, help="steps of linear learning-rate warmup, each round")
+    g.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine decay ends at lr × this")
+    g.add_argument("--weight-decay", type=float, default=0.0)
+    g.add_argument("--grad-clip", type=float, default=1.0)
+    g.add_argument("--ema-decay", type=float, default=0.995)
+    g.add_argument("--seed", type=int, default=0)
+    g = p.add_argument_group("speed")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    g.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help="bf16 autocast (CUDA default)")
+    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="(CUDA default)")
+    g.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads)")
+    g = p.add_argument_group("output")
+    g.add_argument("--out", type=Path, default=Path("runs/distill"), help="the run folder")
+    g.add_argument("--resume", action="store_true", help="continue the run in --out")
+    g.add_argument("--log-every", type=int, default=25)
+    g.add_argument("--ckpt-every", type=int, default=100)
+    g.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+
+    args, _ = p.parse_known_args(argv)
+    if args.config:
+        known = {a.dest for a in p._actions}
+        values = json.loads(args.config.read_text())
+        unknown = set(values) - known
+        if unknown:
+            p.error(f"{args.config}: unknown options {sorted(unknown)}")
+        p.set_defaults(**values)
+    args = p.parse_args(argv)
+    if args.teacher is None:
+        p.error("--teacher is required (on the command line or in --config)")
+    ratio = args.teacher_steps // args.final_steps
+    if args.final_steps < 1 or ratio < 2 or ratio & (ratio - 1) or ratio * args.final_steps != args.teacher_steps:
+        p.error("--teacher-steps must be --final-steps times a power of two (at least 2)")
+    return args
+
+
+def rounds(args: argparse.Namespace) -> list[tuple[str, int]]:
+    """(folder name, student steps) of every round; round 0 (guidance) samples with --teacher-steps."""
+    plan = [("round-0-guidance", args.teacher_steps)]
+    steps = args.teacher_steps // 2
+    while steps >= args.final_steps:
+        plan.append((f"round-{len(plan)}-{steps}-steps", steps))
+        steps //= 2
+    return plan
+
+
+# --- the losses ----------------------------------------------------------------------------------
+
+
+def truncated_snr(schedule: NoiseSchedule, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """max(SNR_t, 1): Salimans & Ho's weighting of an x0 loss, an ε-loss at low noise and an x0-loss at high."""
+    abar = _at(schedule.alphas_cumprod, t, like)
+    return (abar / (1 - abar)).clamp(min=1)
+
+
+def ddim_to(schedule: NoiseSchedule, x_t: torch.Tensor, x0: torch.Tensor, t: torch.Tensor, t_to: torch.Tensor):
+    """DDIM (η = 0) from x_t at t to t_to given x0, one t per row; t_to = -1 is the clean image."""
+    alpha_t, sigma_t = _ab(schedule, t, x_t)
+    alpha_to, sigma_to = _ab(schedule, t_to, x_t)
+    return alpha_to * x0 + sigma_to / sigma_t * (x_t - alpha_t * x0)
+
+
+def _ab(schedule: NoiseSchedule, t: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(√ᾱ_t, √(1-ᾱ_t)) per row, with ᾱ_{-1} = 1."""
+    abar = torch.cat([schedule.alphas_cumprod, schedule.alphas_cumprod.new_ones(1)])[t]  # index -1: the 1
+    abar = abar.to(like.dtype).view(-1, *([1] * (like.ndim - 1)))
+    return abar.sqrt(), (1 - abar).sqrt()
+
+
+def teacher_x0(teacher, schedule: NoiseSchedule, x_t, t, labels, w) -> torch.Tensor:
+    """The teacher's guided prediction of x0, clipped to [-1, 1] as the server's samplers clip it."""
+    return schedule.predict_x0(x_t, t, guided_eps(teacher, x_t, t, labels, w)).clamp(-1, 1)
+
+
+def guidance_loss(student: UNet, teacher, schedule: NoiseSchedule, x0, t, labels, w) -> torch.Tensor:
+    """Round 0: the student's x0, from its v with w as an input, against the teacher's guided x0."""
+    x_t = schedule.q_sample(x0, t, torch.randn_like(x0))
+    with torch.no_grad():
+        target = teacher_x0(teacher, schedule, x_t, t, labels, w)
+    x0_student = schedule.x0_from_v(x_t, t, student(x_t, t, labels, w))
+    return (truncated_snr(schedule, t, x0) * (x0_student - target) ** 2).mean()
+
+
+def progressive_loss(student: UNet, teacher, schedule: NoiseSchedule, x0, grid, labels, w) -> torch.Tensor:
+    """Salimans & Ho's Algorithm 2: two teacher DDIM steps t → t' → t'' make the x̃ that one student step
+    from t must predict to land on the same z_t'': x̃ = (z_t'' - σ_t''/σ_t z_t) / (α_t'' - σ_t''/σ_t α_t).
+
+    `grid` is the teacher's timesteps (2N of them, noisiest first); the student's are every other one.
+    """
+    n = len(grid) // 2
+    grid = torch.tensor([*grid, -1], device=x0.device)
+    i = torch.randint(0, n, (x0.shape[0],), device=x0.device)
+    t, t_mid, t_next = grid[2 * i], grid[2 * i + 1], grid[2 * i + 2]
+    z_t = schedule.q_sample(x0, t, torch.randn_like(x0))
+    with torch.no_grad():
+        z_mid = ddim_to(schedule, z_t, teacher_x0(teacher, schedule, z_t, t, labels, w), t, t_mid)
+        z_next = ddim_to(schedule, z_mid, teacher_x0(teacher, schedule, z_mid, t_mid, labels, w), t_mid, t_next)
+        alpha_t, sigma_t = _ab(schedule, t, x0)
+        alpha_next, sigma_next = _ab(schedule, t_next, x0)
+        target = (z_next - sigma_next / sigma_t * z_t) / (alpha_next - sigma_next / sigma_t * alpha_t)
+    x0_student = schedule.x0_from_v(z_t, t, student(z_t, t, labels, w))
+    return (truncated_snr(schedule, t, x0) * (x0_student - target) ** 2).mean()
+
+
+# --- a round ---------------------------------------------------------------------------------------
+
+
+def student_sampling(steps: int) -> dict:
+    """How a student of `steps` steps must be sampled: the metadata that the server and evaluation follow."""
+    return {"sampler": "ddim", "steps": steps, "spacing": SPACING, "eta": 0.0}
+
+
+@torch.inference_mode()
+def sample_student(ckpt: Checkpoint, steps: int, n: int, guidance: float, seed: int = 0) -> torch.Tensor:
+    """n images (class i // (n/10) … for conditional models) from a student, by its own sampler."""
+    device = ckpt.schedule.device
+    gen = make_generator(seed, device)
+    x = initial_noise((n, ckpt.config.in_channels, ckpt.config.image_size, ckpt.config.image_size), gen, device)
+    labels = torch.arange(n, device=device) * ckpt.config.num_classes // n
+    timesteps = ddim_timesteps(ckpt.schedule.num_timesteps, steps, SPACING)
+    run = ddim_steps(ckpt.schedule, x, timesteps, generator=gen, clip_x0=True)
+    return sample(run, lambda x_t, t: guided_eps(ckpt.unet, x_t, t, labels, guidance))
+
+
+def run_round(
+    args: argparse.Namespace,
+    rt: Runtime,
+    index: int,
+    folder: Path,
+    student_steps: int,
+    teacher: Checkpoint,
+    dataset,
+    provenance: dict,
+) -> Path:
+    """Train one round's student in `folder` (resuming it if it has a state.pt); returns its checkpoint."""
+    state_path = folder / "state.pt"
+    resume = state_path.is_file()
+    total = args.guidance_round_steps if index == 0 else args.round_steps
+    schedule = teacher.schedule
+    torch.manual_seed(args.seed + index)
+    config = UNetConfig.from_dict({**teacher.config.to_dict(), "guidance_input": True, "prediction": "v"})
+    student = UNet(config).to(rt.device)
+    # the student starts as its teacher: the same weights (round 0: plus a guidance embedding that adds 0)
+    teacher_net = teacher.unet.net if isinstance(teacher.unet, EpsilonFromV) else teacher.unet
+    missing, unexpected = student.load_state_dict(teacher_net.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("guidance_mlp.") for k in missing), (missing, unexpected)
+    if rt.channels_last:
+        student = student.to(memory_format=torch.channels_last)
+    state = TrainState(student, args, total)
+    saved = state.load(state_path, rt) if resume else None
+    loader = batches(dataset, args, state.step, rt)
+    log = RunLog(folder, {**vars(args), "round": index}, rt, state.step, total, resume, not args.no_progress)
+    if saved:
+        restore_rng(saved, rt)
+
+    grid = ddim_timesteps(schedule.num_timesteps, 2 * student_steps, SPACING)
+    low, high = args.guidance_range
+    num_classes = config.num_classes
+    student.train()
+    while state.step < total:
+        x0, labels = next(loader)
+        null = torch.rand(labels.shape, device=rt.device) < args.null_share
+        labels = torch.where(null, torch.full_like(labels, num_classes), labels)
+        w = low + (high - low) * torch.rand(labels.shape, device=rt.device)
+        with rt.autocast():
+            if index == 0:  # the teacher is only ever run on the first progressive round's teacher grid
+                t = torch.tensor(ddim_timesteps(schedule.num_timesteps, student_steps, SPACING), device=rt.device)
+                t = t[torch.randint(0, len(t), labels.shape, device=rt.device)]
+                loss = guidance_loss(student, teacher.unet, schedule, x0, t, labels, w)
+            else:
+                loss = progressive_loss(student, teacher.unet, schedule, x0, grid, labels, w)
+        grad_norm = state.update(loss)
+        step = state.step
+        log.step(step, x0.shape[0], step % args.log_every == 0 or step == total, loss=loss, lr=state.lr,
+                 grad_norm=grad_norm)  # fmt: skip
+        if step % args.ckpt_every == 0 or step == total:
+            state.save(state_path, rt)
+        if rt.rank == 0 and (step % args.ckpt_every == 0 or step == total):
+            save_checkpoint(
+                folder / "model.safetensors",
+                state.ema.module,
+                schedule,
+                teacher.dataset,
+                teacher.class_names,
+                step,
+                ema=True,
+                sampling=student_sampling(student_steps),
+                distillation={**provenance, "round": index, "round_steps": step},
+            )
+    log.close()
+    if rt.distributed:
+        torch.distributed.barrier()  # rank 0's checkpoint is the next round's teacher
+    if rt.rank == 0:
+        images = sample_student(load_checkpoint(folder / "model.safetensors", rt.device), student_steps, 100, 3.0)
+        save_sample_grid(images, folder / "samples" / f"grid_{student_steps}_steps_w3.png", nrow=10)
+    return folder / "model.safetensors"
+
+
+def round_done(folder: Path, total: int) -> bool:
+    state = folder / "state.pt"
+    return state.is_file() and int(torch.load(state, weights_only=True)["step"]) >= total
+
+
+def distill(args: argparse.Namespace) -> Path:
+    rt = init_runtime(args)
+    guard_run_folder(args.out, args.resume)  # --out/state.pt marks a started run
+    teacher = load_checkpoint(args.teacher, rt.device)
+    if not teacher.config.num_classes:
+        raise SystemExit(f"{args.teacher}: an unconditional model has no guidance to distil")
+    if teacher.config.guidance_input:
+        raise SystemExit(f"{args.teacher} is already a distilled student; distil from its teacher")
+    dataset = load_dataset(teacher.dataset, args.data_root, train=True, download=args.download)
+    if not args.resume:
+        args.out.mkdir(parents=True, exist_ok=True)
+        atomic_write(args.out / "state.pt", lambda tmp: torch.save({"rounds": len(rounds(args))}, tmp))
+    provenance = {
+        "method": "guidance distillation (Meng et al. 2023), then progressive distillation (Salimans & Ho 2022)",
+        "teacher": args.teacher.name,
+        "teacher_steps": args.teacher_steps,
+        "guidance_range": list(args.guidance_range),
+    }
+    for index, (name, steps) in enumerate(rounds(args)):
+        folder = args.out / name
+        total = args.guidance_round_steps if index == 0 else args.round_steps
+        if not round_done(folder, total):
+            run_round(args, rt, index, folder, steps, teacher, dataset, provenance)
+        teacher = load_checkpoint(folder / "model.safetensors", rt.device)
+    final = args.out / "model.safetensors"
+    atomic_write(final, lambda tmp: shutil.copyfile(folder / "model.safetensors", tmp))
+    rt.close()
+    return final
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    try:
+        path = distill(args)
+    except FileNotFoundError as e:  # a missing dataset: one clear line, no traceback
+        sys.exit(f"error: {e}")
+    print(f"student: {path}")
+
+
+if __name__ == "__main__":
+    main()
