@@ -44,7 +44,13 @@ def test_bench_train_notes_gpu_options_on_the_cpu(capsys):
     bench_train.main(["--batch", "4", "--steps", "1", "--warmup", "1", "--repeats", "1", "--device", "cpu", "--bf16"])
     captured = capsys.readouterr()
     assert "--bf16: for CUDA devices only; ignored on cpu" in captured.err
-    assert [row[0] for row in table_rows(captured.out)] == ["eager fp32"]
+    assert [row[1] for row in table_rows(captured.out)] == ["eager fp32"]
+
+
+def test_bench_train_times_a_distillation_step_beside_training(capsys):
+    bench_train.main(["--batch", "2", "--steps", "1", "--warmup", "1", "--repeats", "1", "--device", "cpu",
+                      "--objectives", "ddpm,progressive"])  # fmt: skip
+    assert [row[0] for row in table_rows(capsys.readouterr().out)] == ["ddpm", "progressive"]
 
 
 @pytest.mark.slow
