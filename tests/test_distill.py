@@ -1,5 +1,6 @@
-"""Distillation on tiny synthetic data: the w input acts as guidance does, a progressive round makes a
-student that does in N steps what its teacher does in 2N, and a killed run resumes to the same weights."""
+"""Distillation on tiny synthetic data: the w input starts at nothing and reaches the output, a progressive
+round makes a student that does in N steps what its teacher does in 2N, and a killed run resumes to the same
+weights. That the shipped students' w acts as the teacher's guidance does: tests/test_shipped.py."""
 
 import gzip
 import os
@@ -96,20 +97,6 @@ def test_a_distilled_student_matches_its_teacher_at_half_the_steps(teacher, bars
     err_student = (student_half - target).pow(2).mean().item()
     err_teacher = (teacher_half - target).pow(2).mean().item()
     assert err_student < 0.7 * err_teacher, (err_student, err_teacher)
-
-    # round 0 learnt the teacher's guided prediction as a function of w (at a step of its grid, in x0, clipped as
-    # the teacher's is: at the noisiest steps both w give x0 at the clip and there is nothing to see)
-    original = load_checkpoint(teacher)
-    x, t = torch.randn(20, 1, 28, 28), torch.full((20,), 249)
-    labels = torch.arange(20) % 2
-    with torch.no_grad():
-
-        def x0(model, w):
-            return original.schedule.predict_x0(x, t, guided_eps(model, x, t, labels, w)).clamp(-1, 1)
-
-        moved_teacher, moved_student = (x0(m.unet, 6.0) - x0(m.unet, 1.0) for m in (original, guided))
-    cosine = torch.nn.functional.cosine_similarity(moved_teacher.flatten(), moved_student.flatten(), dim=0)
-    assert cosine > 0.5, cosine
 
 
 def _distill_cli(*args: str) -> subprocess.Popen:
