@@ -58,6 +58,7 @@ class JobSpec:
     label: int | None = None  # None: unconditional (the null label of a conditional model)
     guidance: float | None = None  # classifier-free guidance w, with a label (None: plain conditional)
     every: int = 0  # report every k-th step (and always the last) as a Frame; 0: no frames
+    preview_size: int | None = None  # a frame's images are sent at most this many pixels a side (None: full size)
 
 
 # --- what the loop reports about a job ----------------------------------------------------------
@@ -125,14 +126,20 @@ class Job:
         generator = make_generator(spec.seed, model.device)
         x = initial_noise((spec.n, *model.image_shape), generator, model.device)
         # both samplers clip the predicted x0 to [-1, 1], as DDPM's code and diffusers' schedulers do by
-        # default: images live there, and small models' noisy x0 estimates need it
+        # default: images live there, and small models' noisy x0 estimates need it. A diffusers model's
+        # scheduler config decides for it (clip_sample), and its spacing and DDPM variance too.
+        own = model.schedule.sampling
+        clip = own.clip is not False
         if spec.sampler == "ddim":
-            timesteps = ddim_timesteps(model.schedule.num_timesteps, spec.steps)
-            self.steps = ddim_steps(model.schedule, x, timesteps, spec.eta or 0.0, generator, clip_x0=True)
+            timesteps = ddim_timesteps(model.schedule.num_timesteps, spec.steps, own.spacing, own.steps_offset)
+            self.steps = ddim_steps(model.schedule, x, timesteps, spec.eta or 0.0, generator, clip_x0=clip)
         else:
-            self.steps = ddpm_steps(model.schedule, x, spec.steps, generator=generator, clip_x0=True)
+            self.steps = ddpm_steps(model.schedule, x, spec.steps, own.variance, generator, clip_x0=clip)
         self.step = next(self.steps)
-        if model.num_classes:
+        if model.num_classes and spec.label is None and not model.guidance:
+            # no unconditional class: a class drawn for each image samples the same distribution
+            self.labels = torch.randint(model.num_classes, (spec.n,), generator=generator, device=model.device)
+        elif model.num_classes:
             label = model.unet.null_label if spec.label is None else spec.label
             self.labels = torch.full((spec.n,), label, dtype=torch.long, device=model.device)
         w = 1.0 if spec.guidance is None else spec.guidance

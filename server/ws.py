@@ -198,7 +198,7 @@ async def _send(websocket: WebSocket, outbox: Outbox, spec: JobSpec, state: Serv
 
 async def _render(item: Event | BaseModel, spec: JobSpec, state: ServerState) -> BaseModel:
     if isinstance(item, Frame):
-        x_t, x0 = await state.encode(_encode_frame, item)
+        x_t, x0 = await state.encode(_encode_frame, item, spec.preview_size)
         return FrameMessage(step=item.step, total=item.total, t=item.t, x_t=x_t, x0=x0)
     if isinstance(item, Finished):
         grid, pngs = await state.encode(images.grid_and_images_b64, item.images)
@@ -225,8 +225,9 @@ def _quietly(task: asyncio.Task) -> None:
         task.exception()
 
 
-def _encode_frame(frame: Frame) -> tuple[str, str]:
-    return images.b64(images.grid_png(frame.x_t)), images.b64(images.grid_png(frame.x0))
+def _encode_frame(frame: Frame, preview_size: int | None) -> tuple[str, str]:
+    x_t, x0 = (images.downscale(x, preview_size) for x in (frame.x_t, frame.x0))
+    return images.b64(images.grid_png(x_t)), images.b64(images.grid_png(x0))
 
 
 def _start_message(spec: JobSpec) -> StartMessage:
@@ -241,6 +242,7 @@ def _start_message(spec: JobSpec) -> StartMessage:
         every=spec.every,
         image_size=image_size,
         channels=channels,
+        preview_size=min(image_size, spec.preview_size or image_size),
         eta=spec.eta,
         label=spec.label,
         guidance=spec.guidance,
