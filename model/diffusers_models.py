@@ -199,7 +199,10 @@ def schedule_from_config(config: dict, where: Path | str, defaults: dict[str, ob
 def _betas(c: dict, timesteps: int) -> tuple[torch.Tensor, str]:
     """β_t as diffusers computes it for each beta_schedule (in float64 here), and a name for it."""
     if c["trained_betas"] is not None:
-        return torch.tensor(c["trained_betas"], dtype=torch.float64), "trained"
+        betas = torch.tensor(c["trained_betas"], dtype=torch.float64)
+        if betas.shape != (timesteps,):
+            raise ValueError(f"trained_betas has {len(betas)} values for num_train_timesteps {timesteps}")
+        return betas, "trained"
     start, end, schedule = float(c["beta_start"]), float(c["beta_end"]), c["beta_schedule"]
     if schedule == "linear":
         betas = torch.linspace(start, end, timesteps, dtype=torch.float64)
@@ -225,6 +228,14 @@ def scheduler_defaults(class_name: str) -> dict[str, object]:
 
 
 # --- loading ---------------------------------------------------------------------------------------
+
+
+def diffusers_installed() -> bool:
+    try:
+        import diffusers  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def load_diffusers_model(folder: str | Path, device: torch.device | str = "cpu") -> Checkpoint:

@@ -218,10 +218,11 @@ def guided_eps(
 
     `labels` holds a class per sample, or `model.null_label` for the unconditional prediction. w = 1
     is the plain conditional ε and w = 0 the unconditional one. The rows that need both halves are
-    doubled into one batched forward.
+    doubled into one batched forward. A model whose `null_label` is None has no unconditional
+    class: it takes its labels as they are, unguided.
     """
-    if labels is None:
-        return model(x, t)
+    if labels is None or model.null_label is None:
+        return model(x, t, labels)
     w = torch.as_tensor(guidance, dtype=x.dtype, device=x.device).expand(x.shape[0])
     both = (labels != model.null_label) & (w != 1)
     null = torch.full_like(labels[both], model.null_label)

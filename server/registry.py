@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from model.checkpoint import Checkpoint, CheckpointError
-from model.diffusers_models import DiffusersUNet, is_diffusers_folder, load_model
+from model.diffusers_models import DiffusersUNet, diffusers_installed, is_diffusers_folder, load_model
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,10 @@ class ModelRegistry:
         )  # fmt: skip
         if not paths:
             log.error("no checkpoints (*.safetensors or diffusers folders) in %s: nothing to serve", folder.resolve())
+        folders = [path.name for path in paths if path.is_dir()]
+        if folders and not diffusers_installed():
+            log.warning("skipping %s: diffusers is not installed: pip install -e '.[diffusers]'", ", ".join(folders))
+            paths = [path for path in paths if not path.is_dir()]
         for path in paths:
             started = time.perf_counter()
             try:
