@@ -43,24 +43,23 @@ HONOURED = {
 }  # fmt: skip
 
 
-@dataclass(frozen=True)
-class KnownModel:
-    repo: str
-    dataset: str  # as model.data names it, for the evaluation
-    size: str  # of the safetensors weights
-    parameters: str
-
-
-# The papers' own models (Ho et al. 2020), converted to diffusers by Google; the folder name is the repo's.
-KNOWN_MODELS = {
-    model.repo.split("/")[1]: model
-    for model in (
-        KnownModel("google/ddpm-cifar10-32", "cifar10", "143 MB", "35.7M"),
-        KnownModel("google/ddpm-celebahq-256", "celebahq", "455 MB", "113.7M"),
-        KnownModel("google/ddpm-ema-church-256", "lsun-church", "455 MB", "113.7M"),
-        KnownModel("google/ddpm-ema-bedroom-256", "lsun-bedroom", "455 MB", "113.7M"),
-    )
+# The papers' own models (Ho et al. 2020), converted to diffusers by Google (README: sizes, hardware):
+# a folder of the repo's name (as model.fetch writes it) was trained on this dataset (model.data's name).
+PAPERS_MODELS = {
+    "ddpm-cifar10-32": "cifar10",
+    "ddpm-celebahq-256": "celebahq",
+    "ddpm-ema-church-256": "lsun-church",
+    "ddpm-ema-bedroom-256": "lsun-bedroom",
 }
+# the files of both layouts that model.fetch downloads: the configs and the safetensors weights
+CONFIG_FILES = (
+    "model_index.json",
+    "config.json",
+    "scheduler_config.json",
+    "unet/config.json",
+    "scheduler/scheduler_config.json",
+)
+WEIGHT_FILES = (WEIGHTS, f"unet/{WEIGHTS}")
 
 
 @dataclass(frozen=True)
@@ -287,9 +286,9 @@ def load_diffusers_model(folder: str | Path, device: torch.device | str = "cpu")
         f"{prediction_type} prediction, clip_sample {schedule.sampling.clip}, variance {schedule.sampling.variance}"
     )
     model = DiffusersUNet(unet, schedule, prediction_type, description).eval()
-    known = KNOWN_MODELS.get(folder.name)
+    dataset = PAPERS_MODELS.get(folder.name, "diffusers")
     # ema=True: these are the weights diffusers' pipelines sample with (whether they are EMA is not recorded)
-    return Checkpoint(model, schedule, known.dataset if known else "diffusers", [], 0, True, folder)
+    return Checkpoint(model, schedule, dataset, [], 0, True, folder)
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> Checkpoint:

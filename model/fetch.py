@@ -22,16 +22,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from model.cli import HelpFormatter
-from model.diffusers_models import KNOWN_MODELS, WEIGHTS
 
-CONFIGS = (
-    "model_index.json",
-    "config.json",
-    "scheduler_config.json",
-    "unet/config.json",
-    "scheduler/scheduler_config.json",
-)
-WEIGHT_FILES = (WEIGHTS, f"unet/{WEIGHTS}")
 CONNECT_TIMEOUT_S = 5.0
 
 
@@ -57,6 +48,7 @@ def fetch(repo: str, to: Path, revision: str | None = None) -> Path:
     if constants.HF_HUB_OFFLINE:
         raise FetchError(f"{offline}: HF_HUB_OFFLINE is set; {advice}")
     reachable(constants.ENDPOINT, offline, advice)
+    from model.diffusers_models import CONFIG_FILES, WEIGHT_FILES, WEIGHTS  # imports torch: after the quick checks
 
     api = HfApi()
     try:
@@ -74,7 +66,7 @@ def fetch(repo: str, to: Path, revision: str | None = None) -> Path:
             f"{repo}@{revision or 'main'} has no {WEIGHTS} (only {', '.join(pickles) or 'no weights'}); this "
             f"project loads safetensors only, never pickles.{_safetensors_pull_requests(api, repo)}"
         )
-    wanted = [name for name in CONFIGS if name in files] + weights
+    wanted = [name for name in CONFIG_FILES if name in files] + weights
     to.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(dir=to, prefix=f".{target.name}.", suffix=".partial"))
     try:
@@ -115,9 +107,10 @@ def _safetensors_pull_requests(api, repo: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    known = "; ".join(f"{m.repo} ({m.dataset}, {m.size})" for m in KNOWN_MODELS.values())
     p = argparse.ArgumentParser(
-        description=f"Download a diffusers DDPM model's configs and safetensors weights. The papers' models: {known}.",
+        description="Download a diffusers DDPM model's configs and safetensors weights into the checkpoints folder. "
+        "The papers' models: google/ddpm-cifar10-32, google/ddpm-celebahq-256, google/ddpm-ema-church-256, "
+        "google/ddpm-ema-bedroom-256 (README.md: their sizes and the hardware they need).",
         formatter_class=HelpFormatter,
     )
     p.add_argument("repo", help="a Hugging Face Hub model id, such as google/ddpm-cifar10-32")
