@@ -198,7 +198,7 @@ async def _send(websocket: WebSocket, outbox: Outbox, spec: JobSpec, state: Serv
 
 async def _render(item: Event | BaseModel, spec: JobSpec, state: ServerState) -> BaseModel:
     if isinstance(item, Frame):
-        x_t, x0 = await state.encode(_encode_frame, item, spec.preview_size)
+        x_t, x0 = await state.encode(_encode_frame, item)
         return FrameMessage(step=item.step, total=item.total, t=item.t, x_t=x_t, x0=x0)
     if isinstance(item, Finished):
         grid, pngs = await state.encode(images.grid_and_images_b64, item.images)
@@ -225,9 +225,8 @@ def _quietly(task: asyncio.Task) -> None:
         task.exception()
 
 
-def _encode_frame(frame: Frame, preview_size: int | None) -> tuple[str, str]:
-    x_t, x0 = (images.downscale(x, preview_size) for x in (frame.x_t, frame.x0))
-    return images.b64(images.grid_png(x_t)), images.b64(images.grid_png(x0))
+def _encode_frame(frame: Frame) -> tuple[str, str]:
+    return images.b64(images.grid_png(frame.x_t)), images.b64(images.grid_png(frame.x0))
 
 
 def _start_message(spec: JobSpec) -> StartMessage:
