@@ -16,7 +16,9 @@ PACKAGE_WEB_DIR = Path(__file__).resolve().parents[1] / "web"
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DDPM_", env_file=".env", extra="ignore")
 
-    checkpoint_dir: Path = Field(Path("checkpoints"), description="every *.safetensors directly inside is served")
+    checkpoint_dir: Path = Field(
+        Path("checkpoints"), description="every *.safetensors and diffusers model folder directly inside is served"
+    )
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto: cuda if available, else cpu")
     torch_threads: int | None = Field(
         None,
