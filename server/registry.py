@@ -88,10 +88,13 @@ class ModelRegistry:
         (model.diffusers_models; other subfolders such as classifiers/ are not looked at). One that
         cannot be loaded is logged and skipped; the others still serve."""
         models = {}
+        # hidden names are downloads or writes in progress (model.fetch, atomic_write)
         paths = sorted(
-            path for path in (folder.iterdir() if folder.is_dir() else []) if
-            (path.suffix == ".safetensors" and path.is_file()) or is_diffusers_folder(path)
-        )  # fmt: skip
+            path
+            for path in (folder.iterdir() if folder.is_dir() else [])
+            if not path.name.startswith(".")
+            and ((path.suffix == ".safetensors" and path.is_file()) or is_diffusers_folder(path))
+        )
         if not paths:
             log.error("no checkpoints (*.safetensors or diffusers folders) in %s: nothing to serve", folder.resolve())
         folders = [path.name for path in paths if path.is_dir()]
