@@ -13,8 +13,11 @@ WORKDIR /app
 
 # The dependencies first, in their own layer: editing the code does not download them again.
 # torch and torchvision come with the base image (with CUDA) and satisfy the requirements as they are.
+# EXTRAS: optional dependency groups of pyproject.toml (diffusers: serve diffusers model folders too).
+ARG EXTRAS="diffusers"
 COPY pyproject.toml README.md ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+RUN python -c "import os, tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+print('\n'.join(p['dependencies'] + [d for e in os.environ['EXTRAS'].split() for d in p['optional-dependencies'][e]]))" \
         > /tmp/requirements.txt \
     && pip install --no-cache-dir -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt

@@ -4,6 +4,10 @@ classifier; one sampler or a sweep of samplers × steps like DDIM's Table 1.
   python -m model.evaluate checkpoints/mnist.safetensors --data-root ../shared/data        # DDPM, T steps, N=50,000
   python -m model.evaluate CKPT --sampler ddim --steps 50 --num-samples 10000 --ref-images 10000
   python -m model.evaluate CKPT --sweep --metrics classifier --num-samples 500             # DDIM's Table 1
+  python -m model.evaluate checkpoints/ddpm-cifar10-32 --sampler ddpm --steps 1000 -n 50000 --dataset cifar10
+
+CKPT is a checkpoint file of this project or a diffusers model folder (model.diffusers_models); a
+diffusers model samples, unless told otherwise, as its scheduler config says (clipping, spacing, variance).
 
 Samplers: `ddpm` (ancestral, σ²=β; on fewer steps the respaced chain, DDIM's σ̂ row), `ddim` (η from
 --eta) or `ddim<η>` (ddim0, ddim1, ddim0.5). Samples come from the checkpoint's EMA weights, are
@@ -35,7 +39,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from model.checkpoint import Checkpoint, CheckpointError, atomic_write, load_checkpoint
+from model.checkpoint import Checkpoint, CheckpointError, atomic_write
 from model.classifier import (
     ClassifierCheckpoint,
     ClassifierError,
@@ -46,6 +50,7 @@ from model.classifier import (
 )
 from model.cli import HelpFormatter
 from model.data import DATASETS
+from model.diffusers_models import DiffusersUNet, load_model
 from model.fid import (
     CACHE_DIR,
     FeatureFn,
@@ -125,7 +130,7 @@ def sampling_run(
     """The step generator of one sampler over `steps` steps, starting from the noise x."""
     if spec.kind == "ddpm":
         return ddpm_steps(ckpt.schedule, x, steps, variance, generator, clip_x0)
-    timesteps = ddim_timesteps(ckpt.schedule.num_timesteps, steps, spacing)
+    timesteps = ddim_timesteps(ckpt.schedule.num_timesteps, steps, spacing, ckpt.schedule.sampling.steps_offset)
     return ddim_steps(ckpt.schedule, x, timesteps, spec.eta, generator, clip_x0)
 
 
@@ -388,9 +393,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=["class", "none"],
         help="class: sample i conditioned on i mod K; none: the null label (default: class if the model has classes)",
     )
-    g.add_argument("--spacing", choices=SPACINGS, default="leading", help="DDIM timestep spacing")
-    g.add_argument("--variance", choices=VARIANCES, default="fixed_large", help="DDPM's σ²: β or β̃")
-    g.add_argument("--clip-x0", action="store_true", help="clip the predicted x0 to [-1, 1] at each step")
+    g.add_argument("--spacing", choices=SPACINGS, help="DDIM timestep spacing (default: the model's, else leading)")
+    g.add_argument("--variance", choices=VARIANCES, help="DDPM's σ²: β or β̃ (default: the model's, else fixed_large)")
+    g.add_argument(
+        "--clip-x0",
+        action=argparse.BooleanOptionalAction,
+        help="clip the predicted x0 to [-1, 1] at each step (default: as the model's scheduler says, else not)",
+    )
     g.add_argument("-n", "--num-samples", type=int, default=50_000, help="samples per cell (the papers use 50,000)")
     g.add_argument("--batch-size", type=int, default=250)
     g.add_argument("--seed", type=int, default=0, help="every cell starts from the same noise")
@@ -402,6 +411,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="default: fid, and classifier where checkpoints/classifiers/ has one for the dataset",
     )
     g.add_argument("--data-root", type=Path, default=Path("data"), help="where the dataset's files are")
+    g.add_argument(
+        "--dataset",
+        choices=sorted(DATASETS),
+        help="the model's training data, for the reference images (default: the checkpoint's)",
+    )
     g.add_argument("--ref-images", type=int, help="training images the samples are compared with (default: all)")
     g.add_argument("--classifier", type=Path, help="default: checkpoints/classifiers/<dataset>.safetensors")
     g.add_argument(
@@ -434,9 +448,13 @@ def report_header(
     return [
         f"# Evaluation of `{args.checkpoint}`",
         "",
-        f"- model: {ckpt.dataset}, {ckpt.config.image_size}px, trained {ckpt.step} steps, "
-        f"{'EMA' if ckpt.ema else 'raw (not EMA!)'} weights, {ckpt.schedule.name} schedule, "
-        f"T={ckpt.schedule.num_timesteps}",
+        f"- model: {ckpt.dataset}, {ckpt.config.image_size}px, "
+        + (
+            f"{ckpt.unet.description}, "
+            if isinstance(ckpt.unet, DiffusersUNet)
+            else f"trained {ckpt.step} steps, {'EMA' if ckpt.ema else 'raw (not EMA!)'} weights, "
+        )
+        + f"{ckpt.schedule.name} schedule, T={ckpt.schedule.num_timesteps}",
         f"- samples: N={args.num_samples} per cell, {sampling}; seed {args.seed}; DDIM spacing {args.spacing}; "
         f"DDPM variance {args.variance}; clip x0: {args.clip_x0}",
         f"- reference: {', '.join(f'{j.title} against M={j.m} training images' for j in judges)}; "
@@ -454,11 +472,18 @@ def evaluate(args: argparse.Namespace, fid_features: FeatureFn | None = None) ->
         torch.set_num_threads(args.threads)
     device = best_device(args.device)
     specs = [parse_sampler(s, args.eta) for s in args.sampler]
-    ckpt = load_checkpoint(args.checkpoint, device)
+    ckpt = load_model(args.checkpoint, device)
+    ckpt.dataset = args.dataset or ckpt.dataset
+    own = ckpt.schedule.sampling  # how the model's own scheduler samples, where it says
+    args.spacing = args.spacing or own.spacing
+    args.variance = args.variance or own.variance
+    args.clip_x0 = bool(own.clip) if args.clip_x0 is None else args.clip_x0
     steps_list = args.steps or [ckpt.schedule.num_timesteps]
     conditional = (args.conditioning or "class") == "class" and ckpt.config.num_classes > 0
     if args.conditioning == "class" and not ckpt.config.num_classes:
         raise ValueError(f"{args.checkpoint} is unconditional: use --conditioning none")
+    if ckpt.config.num_classes and ckpt.unet.null_label is None and (args.conditioning == "none" or args.guidance != 1):
+        raise ValueError(f"{args.checkpoint} has no unconditional class: sample it with labels and --guidance 1")
     out = args.out or Path("runs/eval") / args.checkpoint.stem
     has_classifier = bool(DATASETS.get(ckpt.dataset, DATASETS["folder"]).class_names)
     metrics = args.metrics or ["fid"] + (

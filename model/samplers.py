@@ -51,17 +51,18 @@ StepGenerator = Generator[Step, torch.Tensor, None]
 # --- timestep lists -------------------------------------------------------------------------
 
 
-def ddim_timesteps(num_timesteps: int, steps: int, spacing: str = "leading") -> list[int]:
+def ddim_timesteps(num_timesteps: int, steps: int, spacing: str = "leading", offset: int = 0) -> list[int]:
     """The S timesteps a DDIM run visits, noisiest first.
 
-    leading:   0, c, 2c, …, (S-1)c with c = T // S, as in the DDIM paper's code (T=1000, S=50: 980 … 0)
+    leading:   0, c, 2c, …, (S-1)c with c = T // S, as in the DDIM paper's code (T=1000, S=50: 980 … 0);
+               `offset` is added to each (diffusers' steps_offset), at most up to T - 1
     trailing:  round(T - i·T/S) - 1, so that the run starts at the noisiest step (999 … 19)
     quadratic: ⌊(i · √(0.8 T) / (S-1))²⌋, the spacing of DDIM's CIFAR-10 table, repeats made distinct
     """
     if not 1 <= steps <= num_timesteps:
         raise ValueError(f"steps must be between 1 and {num_timesteps}, got {steps}")
     if spacing == "leading":
-        seq = np.arange(steps) * (num_timesteps // steps)
+        seq = np.minimum(np.arange(steps) * (num_timesteps // steps) + offset, num_timesteps - 1)
     elif spacing == "trailing":
         seq = np.round(np.arange(num_timesteps, 0, -num_timesteps / steps)).astype(int) - 1
     elif spacing == "quadratic":
@@ -87,12 +88,15 @@ def ddim_step(
     noise: torch.Tensor | None = None,
     clip_x0: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """x_t → x_{t_prev} by DDIM (Song et al. 2020, eq. 12); t_prev = -1 means ᾱ = 1. Returns (x_prev, x0)."""
+    """x_t → x_{t_prev} by DDIM (Song et al. 2020, eq. 12); t_prev = -1 means ᾱ = 1. Returns (x_prev, x0).
+
+    With clip_x0 the predicted x0 is clipped (to the schedule's clip range, [-1, 1] unless its model
+    says otherwise) and ε re-derived from it, as diffusers does with use_clipped_model_output=True."""
     abar_t = schedule.alphas_cumprod[t]
     abar_prev = schedule.alphas_cumprod[t_prev] if t_prev >= 0 else torch.ones_like(abar_t)
     x0 = (x_t - (1 - abar_t).sqrt() * eps) / abar_t.sqrt()
     if clip_x0:
-        x0 = x0.clamp(-1, 1)
+        x0 = x0.clamp(-schedule.sampling.clip_range, schedule.sampling.clip_range)
         eps = (x_t - abar_t.sqrt() * x0) / (1 - abar_t).sqrt()
     sigma = eta * ((1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev)).sqrt()
     x_prev = abar_prev.sqrt() * x0 + (1 - abar_prev - sigma**2).sqrt() * eps
@@ -113,11 +117,11 @@ def ddpm_step(
     """x_t → x_{t-1} by ancestral sampling (DDPM Algorithm 2). Returns (x_prev, x0).
 
     σ²_t = β_t ("fixed_large") or β̃_t ("fixed_small"); no noise is added at t = 0. With clip_x0 the
-    mean goes through the clipped x0 and the posterior mean μ̃_t(x_t, x_0).
+    mean goes through the clipped x0 (to the schedule's clip range) and the posterior mean μ̃_t(x_t, x_0).
     """
     x0 = schedule.predict_x0(x_t, t, eps)
     if clip_x0:
-        x0 = x0.clamp(-1, 1)
+        x0 = x0.clamp(-schedule.sampling.clip_range, schedule.sampling.clip_range)
         mean = schedule.posterior_mean(x0, x_t, t)
     else:
         mean = (x_t - _at(schedule.betas, t, x_t) / _at(schedule.sqrt_one_minus_alphas_cumprod, t, x_t) * eps) / _at(
@@ -214,10 +218,11 @@ def guided_eps(
 
     `labels` holds a class per sample, or `model.null_label` for the unconditional prediction. w = 1
     is the plain conditional ε and w = 0 the unconditional one. The rows that need both halves are
-    doubled into one batched forward.
+    doubled into one batched forward. A model whose `null_label` is None has no unconditional
+    class: it takes its labels as they are, unguided.
     """
-    if labels is None:
-        return model(x, t)
+    if labels is None or model.null_label is None:
+        return model(x, t, labels)
     w = torch.as_tensor(guidance, dtype=x.dtype, device=x.device).expand(x.shape[0])
     if model.config.guidance_input:  # a guidance-distilled student (Meng et al. 2023): w is an input
         return model(x, t, labels, w)

@@ -7,11 +7,31 @@ t = T - 1 the noisiest. Every term is computed once in float64 and stored in flo
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 SCHEDULES = ("linear", "cosine")
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How a model's own scheduler samples, where its files say (a diffusers scheduler config does;
+    this project's checkpoints leave every choice to the tool that samples).
+
+    clip:         clip the predicted x0 at each step; None: unstated (the server clips, evaluation does not)
+    clip_range:   x0 is clipped to [-clip_range, clip_range]
+    spacing:      the DDIM timestep spacing (model.samplers.SPACINGS)
+    steps_offset: added to each DDIM timestep of the leading spacing (diffusers' steps_offset)
+    variance:     DDPM's σ²_t, "fixed_large" (β_t) or "fixed_small" (β̃_t)
+    """
+
+    clip: bool | None = None
+    clip_range: float = 1.0
+    spacing: str = "leading"
+    steps_offset: int = 0
+    variance: str = "fixed_large"
 
 
 def linear_betas(timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
@@ -29,13 +49,15 @@ def cosine_betas(timesteps: int, s: float = 0.008, max_beta: float = 0.999) -> t
 
 
 class NoiseSchedule:
-    """β_t and the quantities of q(x_t | x_0) and q(x_{t-1} | x_t, x_0) derived from it."""
+    """β_t and the quantities of q(x_t | x_0) and q(x_{t-1} | x_t, x_0) derived from it, plus how the
+    model's own scheduler samples (`sampling`)."""
 
-    def __init__(self, betas: torch.Tensor, name: str = "custom"):
+    def __init__(self, betas: torch.Tensor, name: str = "custom", sampling: SamplingConfig | None = None):
         betas = betas.to(torch.float64)
         if betas.ndim != 1 or not ((betas > 0) & (betas < 1)).all():
             raise ValueError("betas must be a 1-d tensor with every value in (0, 1)")
         self.name = name
+        self.sampling = sampling or SamplingConfig()
         self.num_timesteps = len(betas)
         alphas = 1 - betas
         alphas_cumprod = torch.cumprod(alphas, 0)
@@ -88,7 +110,7 @@ class NoiseSchedule:
         chosen = sorted(timesteps)
         abar = self.alphas_cumprod.double().cpu()[chosen]
         abar_prev = torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
-        return NoiseSchedule(1 - abar / abar_prev, f"{self.name}-respaced").to(self.device)
+        return NoiseSchedule(1 - abar / abar_prev, f"{self.name}-respaced", self.sampling).to(self.device)
 
     # --- the forward process and the quantities the samplers and the loss need ---
 

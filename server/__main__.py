@@ -18,7 +18,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="ddpm-serve", description=__doc__)
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
     parser.add_argument("--port", type=int, help="port (default 8000; 0 picks a free one)")
-    parser.add_argument("--checkpoints", dest="checkpoint_dir", help="folder of *.safetensors (default checkpoints/)")
+    parser.add_argument(
+        "--checkpoints",
+        dest="checkpoint_dir",
+        help="folder of *.safetensors and diffusers models (default: checkpoints)",
+    )
     parser.add_argument("--device", help="auto (default: cuda if available, else cpu), cpu, cuda or cuda:N")
     parser.add_argument("--default-model", help="model used when a request names none")
     parser.add_argument("--threads", dest="torch_threads", type=int, help="PyTorch CPU threads (default: one per core)")

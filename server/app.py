@@ -34,13 +34,14 @@ Samples images from DDPM/DDIM checkpoints. Every request, REST or WebSocket, bec
 sampling loop per device, which advances all running jobs with one batched UNet forward per step.
 
 **WebSocket `/ws/sample`** streams the denoising as it happens. Send one JSON message with the
-fields of `POST /sample` plus `"every": k` (stream every k-th step; the last one always is). The
-server answers with JSON text messages: `{"type": "start", "total", "seed", "model", "sampler",
-"steps", "n", "every", "image_size", "channels", "eta", "label", "guidance"}`, then for each streamed
-step `{"type": "frame", "step", "total", "t", "x_t", "x0"}` (base64 PNG grids of the samples and of
-the predicted x_0), then `{"type": "done", "grid", "images", "seed", "model", "sampler", "steps",
-"elapsed_ms"}` and a normal close (1000). Send `{"type": "cancel"}` at any time to stop: the answer
-is `{"type": "cancelled", "step"}` and a normal close. An invalid request is answered with
+fields of `POST /sample` plus `"every": k` (stream every k-th step; the last one always is) and
+optionally `"preview_size"`. The server answers with JSON text messages: `{"type": "start", "total",
+"seed", "model", "sampler", "steps", "n", "every", "image_size", "channels", "preview_size", "eta",
+"label", "guidance"}`, then for each streamed step `{"type": "frame", "step", "total", "t", "x_t",
+"x0"}` (base64 PNG grids of the samples and of the predicted x_0, each image at most `preview_size`
+pixels a side), then `{"type": "done", "grid", "images", "seed", "model", "sampler", "steps",
+"elapsed_ms"}` (full size) and a normal close (1000). Send `{"type": "cancel"}` at any time to stop:
+the answer is `{"type": "cancelled", "step"}` and a normal close. An invalid request is answered with
 `{"type": "error", "detail"}` and close code 1008; a full server with an error and 1013. Frames may
 be skipped for a client that reads more slowly than the images are made. See docs/api.md.
 """

@@ -8,6 +8,7 @@ import io
 import math
 
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torchvision.utils import make_grid
 
@@ -35,6 +36,17 @@ def grid_png(images: torch.Tensor) -> bytes:
     """A batch (N, C, H, W) in [-1, 1] as one PNG grid, ceil(√N) images a row, 2 px apart."""
     grid = make_grid(to_unit(images.cpu()), nrow=grid_nrow(len(images)), padding=GRID_PADDING)
     return png(grid[: images.shape[1]])  # make_grid turns 1 channel into 3 identical ones
+
+
+@torch.inference_mode()
+def downscale(images: torch.Tensor, max_side: int | None) -> torch.Tensor:
+    """A batch (N, C, H, W) shrunk to at most `max_side` pixels a side (the aspect kept), averaging
+    the pixels each new one covers: a preview of a large image costs a fraction of its bytes."""
+    side = max(images.shape[-2:])
+    if max_side is None or side <= max_side:
+        return images
+    size = [max(1, round(s * max_side / side)) for s in images.shape[-2:]]
+    return F.interpolate(images.float(), size=size, mode="bilinear", antialias=True, align_corners=False)
 
 
 @torch.inference_mode()

@@ -33,6 +33,7 @@ from model.samplers import (
     initial_noise,
     make_generator,
 )
+from server.images import downscale
 from server.metrics import Metrics
 from server.registry import LoadedModel
 
@@ -58,6 +59,7 @@ class JobSpec:
     label: int | None = None  # None: unconditional (the null label of a conditional model)
     guidance: float | None = None  # classifier-free guidance w, with a label (None: plain conditional)
     every: int = 0  # report every k-th step (and always the last) as a Frame; 0: no frames
+    preview_size: int | None = None  # a frame's images are sent at most this many pixels a side (None: full size)
 
 
 # --- what the loop reports about a job ----------------------------------------------------------
@@ -70,7 +72,7 @@ class Frame:
     step: int
     total: int
     t: int
-    x_t: torch.Tensor
+    x_t: torch.Tensor  # previews: at most the job's preview_size pixels a side
     x0: torch.Tensor
 
 
@@ -125,14 +127,20 @@ class Job:
         generator = make_generator(spec.seed, model.device)
         x = initial_noise((spec.n, *model.image_shape), generator, model.device)
         # both samplers clip the predicted x0 to [-1, 1], as DDPM's code and diffusers' schedulers do by
-        # default: images live there, and small models' noisy x0 estimates need it
+        # default: images live there, and small models' noisy x0 estimates need it. A diffusers model's
+        # scheduler config decides for it (clip_sample), and its spacing and DDPM variance too.
+        own = model.schedule.sampling
+        clip = own.clip is not False
         if spec.sampler == "ddim":
-            timesteps = ddim_timesteps(model.schedule.num_timesteps, spec.steps)
-            self.steps = ddim_steps(model.schedule, x, timesteps, spec.eta or 0.0, generator, clip_x0=True)
+            timesteps = ddim_timesteps(model.schedule.num_timesteps, spec.steps, own.spacing, own.steps_offset)
+            self.steps = ddim_steps(model.schedule, x, timesteps, spec.eta or 0.0, generator, clip_x0=clip)
         else:
-            self.steps = ddpm_steps(model.schedule, x, spec.steps, generator=generator, clip_x0=True)
+            self.steps = ddpm_steps(model.schedule, x, spec.steps, own.variance, generator, clip_x0=clip)
         self.step = next(self.steps)
-        if model.num_classes:
+        if model.num_classes and spec.label is None and not model.guidance:
+            # no unconditional class: a class drawn for each image samples the same distribution
+            self.labels = torch.randint(model.num_classes, (spec.n,), generator=generator, device=model.device)
+        elif model.num_classes:
             label = model.unet.null_label if spec.label is None else spec.label
             self.labels = torch.full((spec.n,), label, dtype=torch.long, device=model.device)
         w = 1.0 if spec.guidance is None else spec.guidance
@@ -144,7 +152,9 @@ class Job:
         self.step = step = self.steps.send(eps)
         events: list[Event] = []
         if self.spec.every and (step.index % self.spec.every == 0 or step.done):
-            events.append(Frame(step.index, step.total, step.t, step.x_t.cpu(), step.x0.cpu()))
+            # previews, shrunk where they are made: a 256 px batch leaves the GPU at 1/16 of its size
+            x_t, x0 = (downscale(x, self.spec.preview_size).cpu() for x in (step.x_t, step.x0))
+            events.append(Frame(step.index, step.total, step.t, x_t, x0))
         if step.done:
             events.append(Finished(step.x_t.cpu(), (time.perf_counter() - self.started_at) * 1000))
         return events

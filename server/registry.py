@@ -1,4 +1,4 @@
-"""The checkpoint folder, loaded: every diffusion checkpoint in it, once, on the serving device."""
+"""The checkpoint folder, loaded: every diffusion checkpoint and diffusers model in it, once, on the serving device."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from pathlib import Path
 
 import torch
 
-from model.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from model.checkpoint import Checkpoint, CheckpointError
+from model.diffusers_models import DiffusersUNet, diffusers_installed, is_diffusers_folder, load_model
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,8 @@ def resolve_device(name: str) -> torch.device:
 
 @dataclass
 class LoadedModel:
-    """A checkpoint ready to sample from; `name` is its file name without .safetensors."""
+    """A checkpoint ready to sample from; `name` is its file name without .safetensors, or the name
+    of its diffusers folder."""
 
     name: str
     checkpoint: Checkpoint
@@ -48,6 +50,11 @@ class LoadedModel:
         return self.checkpoint.config.num_classes
 
     @property
+    def guidance(self) -> bool:
+        """Whether classifier-free guidance is possible: the model has an unconditional (null) class."""
+        return bool(self.num_classes) and self.unet.null_label is not None
+
+    @property
     def image_shape(self) -> tuple[int, int, int]:
         config = self.checkpoint.config
         return (config.in_channels, config.image_size, config.image_size)
@@ -61,6 +68,7 @@ class LoadedModel:
             "channels": config.in_channels,
             "num_classes": config.num_classes,
             "class_names": self.checkpoint.class_names,
+            "guidance": self.guidance,
             "timesteps": self.schedule.num_timesteps,
             "schedule": self.schedule.name,
             "device": str(self.device),
@@ -76,20 +84,31 @@ class ModelRegistry:
 
     @classmethod
     def load(cls, folder: Path, device: torch.device, default: str | None = None) -> ModelRegistry:
-        """Load every *.safetensors directly inside `folder` (subfolders such as classifiers/ are
-        not looked at). A file that cannot be loaded is logged and skipped; the others still serve."""
+        """Load every *.safetensors directly inside `folder`, and every diffusers model folder there
+        (model.diffusers_models; other subfolders such as classifiers/ are not looked at). One that
+        cannot be loaded is logged and skipped; the others still serve."""
         models = {}
-        paths = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+        # hidden names are downloads or writes in progress (model.fetch, atomic_write)
+        paths = sorted(
+            path
+            for path in (folder.iterdir() if folder.is_dir() else [])
+            if not path.name.startswith(".")
+            and ((path.suffix == ".safetensors" and path.is_file()) or is_diffusers_folder(path))
+        )
         if not paths:
-            log.error("no checkpoints (*.safetensors) in %s: nothing to serve", folder.resolve())
+            log.error("no checkpoints (*.safetensors or diffusers folders) in %s: nothing to serve", folder.resolve())
+        folders = [path.name for path in paths if path.is_dir()]
+        if folders and not diffusers_installed():
+            log.warning("skipping %s: diffusers is not installed: pip install -e '.[diffusers]'", ", ".join(folders))
+            paths = [path for path in paths if not path.is_dir()]
         for path in paths:
             started = time.perf_counter()
             try:
-                checkpoint = load_checkpoint(path, device)
+                checkpoint = load_model(path, device)
             except (CheckpointError, OSError, RuntimeError) as e:  # RuntimeError: out of memory, most likely
                 log.warning("skipping a checkpoint: %s", e)
                 continue
-            model = LoadedModel(path.stem, checkpoint, device)
+            model = LoadedModel(path.name if path.is_dir() else path.stem, checkpoint, device)
             warm_up(model)
             models[model.name] = model
             log.info(
@@ -115,6 +134,8 @@ def describe(checkpoint: Checkpoint) -> str:
     weights = "EMA weights" if checkpoint.ema else "raw weights (not EMA)"
     schedule = f"{checkpoint.schedule.name} schedule, T = {checkpoint.schedule.num_timesteps}"
     shape = f"{config.in_channels}×{config.image_size}×{config.image_size}"
+    if isinstance(checkpoint.unet, DiffusersUNet):
+        return f"{checkpoint.dataset}, {shape}, {classes}, {schedule}, {checkpoint.unet.description}"
     return f"{checkpoint.dataset}, {shape}, {classes}, {schedule}, step {checkpoint.step}, {weights}"
 
 
@@ -124,5 +145,6 @@ def warm_up(model: LoadedModel) -> None:
     initialisation (cuDNN autotuning, allocator growth, the first-call overhead of each kernel)."""
     x = torch.zeros(2, *model.image_shape, device=model.device)
     t = torch.full((2,), model.schedule.num_timesteps - 1, device=model.device)
-    labels = torch.full((2,), model.unet.null_label, device=model.device) if model.num_classes else None
+    label = model.unet.null_label if model.guidance else 0
+    labels = torch.full((2,), label, device=model.device) if model.num_classes else None
     model.unet(x, t, labels)

@@ -62,6 +62,12 @@ class StreamRequest(SampleRequest):
     """The first (and only) request message of WS /ws/sample."""
 
     every: int = Field(1, ge=1, description="Stream every k-th step; the last step is always streamed.")
+    preview_size: int | None = Field(
+        None,
+        ge=8,
+        description="A frame shows each image at most this many pixels a side, downscaled (the final images are "
+        "full size). Default and maximum: the server's preview_size (64).",
+    )
 
 
 class SampleResponse(BaseModel):
@@ -84,6 +90,11 @@ class ModelInfo(BaseModel):
     channels: int
     num_classes: int = Field(description="0 for an unconditional model.")
     class_names: list[str]
+    guidance: bool = Field(
+        description="Classifier-free guidance is possible: the model is class-conditional with an unconditional "
+        "class. A conditional model without one (a diffusers UNet2DModel) samples a random class per image when "
+        "label is null, and refuses guidance other than 1."
+    )
     timesteps: int
     schedule: str
     device: str
@@ -122,6 +133,7 @@ class StartMessage(BaseModel):
     every: int
     image_size: int
     channels: int
+    preview_size: int = Field(description="The side of each image in the frames' grids, in pixels.")
     eta: float | None
     label: int | None
     guidance: float | None

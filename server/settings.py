@@ -16,7 +16,9 @@ PACKAGE_WEB_DIR = Path(__file__).resolve().parents[1] / "web"
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DDPM_", env_file=".env", extra="ignore")
 
-    checkpoint_dir: Path = Field(Path("checkpoints"), description="every *.safetensors directly inside is served")
+    checkpoint_dir: Path = Field(
+        Path("checkpoints"), description="every *.safetensors and diffusers model folder directly inside is served"
+    )
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto: cuda if available, else cpu")
     torch_threads: int | None = Field(
         None,
@@ -37,6 +39,12 @@ class Settings(BaseSettings):
 
     ws_send_timeout_s: float = Field(10.0, gt=0, description="a client slower to read a message is dropped")
     ws_frame_buffer: int = Field(1, ge=1, description="unsent frames kept per client; a newer one replaces the oldest")
+    preview_size: int = Field(
+        64,
+        ge=8,
+        description="a streamed frame shows each image at most this many pixels a side (the final images are full "
+        "size); the default and the most of a request's preview_size",
+    )
 
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="origins allowed to call the API and open WebSockets; same origin always is"

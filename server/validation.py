@@ -46,6 +46,15 @@ def resolve(request: SampleRequest, registry: ModelRegistry, settings: Settings)
     guidance = settings.default_guidance if request.guidance is None else request.guidance
     if guidance > settings.max_guidance:
         errors.append(_error("guidance", "less_than_equal", f"at most {settings.max_guidance:g}", guidance))
+    if model.num_classes and not model.guidance:  # no unconditional class: labels, but no guidance
+        if request.guidance not in (None, 1):
+            message = f"{model.name} has no unconditional class: classifier-free guidance must be null or 1"
+            errors.append(_error("guidance", "no_guidance", message, request.guidance))
+        guidance = 1.0
+    preview_size = getattr(request, "preview_size", None) or settings.preview_size
+    if preview_size > settings.preview_size:
+        message = f"at most {settings.preview_size} (the server's preview_size)"
+        errors.append(_error("preview_size", "less_than_equal", message, preview_size))
     if errors:
         raise InvalidRequest(errors)
 
@@ -59,6 +68,7 @@ def resolve(request: SampleRequest, registry: ModelRegistry, settings: Settings)
         label=request.label,
         guidance=guidance if request.label is not None else None,
         every=request.every if isinstance(request, StreamRequest) else 0,
+        preview_size=preview_size,
     )
 
 

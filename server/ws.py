@@ -241,6 +241,7 @@ def _start_message(spec: JobSpec) -> StartMessage:
         every=spec.every,
         image_size=image_size,
         channels=channels,
+        preview_size=min(image_size, spec.preview_size or image_size),
         eta=spec.eta,
         label=spec.label,
         guidance=spec.guidance,

@@ -86,7 +86,8 @@ export function validateSettings(values, model) {
   if (!(guidance >= 0 && guidance <= MAX_GUIDANCE)) {
     errors.push({ field: "guidance", message: `Guidance must be between 0 and ${MAX_GUIDANCE}.` });
   }
-  request.guidance = guidance;
+  // a class-conditional model without an unconditional class (a diffusers one) takes no guidance
+  request.guidance = model?.guidance === false ? null : guidance;
 
   const stream = values.every !== "off";
   if (stream) {
@@ -239,10 +240,12 @@ export class Controls {
 
     const conditional = Boolean(model?.num_classes);
     const classChosen = this.el.label.value !== "";
-    this.el.guidance.disabled = !conditional || !classChosen;
+    this.el.guidance.disabled = !conditional || !classChosen || model.guidance === false;
     this.el.guidanceHint.textContent = !conditional
       ? "This model is unconditional: no class, no guidance."
-      : classChosen
+      : model.guidance === false
+        ? "This model has no unconditional class: “any” gives each image a random class, and there is no guidance."
+        : classChosen
         ? "Guidance w: 1 = the plain conditional model, 0 = ignore the class, more = more typical of the class."
         : "Pick a class to steer the images; guidance then sets how hard.";
 

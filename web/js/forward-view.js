@@ -5,7 +5,7 @@ import { getSchedule } from "./api.js";
 import { alphasCumprodByName, gaussianNoise, noiseImage, noiseLevels, qSample } from "./forward.js";
 import { decodePng, drawCrisp, drawGridCell, gridLayout } from "./pixels.js";
 
-const PAD_SCALE = 8; // the drawing pad works at 8× the model's resolution, then is averaged down
+const PAD_PIXELS = 224; // the drawing pad works at about this many pixels a side, then is averaged down
 
 export class ForwardView {
   constructor() {
@@ -66,7 +66,7 @@ export class ForwardView {
     this.eps = null;
     this.el.t.max = String(model.timesteps - 1);
     if (Number(this.el.t.value) > model.timesteps - 1) this.el.t.value = String(Math.floor(model.timesteps / 2));
-    this.el.pad.width = this.el.pad.height = this.size * PAD_SCALE;
+    this.el.pad.width = this.el.pad.height = this.size * Math.max(1, Math.round(PAD_PIXELS / this.size));
     this.clearPad();
     try {
       if (!this.scheduleCache.has(model.name)) this.scheduleCache.set(model.name, await getSchedule(model.name));
@@ -83,9 +83,10 @@ export class ForwardView {
     await this.onSourceChange();
   }
 
-  /** A finished run from the main view: its images and the filmstrip that led to them. */
-  setGenerated({ images, frames, n, imageSize }) {
-    this.generated = { images, frames, n, imageSize, picked: 0 };
+  /** A finished run from the main view: its images and the filmstrip that led to them, whose
+   * grids hold each image at frameSize pixels (a preview of a large image). */
+  setGenerated({ images, frames, n, imageSize, frameSize = imageSize }) {
+    this.generated = { images, frames, n, imageSize, frameSize, picked: 0 };
     this.el.generatedRadio.disabled = false;
     this.el.generatedHint.textContent = "Pick one of the images you generated last:";
     const buttons = images.map((b64, index) => {
@@ -208,12 +209,12 @@ export class ForwardView {
     }
     const nearest = frames.reduce((best, f) => (Math.abs(f.t - t) < Math.abs(best.t - t) ? f : best));
     const grid = await decodePng(nearest.xt);
-    const layout = gridLayout(grid.width, grid.height, g.n, g.imageSize);
+    const layout = gridLayout(grid.width, grid.height, g.n, g.frameSize);
     if (!layout || Number(this.el.t.value) !== t) {
       this.el.reverseFigure.hidden = !layout;
       return;
     }
-    drawGridCell(this.el.reverse, grid, layout, g.picked, g.imageSize, { minSize: 224 });
+    drawGridCell(this.el.reverse, grid, layout, g.picked, g.frameSize, { minSize: 224 });
     this.el.reverseCaption.innerHTML = `reverse: the sampler's x<sub>t</sub> at t = ${nearest.t} (step ${nearest.step})`;
     this.el.reverseFigure.hidden = false;
   }

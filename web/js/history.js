@@ -22,7 +22,7 @@ export class RunHistory {
       String(request.steps),
       request.sampler === "ddim" ? String(request.eta) : "–",
       String(request.n),
-      request.label == null ? "any" : `${className} (w = ${request.guidance})`,
+      request.label == null ? "any" : request.guidance == null ? className : `${className} (w = ${request.guidance})`,
       null, // seed: a button
       ms == null ? "–" : `${(ms / 1000).toFixed(2)} s`,
       ms == null ? "–" : `${(ms / request.steps).toFixed(1)} ms`,

@@ -74,6 +74,7 @@ async function generate() {
       frames: mainView.filmstrip,
       n: request.n,
       imageSize: controls.models.find((m) => m.name === request.model)?.image_size ?? 28,
+      frameSize: mainView.startMessage?.preview_size,
     });
   } else if (mainView.seed != null) {
     controls.showSeedUsed(mainView.seed);

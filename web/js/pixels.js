@@ -25,6 +25,7 @@ function naturalSize(image) {
  * Draw `image` filling `canvas`, scaled by a whole number with nearest-neighbour sampling, so every
  * model pixel becomes a sharp square. The backing store is `scale`× the image so that downloads
  * and screenshots stay crisp too; CSS (`image-rendering: pixelated`) handles the display size.
+ * An image that needs no enlarging (scale 1) gets the class "smooth": the page shrinks it.
  */
 export function drawCrisp(canvas, image, { minSize = 480, maxScale = 16 } = {}) {
   const { width, height } = naturalSize(image);
@@ -39,6 +40,8 @@ export function drawCrisp(canvas, image, { minSize = 480, maxScale = 16 } = {}) 
   ctx.drawImage(image, 0, 0, canvas.width, canvas.height);
   canvas.dataset.sourceWidth = String(width);
   canvas.dataset.sourceHeight = String(height);
+  // an image at least minSize wide (a grid of 256-pixel images) is shrunk to fit: smooth it instead
+  canvas.classList.toggle("smooth", scale === 1);
 }
 
 export function clearCanvas(canvas) {

@@ -5,7 +5,8 @@
 //   data-state (idle|running|stopping|done|cancelled|error), data-step, data-total, data-frames-drawn.
 
 import { FrameKeeper } from "./frames.js";
-import { clearCanvas, decodePng, drawCrisp, pngDataUrl } from "./pixels.js";
+import { clearCanvas, decodePng, drawCrisp, gridLayout, pngDataUrl } from "./pixels.js";
+import { cellAt, zoom } from "./zoom.js";
 
 const FILMSTRIP_SLOTS = 20;
 
@@ -36,6 +37,7 @@ export class RunView {
       result: $(".rv-result"),
       download: $(".rv-download"),
       downloadLarge: $(".rv-download-large"),
+      zoom: $(".rv-zoom"),
       seed: $(".rv-seed"),
       filmstrip: $(".rv-filmstrip"),
       scrub: $(".rv-scrub"),
@@ -48,6 +50,8 @@ export class RunView {
       this.root.classList.toggle("hide-x0", !this.el.showX0.checked);
     });
     this.el.scrub.addEventListener("input", () => this.showFilmstripFrame(Number(this.el.scrub.value)));
+    this.el.zoom.addEventListener("click", () => this.openZoom(0));
+    this.el.xt.addEventListener("click", (event) => this.zoomAt(event));
     this.timer = null;
     this.largeUrl = null;
     this.reset();
@@ -73,6 +77,10 @@ export class RunView {
     this.lastDrawAt = null;
     this.startedAt = null;
     this.filmstrip = [];
+    this.result = null;
+    this.startMessage = null;
+    this.imageSize = null; // of the final images, once decoded
+    this.root.classList.remove("zoomable");
     this.root.dataset.framesDrawn = "0";
     this.root.dataset.step = "0";
     this.root.dataset.total = "0";
@@ -196,6 +204,10 @@ export class RunView {
     this.showResult(result, grid);
     this.buildFilmstrip(result);
     this.state = "done";
+    if (result.images?.length) {
+      this.imageSize = (await decodePng(result.images[0])).width;
+      this.root.classList.toggle("zoomable", this.state === "done");
+    }
     const server = result.elapsed_ms != null ? ` (${formatSeconds(result.elapsed_ms)} on the server)` : "";
     this.message(`Done: ${total} steps in ${formatSeconds(clientMs)}${server}.`, "success");
   }
@@ -277,12 +289,28 @@ export class RunView {
     if (x0) drawCrisp(this.el.x0, x0);
     const total = this.total ?? this.request.steps;
     const isFinal = frame.final || frame.step === total;
+    this.root.classList.toggle("zoomable", Boolean(isFinal && this.imageSize));
     this.el.xtCaption.innerHTML = isFinal
       ? "x<sub>0</sub>: the final images"
       : `x<sub>t</sub> at step ${frame.step}/${total} (t = ${frame.t})`;
     this.el.progress.value = frame.step;
     this.el.step.textContent = `step ${frame.step}/${total}`;
     this.el.t.textContent = isFinal ? "t = 0 (done)" : `t = ${frame.t}`;
+  }
+
+  /** A click on the final grid enlarges the image under the pointer. */
+  zoomAt(event) {
+    if (!this.root.classList.contains("zoomable")) return;
+    const n = this.result.images.length;
+    const { sourceWidth, sourceHeight } = this.el.xt.dataset;
+    const layout = gridLayout(Number(sourceWidth), Number(sourceHeight), n, this.imageSize);
+    const index = layout && cellAt(this.el.xt, event.offsetX, event.offsetY, layout, this.imageSize, n);
+    if (index != null) this.openZoom(index);
+  }
+
+  openZoom(index) {
+    if (!this.result?.images?.length) return;
+    zoom().open(this.result.images, index, this.el.download.download.replace(/\.png$/, ""));
   }
 
   cancelled(msg) {
