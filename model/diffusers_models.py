@@ -108,9 +108,9 @@ def eps_from_prediction(
     """ε from what the network predicts: ε itself, v = √ᾱ ε - √(1-ᾱ) x0 (Salimans & Ho 2022), or x0."""
     if prediction_type == "epsilon":
         return out
-    signal, noise = _at(schedule.sqrt_alphas_cumprod, t, x_t), _at(schedule.sqrt_one_minus_alphas_cumprod, t, x_t)
     if prediction_type == "v_prediction":
-        return signal * out + noise * x_t
+        return schedule.eps_from_v(x_t, t, out)
+    signal, noise = _at(schedule.sqrt_alphas_cumprod, t, x_t), _at(schedule.sqrt_one_minus_alphas_cumprod, t, x_t)
     if prediction_type == "sample":
         return (x_t - signal * out) / noise
     raise ValueError(f"unknown prediction_type {prediction_type!r}; choose one of {PREDICTIONS}")

@@ -224,7 +224,7 @@ def guided_eps(
     if labels is None or model.null_label is None:
         return model(x, t, labels)
     w = torch.as_tensor(guidance, dtype=x.dtype, device=x.device).expand(x.shape[0])
-    if model.config.guidance_input:  # a guidance-distilled student (Meng et al. 2023): w is an input
+    if getattr(model.config, "guidance_input", False):  # a guidance-distilled student (Meng et al. 2023): w is an input
         return model(x, t, labels, w)
     both = (labels != model.null_label) & (w != 1)
     null = torch.full_like(labels[both], model.null_label)
