@@ -77,7 +77,8 @@ class ModelRegistry:
     @classmethod
     def load(cls, folder: Path, device: torch.device, default: str | None = None) -> ModelRegistry:
         """Load every *.safetensors directly inside `folder` (subfolders such as classifiers/ are
-        not looked at). A file that cannot be loaded is logged and skipped; the others still serve."""
+        not looked at). A file that cannot be loaded, for whatever reason, is logged and skipped; the
+        others still serve."""
         models = {}
         paths = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
         if not paths:
@@ -86,11 +87,14 @@ class ModelRegistry:
             started = time.perf_counter()
             try:
                 checkpoint = load_checkpoint(path, device)
-            except (CheckpointError, OSError, RuntimeError) as e:  # RuntimeError: out of memory, most likely
+                model = LoadedModel(path.stem, checkpoint, device)
+                warm_up(model)
+            except CheckpointError as e:
                 log.warning("skipping a checkpoint: %s", e)
                 continue
-            model = LoadedModel(path.stem, checkpoint, device)
-            warm_up(model)
+            except Exception as e:  # out of memory, most likely; whatever it is, the other models still serve
+                log.warning("skipping a checkpoint: %s: %s: %s", path, type(e).__name__, e, exc_info=True)
+                continue
             models[model.name] = model
             log.info(
                 "loaded %s from %s on %s in %.1f s: %s",
@@ -106,7 +110,8 @@ class ModelRegistry:
         return cls(models, default)
 
     def get(self, name: str | None) -> LoadedModel | None:
-        return self.models.get(name or self.default)
+        """The model called `name`; None (and only None) means the default model."""
+        return self.models.get(self.default if name is None else name)
 
 
 def describe(checkpoint: Checkpoint) -> str:

@@ -46,9 +46,13 @@ def checkpoints(tmp_path_factory):
     return folder
 
 
+TEST_HOSTS = ["testserver"]  # the Host that TestClient sends
+
+
 @contextmanager
 def serve(checkpoint_dir, **overrides):
-    settings = Settings(_env_file=None, checkpoint_dir=checkpoint_dir, web_dir=None, **overrides)
+    overrides = {"web_dir": None, "allowed_hosts": TEST_HOSTS, **overrides}
+    settings = Settings(_env_file=None, checkpoint_dir=checkpoint_dir, **overrides)
     with TestClient(create_app(settings)) as client:
         yield client
 
@@ -476,7 +480,7 @@ def test_cors_headers_only_for_allowed_origins(checkpoints, client):
 
 def test_the_ui_is_served_at_the_root_after_the_api(checkpoints, tmp_path):
     (tmp_path / "index.html").write_text("<h1>demo</h1>")
-    settings = Settings(_env_file=None, checkpoint_dir=checkpoints, web_dir=tmp_path)
+    settings = Settings(_env_file=None, checkpoint_dir=checkpoints, web_dir=tmp_path, allowed_hosts=TEST_HOSTS)
     with TestClient(create_app(settings)) as client:
         assert client.get("/").text == "<h1>demo</h1>"
         assert client.get("/models").status_code == 200
