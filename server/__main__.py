@@ -97,7 +97,10 @@ def main(argv: list[str] | None = None) -> None:
         timeout_keep_alive=settings.keep_alive_timeout_s,
         timeout_graceful_shutdown=SHUTDOWN_BACKSTOP_S,
     )
-    Server(config, app, settings).run()
+    try:
+        Server(config, app, settings).run()
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it shut down for, once it has
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import Headers, MutableHeaders
+from starlette.requests import ClientDisconnect
 from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -154,7 +155,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         errors = exc.errors if isinstance(exc, InvalidRequest) else exc.errors()
         return await refused(request, Refused("invalid", errors))
 
+    async def client_left(request: Request, exc: ClientDisconnect):
+        return Response(status_code=api.CLIENT_CLOSED_REQUEST)  # for the metrics: the client hears nothing
+
     app.add_exception_handler(Refused, refused)
+    app.add_exception_handler(ClientDisconnect, client_left)
     app.add_exception_handler(InvalidRequest, invalid)
     app.add_exception_handler(RequestValidationError, invalid)
     # the API's routes, to match requests against before routing (the included routers' own, since
