@@ -243,7 +243,7 @@ def test_a_slow_reader_is_dropped_and_its_socket_closed(server):
         b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n",
         b"POST /sample HTTP/1.1\r\nHost: 127.0.0.1\r\n"
         b'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"n": 1',
-    ],  # fmt: skip
+    ],
     ids=["silent connection", "partial headers", "partial body"],
 )
 def test_an_incomplete_request_is_dropped_in_time(server, sent):
