@@ -4,8 +4,10 @@ checkpoints written to a temporary folder."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
+import re
 import time
 from contextlib import contextmanager
 
@@ -538,3 +540,131 @@ def test_the_announced_address_can_be_opened():
     assert browsable_host("0.0.0.0") == "127.0.0.1"
     assert browsable_host("::") == "[::1]"
     assert browsable_host("127.0.0.1") == "127.0.0.1"
+
+
+# --- hardening: headers, methods, Host, the schema, the docs, one failure table (issue 19) --------
+
+
+def test_security_headers_on_every_answer(client):
+    for response in (
+        client.get("/models"),
+        client.post("/sample", json={"n": 0}),
+        client.get("/nope"),
+        client.get("/openapi.json"),
+    ):
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert response.headers["x-frame-options"] == "DENY"
+        assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
+        assert "default-src 'self'" in response.headers["content-security-policy"]
+
+
+def test_readyz_does_not_show_paths(tmp_path):
+    with serve(tmp_path) as client:
+        response = client.get("/readyz")
+    assert response.status_code == 503 and str(tmp_path) not in response.text
+
+
+def test_options_and_wrong_methods_name_the_routes_own_methods(client):
+    options = client.options("/sample")
+    assert options.status_code == 204 and options.headers["allow"] == "OPTIONS, POST"
+    wrong = client.get("/sample")
+    assert wrong.status_code == 405 and wrong.headers["allow"] == "OPTIONS, POST"
+    assert client.post("/models").headers["allow"] == "GET, OPTIONS"
+
+
+def test_cors_preflight_still_works(checkpoints):
+    with serve(checkpoints, cors_origins=["https://a.example"]) as client:
+        preflight = client.options(
+            "/sample", headers={"Origin": "https://a.example", "Access-Control-Request-Method": "POST"}
+        )
+    assert preflight.status_code == 200
+    assert preflight.headers["access-control-allow-origin"] == "https://a.example"
+
+
+def test_a_body_over_the_limit_counts_under_its_route(client):
+    client.post("/sample", content=b"x" * 20_000, headers={"Content-Type": "application/json"})
+    metrics = client.get("/metrics").text
+    assert 'ddpm_http_requests_total{method="POST",route="/sample",status="422"}' in metrics
+    assert 'route="other",status="422"' not in metrics
+
+
+def test_a_body_that_is_not_json_is_422(client):
+    response = client.post("/sample", content=b'{"n": 1}', headers={"Content-Type": "text/plain"})
+    assert response.status_code == 422 and response.json()["detail"][0]["type"] == "content_type"
+
+
+def test_the_openapi_schema_has_the_servers_limits(checkpoints):
+    with serve(checkpoints, max_n=8, max_steps=30, max_guidance=5.0) as client:
+        schema = client.get("/openapi.json").json()
+    fields = schema["components"]["schemas"]["SampleRequest"]["properties"]
+    assert fields["n"]["maximum"] == 8
+    assert fields["steps"]["anyOf"][0]["maximum"] == 30
+    assert fields["guidance"]["anyOf"][0]["maximum"] == 5.0
+    assert fields["label"]["anyOf"][0]["maximum"] == 2  # cond has 3 classes
+    assert fields["model"]["anyOf"][0]["enum"] == ["cond", "uncond"]
+    body = schema["paths"]["/sample"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/SampleRequest"}
+
+
+def test_the_docs_work_offline(client):
+    for page, script in (("/docs", "docs-assets/swagger-ui-bundle.js"), ("/redoc", "docs-assets/redoc.standalone.js")):
+        response = client.get(page)
+        assert response.status_code == 200 and f'src="{script}"' in response.text
+        assert "http://" not in response.text and "https://" not in response.text  # no CDN, no web fonts
+        assert client.get("/" + script).status_code == 200
+    csp = client.get("/docs").headers["content-security-policy"]
+    inline = re.search(r"<script>(.*?)</script>", client.get("/docs").text, re.DOTALL).group(1)
+    digest = base64.b64encode(hashlib.sha256(inline.encode()).digest()).decode()
+    assert f"'sha256-{digest}'" in csp and "'unsafe-inline'" not in csp.split("style-src")[0]
+
+
+def test_only_loopback_names_by_default_when_bound_to_loopback(checkpoints):
+    settings = Settings(_env_file=None, checkpoint_dir=checkpoints, web_dir=None, host="127.0.0.1")
+    with TestClient(create_app(settings), base_url="http://evil.example") as foreign:
+        assert foreign.get("/models").status_code == 400
+        with pytest.raises(WebSocketDisconnect), foreign.websocket_connect("/ws/sample"):
+            pass
+    for name in ("localhost:8000", "127.0.0.1", "[::1]:8000"):
+        with TestClient(create_app(settings), base_url=f"http://{name}") as local:
+            assert local.get("/models").status_code == 200
+    anywhere = Settings(_env_file=None, checkpoint_dir=checkpoints, web_dir=None, host="0.0.0.0")
+    with TestClient(create_app(anywhere), base_url="http://demo.example") as client:
+        assert client.get("/healthz").status_code == 200
+
+
+def test_an_unexpected_exception_in_a_ws_session_is_an_error_and_1011(client, monkeypatch):
+    def broken(*args):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("server.ws.resolve", broken)
+    errors_before = client.app.state.server.metrics.ws_sessions.value(outcome="error")
+    with client.websocket_connect("/ws/sample") as ws:
+        ws.send_json({"n": 1})
+        message = ws.receive_json()
+        expect_close(ws, 1011)
+    assert message["type"] == "error" and "a bug" not in message["detail"]
+    assert client.app.state.server.metrics.ws_sessions.value(outcome="error") == errors_before + 1
+
+
+def test_the_failure_table_gives_each_kind_one_status_and_one_close_code():
+    from server.jobs import FAILURES
+
+    table = {kind: (failure.status, failure.close_code) for kind, failure in FAILURES.items()}
+    assert table == {
+        "invalid": (422, 1008),
+        "busy": (503, 1013),
+        "shutdown": (503, 1001),
+        "timeout": (504, 1011),
+        "error": (500, 1011),
+    }
+
+
+def test_error_details_always_encode():
+    from server.parsing import safe_errors
+
+    surrogate = "\ud800"
+    nans = [float("nan")] * 99
+    weird = [{"type": surrogate, "loc": ["body", surrogate, 3], "msg": object(), "input": {surrogate: nans}}]
+    text = json.dumps(safe_errors(weird), allow_nan=False, ensure_ascii=False).encode("utf-8")
+    assert b"\\ud800" in text
+    assert safe_errors(None) == [{"type": "invalid", "loc": [], "msg": "invalid request"}]
