@@ -239,6 +239,7 @@ def api_schema(app: FastAPI, settings: Settings, registry: ModelRegistry | None)
     models = list(registry.models.values()) if registry else []
     max_steps = min(settings.max_steps, max((m.schedule.num_timesteps for m in models), default=settings.max_steps))
     _bound(fields["n"], maximum=settings.max_n)
+    fields["n"]["default"] = min(fields["n"]["default"], settings.max_n)
     _bound(fields["steps"], maximum=max_steps)
     _bound(fields["guidance"], maximum=settings.max_guidance)
     num_classes = max((m.num_classes for m in models), default=None)

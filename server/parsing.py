@@ -3,7 +3,8 @@
 The one way in: bytes or text → `parse_request` → a pydantic request model, or InvalidRequest with
 every problem. Before `json.loads` sees the text, it must be UTF-8, within the size limit and nested
 at most MAX_DEPTH deep (deeper JSON would exhaust the parser's recursion); numbers are bounded, NaN
-and Infinity refused (they are not JSON), and strings must be Unicode (a lone surrogate escape such
+and Infinity refused (they are not JSON), a number with an integral value is an integer however it
+is written (4.0 is 4, as in JSON Schema), and strings must be Unicode (a lone surrogate escape such
 as "\\ud800" is not, RFC 7493). What the server parses it can therefore always echo.
 
 The one way out: `safe_errors` turns any list of errors (pydantic's or ours) into JSON-ready
@@ -22,6 +23,7 @@ from server.validation import InvalidRequest
 
 MAX_DEPTH = 16  # a request is a flat object of scalars: anything deeper is not a request
 MAX_DIGITS = 40  # the largest number a field takes is a seed below 2^53 (16 digits)
+MAX_EXACT_INTEGER = 2**53  # a float holds every integer up to here exactly
 ECHO_CHARS = 120  # an echoed string is cut to this
 ECHO_ITEMS = 8  # an echoed list or object is cut to this many items, and to ECHO_DEPTH levels
 ECHO_DEPTH = 2
@@ -86,13 +88,16 @@ def _int(text: str) -> int:
     return int(text)
 
 
-def _float(text: str) -> float:
+def _float(text: str) -> float | int:
+    """A number written with a fraction or an exponent. One with an integral value (4.0, 1e3) is the
+    integer it equals, as JSON and JSON Schema have it: an integer field takes it, a float field
+    turns it back into a float; 4.5 stays a float, which integer fields refuse."""
     if len(text) > MAX_DIGITS + 10:
         raise ValueError(f"a number with more than {MAX_DIGITS} digits")
     value = float(text)
     if not math.isfinite(value):
         raise ValueError("a number too large for a float")
-    return value
+    return int(value) if value.is_integer() and abs(value) <= MAX_EXACT_INTEGER else value
 
 
 def _no_constant(name: str):

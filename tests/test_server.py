@@ -252,7 +252,7 @@ BAD_REQUESTS = {
     "seed negative": {"seed": -1},
     "seed beyond 2^53": {"seed": 2**53},
     "n as a string": {"n": "4"},
-    "n as a float": {"n": 4.0},
+    "n as a fraction": {"n": 4.5},
     "n as a bool": {"n": True},
     "steps as a list": {"steps": [5]},
     "model as a number": {"model": 5},
@@ -668,3 +668,10 @@ def test_error_details_always_encode():
     text = json.dumps(safe_errors(weird), allow_nan=False, ensure_ascii=False).encode("utf-8")
     assert b"\\ud800" in text
     assert safe_errors(None) == [{"type": "invalid", "loc": [], "msg": "invalid request"}]
+
+
+def test_an_integral_number_is_an_integer_however_it_is_written(client):
+    """As in JSON Schema, whose "integer" the OpenAPI schema says: 2.0 and 2e0 are the integer 2."""
+    body = client.post("/sample", json={"model": "cond", "n": 2.0, "steps": 2e0, "seed": 5.0, "label": 1.0}).json()
+    assert (len(body["images"]), body["steps"], body["seed"], body["label"]) == (2, 2, 5, 1)
+    assert client.post("/sample", json={"model": "cond", "eta": 1, "steps": 2, "n": 1}).json()["eta"] == 1.0
