@@ -45,7 +45,7 @@ class Settings(BaseSettings):
     )
     keep_alive_timeout_s: float = Field(5.0, gt=0, description="an idle keep-alive connection is closed after this")
     shutdown_grace_s: float = Field(
-        10.0, ge=0, description="on SIGTERM, running jobs may finish within this; then they are stopped"
+        5.0, ge=0, description="on SIGTERM, running jobs may finish within this; then they are stopped"
     )
 
     cors_origins: Annotated[list[str], NoDecode] = Field(
