@@ -190,18 +190,25 @@ def report(args, tally: Tally, memory: list, metrics: str, note: str) -> None:
     print(f"server: {note}; {args.clients} clients for {args.duration:g} s")
     rows = [[action, answer, count] for (action, answer), count in sorted(tally.runs.items())]
     print(markdown_table(["action", "answer", "count"], rows))
-    statuses = re.findall(r'^ddpm_http_requests_total\{.*status="(\d+)"\} (\S+)$', metrics, re.MULTILINE)
-    server_5xx = sum(float(count) for status, count in statuses if status.startswith("5"))
+    statuses = Counter()
+    for status, count in re.findall(r'^ddpm_http_requests_total\{.*status="(\d+)"\} (\S+)$', metrics, re.MULTILINE):
+        statuses[status] += float(count)
     closes_1006 = sum(1 for line in tally.broken if line.endswith("+ 1006"))
     print(f"requests: {sum(tally.runs.values())}; answers breaking the contract: {len(tally.broken)}")
     for line, count in Counter(tally.broken).most_common(10):
         print(f"  {count} × {line}")
-    print(f"5xx answers (the server's count): {server_5xx:g}; WebSocket closes without a close frame: {closes_1006}")
+    print(f"500 answers (the server's count): {statuses['500']:g} (503 busy: {statuses['503']:g}); "
+          f"WebSocket closes without a close frame (1006): {closes_1006}")  # fmt: skip
+    sessions = dict(re.findall(r'^ddpm_ws_sessions_total\{outcome="(\w+)"\} (\S+)$', metrics, re.MULTILINE))
+    outcomes = ", ".join(f"{outcome} {float(count):g}" for outcome, count in sessions.items())
+    print(f"WebSocket sessions by outcome (the server's count): {outcomes}")
     print(f"jobs left in the loop: {metric(metrics, 'ddpm_active_jobs'):g}")
     if memory:
         first_minute = [rss for t, rss in memory if t >= min(60.0, args.duration / 4)] or [memory[-1][1]]
         print(f"server memory (RSS): {memory[0][1]:.0f} MiB at the start, {first_minute[0]:.0f} MiB after warm-up, "
               f"{memory[-1][1]:.0f} MiB at the end, {max(rss for _, rss in memory):.0f} MiB at most")  # fmt: skip
+        step = max(1, len(memory) // 10)
+        print("RSS over time:", ", ".join(f"{t:.0f} s {rss:.0f}" for t, rss in memory[::step] + memory[-1:]), "MiB")
 
 
 def main(argv: list[str] | None = None) -> int:
