@@ -498,9 +498,11 @@ def test_settings_from_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("DDPM_MAX_N", "8")
     monkeypatch.setenv("DDPM_DEVICE", "cpu")
     monkeypatch.setenv("DDPM_CORS_ORIGINS", "https://a.example, https://b.example")
+    monkeypatch.setenv("DDPM_ALLOWED_HOSTS", "demo.example,*.demo.example")
     settings = Settings(_env_file=None)
     assert (settings.max_n, settings.device) == (8, "cpu")
     assert settings.cors_origins == ["https://a.example", "https://b.example"]
+    assert settings.allowed_hosts == ["demo.example", "*.demo.example"]
     env_file = tmp_path / "server.env"
     env_file.write_text("DDPM_PORT=9100\nDDPM_MAX_JOBS=3\n")
     from_file = Settings(_env_file=env_file)
@@ -675,3 +677,18 @@ def test_an_integral_number_is_an_integer_however_it_is_written(client):
     body = client.post("/sample", json={"model": "cond", "n": 2.0, "steps": 2e0, "seed": 5.0, "label": 1.0}).json()
     assert (len(body["images"]), body["steps"], body["seed"], body["label"]) == (2, 2, 5, 1)
     assert client.post("/sample", json={"model": "cond", "eta": 1, "steps": 2, "n": 1}).json()["eta"] == 1.0
+
+
+def test_host_names_and_patterns():
+    from server.app import host_allowed, host_name
+
+    assert [host_name(h) for h in ("[::1]:8000", "LocalHost:80", "a.example", "::1")] == [
+        "::1",
+        "localhost",
+        "a.example",
+        "::1",
+    ]
+    allowed = ["demo.example", "*.demo.example"]
+    assert host_allowed("demo.example:8000", allowed) and host_allowed("a.b.demo.example", allowed)
+    assert not host_allowed("evildemo.example", allowed) and not host_allowed(None, allowed)
+    assert host_allowed("anything", ["*"])

@@ -26,18 +26,23 @@ from websockets.sync.client import connect
 from conftest import LiveServer, live_server_env, server_unet
 from model.checkpoint import read_metadata, save_checkpoint
 from model.schedule import NoiseSchedule
+from model.unet import UNet, UNetConfig
 
 TIMEOUT_S = 1.0  # the server's read, send, keep-alive timeouts and shutdown grace in these tests
 MARGIN_S = 3.0  # what a busy 2-core machine may add to a timeout
 
 
 def write_checkpoints(folder):
-    """digits: a working class-conditional 1×8×8 model, T = 1000. Beside it, the probe's bad files:
+    """digits: a working class-conditional 1×8×8 model, T = 1000; rgb: 3×64×64, unconditional, the
+    cheapest UNet that makes big frames (a 64-image grid of noise is 2 MB a frame: a client that reads
+    nothing fills the server's buffers within a few frames). Beside them, the probe's bad files:
     metadata with "step": "abc", metadata with "class_names": 5, and weights overwritten with 0xFF (NaN)."""
+    schedule = NoiseSchedule.from_name("linear", 1000)
+    rgb = UNetConfig(in_channels=3, image_size=64, base_channels=4, channel_mults=(1, 1, 1, 1), num_res_blocks=0,
+                     attention_resolutions=(), dropout=0.0, groups=4)  # fmt: skip
+    save_checkpoint(folder / "rgb.safetensors", UNet(rgb), schedule, "toy")
     unet = server_unet(channels=1, num_classes=2, seed=0)
-    good = save_checkpoint(
-        folder / "digits.safetensors", unet, NoiseSchedule.from_name("linear", 1000), "toy", ["a", "b"]
-    )
+    good = save_checkpoint(folder / "digits.safetensors", unet, schedule, "toy", ["a", "b"])
     tensors = {name: value.contiguous() for name, value in unet.state_dict().items()}
     for name, change in (("bad-step", {"step": "abc"}), ("bad-classes", {"class_names": 5})):
         save_file(tensors, folder / f"{name}.safetensors", {"diffusion": json.dumps({**read_metadata(good), **change})})
@@ -74,7 +79,7 @@ def metric(server: LiveServer, sample: str) -> float:
 
 
 def test_bad_checkpoints_are_skipped_and_the_others_serve(server):
-    assert [model["name"] for model in httpx.get(server.url + "/models").json()] == ["digits"]
+    assert [model["name"] for model in httpx.get(server.url + "/models").json()] == ["digits", "rgb"]
     skipped = [line for line in server.lines if "skipping a checkpoint" in line]
     assert any("bad-step.safetensors" in line and "'step'" in line for line in skipped), skipped
     assert any("bad-classes.safetensors" in line and "'class_names'" in line for line in skipped), skipped
@@ -218,7 +223,8 @@ def test_a_slow_reader_is_dropped_and_its_socket_closed(server):
     sock, head = raw_handshake(server, f"127.0.0.1:{server.port}", rcvbuf=4096)
     assert head.startswith("HTTP/1.1 101"), head
     client_port = sock.getsockname()[1]
-    sock.sendall(masked_text_frame(json.dumps({"sampler": "ddpm", "steps": 1000, "n": 64, "every": 1})))
+    request = {"model": "rgb", "sampler": "ddpm", "steps": 1000, "n": 64, "every": 1}
+    sock.sendall(masked_text_frame(json.dumps(request)))
     try:  # and read nothing: the server's buffers fill, a send times out, the client is dropped
         deadline = time.monotonic() + 60
         while metric(server, 'ddpm_ws_sessions_total{outcome="slow_client"}') == before:
