@@ -117,6 +117,8 @@ def read_metadata(path: str | Path) -> dict:
         raise
     except (ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{path}: not a checkpoint of this project (no 'diffusion' metadata: {e})") from e
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: its 'diffusion' metadata is not a JSON object")
     if meta.get("format") != FORMAT_VERSION:
         raise CheckpointError(f"{path}: checkpoint format {meta.get('format')!r}, expected {FORMAT_VERSION}")
     return meta
@@ -134,12 +136,18 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> Che
         config = UNetConfig.from_dict(meta["unet"])
         schedule = NoiseSchedule.from_name(meta["schedule"]["name"], meta["schedule"]["timesteps"])
         unet = UNet(config)
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: invalid model description in metadata: {e}") from e
+        about = _about(meta, config)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    except Exception as e:  # whatever a malformed description makes the constructors raise
+        raise CheckpointError(f"{path}: invalid model description in metadata: {type(e).__name__}: {e}") from e
     try:
         state = load_file(path)
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{path}: cannot read weights (truncated or corrupt file?): {e}") from e
+    not_finite = [name for name, tensor in state.items() if tensor.is_floating_point() and not tensor.isfinite().all()]
+    if not_finite:
+        raise CheckpointError(f"{path}: weights hold NaN or infinity ({', '.join(not_finite[:3])}…): a diverged run?")
     try:
         unet.load_state_dict(state)
     except RuntimeError as e:
@@ -149,13 +157,41 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> Che
     return Checkpoint(
         unet=EpsilonFromV(unet, schedule) if config.prediction == "v" else unet,
         schedule=schedule,
-        dataset=meta.get("dataset", "unknown"),
-        class_names=list(meta.get("class_names", [])),
-        step=int(meta.get("step", 0)),
-        ema=bool(meta.get("ema", True)),
         path=path,
-        sampling=meta.get("sampling"),
+        **about,
     )
+
+
+def _about(meta: dict, config: UNetConfig) -> dict:
+    """The descriptive metadata (dataset, class_names, step, ema, sampling), checked: CheckpointError if malformed."""
+    about = {
+        "dataset": meta.get("dataset", "unknown"),
+        "class_names": meta.get("class_names", []),
+        "step": meta.get("step", 0),
+        "ema": meta.get("ema", True),
+        "sampling": meta.get("sampling"),
+    }
+    if not isinstance(about["dataset"], str):
+        raise CheckpointError(f"metadata 'dataset' must be a string, not {about['dataset']!r}")
+    names = about["class_names"]
+    if not (isinstance(names, list) and all(isinstance(name, str) for name in names)):
+        raise CheckpointError(f"metadata 'class_names' must be a list of strings, not {names!r}")
+    if names and len(names) != config.num_classes:
+        raise CheckpointError(f"metadata 'class_names' has {len(names)} names for {config.num_classes} classes")
+    if isinstance(about["step"], bool) or not isinstance(about["step"], int) or about["step"] < 0:
+        raise CheckpointError(f"metadata 'step' must be a whole number ≥ 0, not {about['step']!r}")
+    if not isinstance(about["ema"], bool):
+        raise CheckpointError(f"metadata 'ema' must be true or false, not {about['ema']!r}")
+    sampling = about["sampling"]
+    if sampling is not None and not (
+        isinstance(sampling, dict)
+        and isinstance(sampling.get("sampler"), str)
+        and isinstance(sampling.get("steps"), int)
+        and not isinstance(sampling["steps"], bool)
+        and sampling["steps"] >= 1
+    ):
+        raise CheckpointError(f"metadata 'sampling' must be {{'sampler': name, 'steps': n ≥ 1, …}}, not {sampling!r}")
+    return about
 
 
 def atomic_write(path: str | Path, write) -> None:

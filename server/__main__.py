@@ -8,10 +8,12 @@ import logging
 import sys
 
 import uvicorn
+from fastapi import FastAPI
 
 from server.app import create_app
 from server.registry import resolve_device
 from server.settings import Settings
+from server.transport import protocols
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -37,14 +39,35 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return Settings(_env_file=args.env_file, **flags)
 
 
-class AnnouncingServer(uvicorn.Server):
-    """Says where to point the browser once the models are loaded and the socket listens."""
+WS_TRANSPORT_MAX_BYTES = 1 << 20  # bigger WebSocket messages are closed with 1009 before the app sees them
+SHUTDOWN_BACKSTOP_S = 5  # after the drain, what uvicorn still waits for connections to finish
+
+
+class Server(uvicorn.Server):
+    """uvicorn, which says where to point the browser once the models are loaded and the socket
+    listens, and whose shutdown is bounded: on SIGTERM or Ctrl-C it stops listening, then drains
+    the jobs (server.jobs.JobBridge.drain) before uvicorn waits for the connections to close, which
+    would otherwise wait for every running job. A second Ctrl-C cuts the drain short."""
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI, settings: Settings):
+        super().__init__(config)
+        self.app = app
+        self.settings = settings
 
     async def startup(self, sockets=None) -> None:
         await super().startup(sockets)
         if self.started:
             host, port = self.servers[0].sockets[0].getsockname()[:2]
             print(f"Open http://{browsable_host(host)}:{port} in your browser", flush=True)
+
+    async def shutdown(self, sockets=None) -> None:
+        for server in self.servers:
+            server.close()  # no new connections
+        state = getattr(self.app.state, "server", None)
+        if state is not None and not self.force_exit:
+            settings = self.settings
+            await state.jobs.drain(settings.shutdown_grace_s, settings.ws_send_timeout_s, lambda: self.force_exit)
+        await super().shutdown(sockets)
 
 
 def browsable_host(host: str) -> str:
@@ -63,14 +86,25 @@ def main(argv: list[str] | None = None) -> None:
         resolve_device(settings.device)
     except RuntimeError as e:
         sys.exit(f"ddpm-serve: {e}")
+    app = create_app(settings)
+    http, ws = protocols(settings)
     config = uvicorn.Config(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        ws_max_size=max(settings.max_body_bytes, 65536),  # requests are tiny; bigger messages are closed with 1009
+        http=http,
+        ws=ws,
+        # the app answers a message over max_body_bytes with an error and 1008; the transport's own
+        # limit, far above it, only bounds the memory a message can take before the app sees it
+        ws_max_size=max(WS_TRANSPORT_MAX_BYTES, 4 * settings.max_body_bytes),
+        timeout_keep_alive=settings.keep_alive_timeout_s,
+        timeout_graceful_shutdown=SHUTDOWN_BACKSTOP_S,
     )
-    AnnouncingServer(config).run()
+    try:
+        Server(config, app, settings).run()
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it shut down for, once it has
+        sys.exit(130)
 
 
 if __name__ == "__main__":

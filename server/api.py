@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from server import images
-from server.loop import Cancelled, Failed, Finished, Job, JobSpec, LoopFull
+from server.loop import Finished
 from server.metrics import CONTENT_TYPE
+from server.parsing import parse_request, require_json
 from server.schemas import Error, ModelInfo, Ready, SampleRequest, SampleResponse, ScheduleInfo, Status
 from server.state import ServerState, get_state
 from server.validation import InvalidRequest, resolve
@@ -20,9 +19,7 @@ router = APIRouter()
 
 State = Annotated[ServerState, Depends(get_state)]
 
-RETRY_AFTER_S = 2  # a place frees up when any job ends: typically within a second or two
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left before the answer
-FAILURE_STATUS = {"timeout": 504, "shutdown": 503, "error": 500}
 
 
 @router.get("/healthz", response_model=Status, tags=["health"], summary="The process is up")
@@ -39,7 +36,7 @@ async def healthz():
 )
 async def readyz(state: State):
     if not state.registry.models:
-        return JSONResponse({"detail": f"no model loaded from {state.settings.checkpoint_dir}"}, status_code=503)
+        return JSONResponse({"detail": "no model could be loaded (the server's log says why)"}, status_code=503)
     return {"status": "ready", "models": sorted(state.registry.models)}
 
 
@@ -71,28 +68,38 @@ async def model_schedule(name: str, state: State):
 @router.post(
     "/sample",
     response_model=SampleResponse,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/SampleRequest"}}},
+        }
+    },
     responses={
         200: {"content": {"image/png": {}}, "description": "JSON, or the grid as a PNG with `Accept: image/png`"},
         422: {"model": Error, "description": "Invalid request"},
-        503: {"model": Error, "description": "All sampling places are taken: retry after Retry-After seconds"},
+        503: {
+            "model": Error,
+            "description": "All sampling places are taken, or the server is shutting down: "
+            "retry after Retry-After seconds",
+        },
         504: {"model": Error, "description": "Sampling took longer than the server's request timeout"},
     },
     tags=["sampling"],
     summary="Sample n images",
 )
-async def sample(body: SampleRequest, request: Request, state: State):
+async def sample(request: Request, state: State):
     """Runs DDPM or DDIM and answers with every image and their grid, as base64 PNGs; the same seed
     and parameters give the same images. With `Accept: image/png` the answer is the grid itself,
     with its seed in the `X-Seed` header."""
+    require_json(request.headers.get("content-type"))
+    body = parse_request(SampleRequest, await request.body(), state.settings.max_body_bytes, loc=("body",))
     try:
         spec = resolve(body, state.registry, state.settings)
     except InvalidRequest as e:
-        raise RequestValidationError([{**error, "loc": ["body", *error["loc"]]} for error in e.errors]) from e
+        raise InvalidRequest([{**error, "loc": ["body", *error["loc"]]} for error in e.errors]) from None
 
-    event = await run_job(spec, request, state)
-    if isinstance(event, Failed):
-        state.metrics.errors.inc(kind=event.kind)
-        raise HTTPException(FAILURE_STATUS[event.kind], event.detail)
+    with state.jobs.client():
+        event = await state.jobs.run_to_end(spec, lambda: _wait_for_disconnect(request))
     if not isinstance(event, Finished):  # the client left, and its job was cancelled
         return Response(status_code=CLIENT_CLOSED_REQUEST)
 
@@ -118,35 +125,6 @@ async def sample(body: SampleRequest, request: Request, state: State):
 @router.get("/metrics", response_class=PlainTextResponse, tags=["health"], summary="Prometheus metrics")
 async def metrics(state: State):
     return PlainTextResponse(state.metrics.render(), media_type=CONTENT_TYPE)
-
-
-async def run_job(spec: JobSpec, request: Request, state: ServerState) -> Finished | Failed | Cancelled | None:
-    """Run one job in the sampling loop to its end; None if the client left first (the job is
-    then cancelled, so that it frees its place at once)."""
-    event_loop = asyncio.get_running_loop()
-    outcome: asyncio.Future = event_loop.create_future()
-
-    def report(event):  # on the sampling thread; no frames are asked for, so this is the end
-        event_loop.call_soon_threadsafe(_settle, outcome, event)
-
-    job = Job(spec, report, state.settings.request_timeout_s)
-    try:
-        state.loop.submit(job)
-    except LoopFull as e:
-        state.metrics.errors.inc(kind="busy")
-        raise HTTPException(503, str(e), headers={"Retry-After": str(RETRY_AFTER_S)}) from e
-    client_gone = asyncio.ensure_future(_wait_for_disconnect(request))
-    try:
-        await asyncio.wait({outcome, client_gone}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        client_gone.cancel()
-        job.cancel()  # a no-op once the job has ended
-    return outcome.result() if outcome.done() else None
-
-
-def _settle(future: asyncio.Future, event) -> None:
-    if not future.done():
-        future.set_result(event)
 
 
 async def _wait_for_disconnect(request: Request) -> None:

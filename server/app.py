@@ -1,31 +1,50 @@
-"""The FastAPI app: create_app(settings) wires the routes, the middleware, the browser UI and the
-lifespan that loads the models and runs the sampling loop."""
+"""The FastAPI app: create_app(settings) wires the routes, the middleware, the browser UI, the API's
+documentation (served from a Python package, so that it works offline) and the lifespan that loads
+the models and runs the sampling loop.
+
+The middleware, from the outside in: RequestMetrics counts every answer under its route;
+SecurityHeaders adds nosniff, no framing and a Content-Security-Policy to each; HostCheck refuses a
+Host header this server does not answer to (DNS rebinding); CORS, when configured; MethodCheck
+answers OPTIONS and wrong methods on the API's routes (the UI's mount at / would otherwise); and
+BodyLimit refuses bodies over max_body_bytes before they are read.
+"""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import ipaddress
 import logging
-import math
+import re
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from pathlib import Path
 
+import fastapi_offline
 import torch
-from fastapi import FastAPI, HTTPException, Request
-from fastapi.encoders import jsonable_encoder
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
-from starlette.datastructures import Headers
-from starlette.routing import Route
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.requests import ClientDisconnect
+from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server import api, ws
+from server.jobs import POLICY_VIOLATION, JobBridge, Refused
 from server.loop import SamplingLoop
 from server.metrics import Metrics
+from server.parsing import error
 from server.registry import ModelRegistry, resolve_device
+from server.schemas import SampleRequest
 from server.settings import Settings
 from server.state import ServerState
+from server.validation import InvalidRequest
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +61,35 @@ optionally `"preview_size"`. The server answers with JSON text messages: `{"type
 pixels a side), then `{"type": "done", "grid", "images", "seed", "model", "sampler", "steps",
 "elapsed_ms"}` (full size) and a normal close (1000). Send `{"type": "cancel"}` at any time to stop:
 the answer is `{"type": "cancelled", "step"}` and a normal close. An invalid request is answered with
-`{"type": "error", "detail"}` and close code 1008; a full server with an error and 1013. Frames may
-be skipped for a client that reads more slowly than the images are made. See docs/api.md.
+`{"type": "error", "detail"}` and close code 1008; a full server with an error and 1013; a server
+shutting down with an error and 1001. Frames may be skipped for a client that reads more slowly
+than the images are made. See docs/api.md.
+
+The bounds in this schema are the server's settings and the loosest over its models; each model's
+own (its T, its classes) are in `GET /models`.
 """
+
+DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"  # Swagger UI and ReDoc, as files
+LOOPBACK_NAMES = ["localhost", "127.0.0.1", "::1"]
+KNOWN_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}  # others count as "other"
+
+# The page at / loads its scripts, styles and icon from this server and draws PNGs from data: and
+# blob: URLs; it talks to the API on the same origin ('self' covers ws: and wss: to it).
+PAGE_CSP = (
+    "default-src 'self'; img-src 'self' data: blob:; connect-src 'self'; object-src 'none'; "
+    "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+# Swagger UI and ReDoc style their elements inline and ReDoc searches in a blob: worker.
+DOCS_CSP = (
+    "default-src 'self'; script-src 'self' {scripts}; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "worker-src 'self' blob:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS = {
+    "x-content-type-options": "nosniff",
+    "x-frame-options": "DENY",
+    "referrer-policy": "no-referrer",
+    "content-security-policy": PAGE_CSP,
+}
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -62,7 +107,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         loop = SamplingLoop(device, settings.max_jobs, metrics)
         loop.start()
         encoder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="png")
-        app.state.server = ServerState(settings, registry, loop, metrics, encoder)
+        jobs = JobBridge(loop, metrics, settings.request_timeout_s)
+        app.state.server = ServerState(settings, registry, loop, jobs, metrics, encoder)
         served = ", ".join(registry.models) or "no models"
         log.info(
             "serving %s on %s (default %s), at most %d jobs at once, %d PyTorch CPU threads",
@@ -75,21 +121,53 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            jobs.draining.set()
             loop.stop()
             encoder.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(title="DDPM/DDIM sampling server", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(
+        title="DDPM/DDIM sampling server",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
     app.include_router(api.router)
     app.include_router(ws.router)
+    add_docs(app)
 
-    async def invalid_request(request: Request, exc: RequestValidationError):
-        metrics.errors.inc(kind="invalid")
-        # FastAPI echoes each bad input; NaN or Infinity in it would make the answer invalid JSON
-        return JSONResponse({"detail": _finite(jsonable_encoder(exc.errors()))}, status_code=422)
+    def openapi() -> dict:
+        state = getattr(app.state, "server", None)
+        if app.openapi_schema is None or state is None:
+            schema = api_schema(app, settings, state.registry if state else None)
+            if state is None:
+                return schema  # the models are not loaded yet: not the final schema
+            app.openapi_schema = schema
+        return app.openapi_schema
 
-    app.add_exception_handler(RequestValidationError, invalid_request)
+    app.openapi = openapi
+
+    async def refused(request: Request, exc: Refused):
+        metrics.errors.inc(kind=exc.kind)
+        return exc.response()
+
+    async def invalid(request: Request, exc: InvalidRequest | RequestValidationError):
+        errors = exc.errors if isinstance(exc, InvalidRequest) else exc.errors()
+        return await refused(request, Refused("invalid", errors))
+
+    async def client_left(request: Request, exc: ClientDisconnect):
+        return Response(status_code=api.CLIENT_CLOSED_REQUEST)  # for the metrics: the client hears nothing
+
+    app.add_exception_handler(Refused, refused)
+    app.add_exception_handler(ClientDisconnect, client_left)
+    app.add_exception_handler(InvalidRequest, invalid)
+    app.add_exception_handler(RequestValidationError, invalid)
+    # the API's routes, to match requests against before routing (the included routers' own, since
+    # FastAPI includes a router as one route of its own)
+    routes = [*api.router.routes, *ws.router.routes, *(route for route in app.routes if isinstance(route, Route))]
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, metrics=metrics)
-    app.add_middleware(RequestMetrics, metrics=metrics)
+    app.add_middleware(MethodCheck, routes=routes)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -98,6 +176,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["*"],
             expose_headers=["Retry-After", "X-Seed", "X-Elapsed-Ms"],
         )
+    app.add_middleware(HostCheck, allowed=trusted_hosts(settings), metrics=metrics)
+    app.add_middleware(SecurityHeaders)
+    app.add_middleware(RequestMetrics, routes=routes, metrics=metrics)
 
     # The UI last: a mount at / would otherwise shadow the API routes.
     if settings.web_dir is not None and settings.web_dir.is_dir():
@@ -111,15 +192,184 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-def _finite(value):
-    """`value` with every NaN or infinite float replaced by its name ("nan", "inf")."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_finite(item) for item in value]
-    return value
+# --- the API's documentation ----------------------------------------------------------------------
+
+
+def add_docs(app: FastAPI) -> None:
+    """/docs (Swagger UI) and /redoc (ReDoc) with their files from the fastapi-offline package, so
+    that they need no network; relative URLs, so that they work under a proxy's path prefix too."""
+    app.mount("/docs-assets", StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
+    swagger = get_swagger_ui_html(
+        openapi_url="openapi.json",
+        title=f"{app.title}: Swagger UI",
+        swagger_js_url="docs-assets/swagger-ui-bundle.js",
+        swagger_css_url="docs-assets/swagger-ui.css",
+        swagger_favicon_url="docs-assets/favicon.png",
+    ).body
+    redoc = get_redoc_html(
+        openapi_url="openapi.json",
+        title=f"{app.title}: ReDoc",
+        redoc_js_url="docs-assets/redoc.standalone.js",
+        redoc_favicon_url="docs-assets/favicon.png",
+        with_google_fonts=False,
+    ).body
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui():
+        return _docs_page(swagger)
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc_page():
+        return _docs_page(redoc)
+
+
+def _docs_page(html: bytes) -> HTMLResponse:
+    """The page with a CSP that allows its own inline script (by hash) and nothing else inline."""
+    hashes = [hashlib.sha256(script).digest() for script in re.findall(rb"<script>(.*?)</script>", html, re.DOTALL)]
+    scripts = " ".join(f"'sha256-{base64.b64encode(digest).decode()}'" for digest in hashes)
+    return HTMLResponse(html, headers={"Content-Security-Policy": DOCS_CSP.format(scripts=scripts)})
+
+
+def api_schema(app: FastAPI, settings: Settings, registry: ModelRegistry | None) -> dict:
+    """The OpenAPI schema with the limits that come from the settings and the loaded models: what
+    the schema accepts, the server accepts (for a server of one model, exactly)."""
+    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    request = SampleRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    schema.setdefault("components", {}).setdefault("schemas", {})["SampleRequest"] = request
+    fields = request["properties"]
+    models = list(registry.models.values()) if registry else []
+    max_steps = min(settings.max_steps, max((m.schedule.num_timesteps for m in models), default=settings.max_steps))
+    _bound(fields["n"], maximum=settings.max_n)
+    fields["n"]["default"] = min(fields["n"]["default"], settings.max_n)
+    _bound(fields["steps"], maximum=max_steps)
+    _bound(fields["guidance"], maximum=settings.max_guidance)
+    num_classes = max((m.num_classes for m in models), default=None)
+    if num_classes == 0:
+        fields["label"]["anyOf"] = [{"type": "null"}]
+    elif num_classes:
+        _bound(fields["label"], maximum=num_classes - 1)
+    if models:
+        names = sorted(registry.models)
+        fields["model"]["anyOf"] = [{"type": "string", "enum": names}, {"type": "null"}]
+        path = schema["paths"]["/models/{name}/schedule"]["get"]
+        next(p for p in path["parameters"] if p["name"] == "name")["schema"]["enum"] = names
+    return schema
+
+
+def _bound(field: dict, **limits) -> None:
+    """Set `limits` on a field's schema, or on its non-null branch (an optional field's anyOf)."""
+    for branch in field.get("anyOf", [field]):
+        if branch.get("type") != "null":
+            branch.update(limits)
+
+
+# --- middleware -----------------------------------------------------------------------------------
+
+
+def trusted_hosts(settings: Settings) -> list[str]:
+    """The Host names to answer: the setting; else, when bound to loopback, the loopback names
+    (a page on another site reaching 127.0.0.1 through DNS rebinding sends its own name); else any."""
+    if settings.allowed_hosts:
+        return settings.allowed_hosts
+    return LOOPBACK_NAMES if _is_loopback(settings.host) else ["*"]
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def host_name(header: str) -> str:
+    """The name in a Host header, without its port: "[::1]:8000" → "::1", "a.example:80" → "a.example"."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1 : header.find("]")] if "]" in header else header
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+def host_allowed(header: str | None, allowed: list[str]) -> bool:
+    if "*" in allowed:
+        return True
+    name = host_name(header or "")
+    return any(name == pattern or (pattern.startswith("*.") and name.endswith(pattern[1:])) for pattern in allowed)
+
+
+class HostCheck:
+    """Refuses requests whose Host is not an allowed name: 400 over HTTP, a refused handshake (403)
+    for a WebSocket."""
+
+    def __init__(self, app: ASGIApp, allowed: list[str], metrics: Metrics):
+        self.app = app
+        self.allowed = [pattern.lower() for pattern in allowed]
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket") or host_allowed(Headers(scope=scope).get("host"), self.allowed):
+            await self.app(scope, receive, send)
+        elif scope["type"] == "websocket":
+            self.metrics.ws_sessions.inc(outcome="forbidden")
+            await send({"type": "websocket.close", "code": POLICY_VIOLATION, "reason": ""})
+        else:
+            await PlainTextResponse("Invalid host header", status_code=400)(scope, receive, send)
+
+
+class SecurityHeaders:
+    """nosniff, no framing, no referrer and a Content-Security-Policy on every answer that has not
+    set its own (the docs pages do)."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] in ("http.response.start", "websocket.http.response.start"):
+                headers = MutableHeaders(scope=message)
+                for name, value in SECURITY_HEADERS.items():
+                    headers.setdefault(name, value)
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def api_route(routes: list[BaseRoute], scope: Scope) -> tuple[Route | None, Match]:
+    """The API route whose path matches the request (FULL: its method too; PARTIAL: another method)."""
+    partial = None
+    for route in routes:
+        match, _ = route.matches(scope)
+        if match == Match.FULL:
+            return route, match
+        if match == Match.PARTIAL and partial is None:
+            partial = route
+    return partial, (Match.PARTIAL if partial else Match.NONE)
+
+
+class MethodCheck:
+    """OPTIONS on an API route answers 204 with the route's methods in Allow, and any other wrong
+    method 405 with them (without this, the UI's mount at / answers for it, with its own)."""
+
+    def __init__(self, app: ASGIApp, routes: list[BaseRoute]):
+        self.app = app
+        self.routes = routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route, match = api_route(self.routes, scope) if scope["type"] == "http" else (None, Match.NONE)
+        if match != Match.PARTIAL or not isinstance(route, Route):
+            await self.app(scope, receive, send)
+            return
+        allow = ", ".join(sorted({*(route.methods or ()), "OPTIONS"}))
+        if scope["method"] == "OPTIONS":
+            response = Response(status_code=204, headers={"Allow": allow})
+        else:
+            response = JSONResponse({"detail": "Method Not Allowed"}, status_code=405, headers={"Allow": allow})
+        await response(scope, receive, send)
 
 
 class BodyLimit:
@@ -135,12 +385,11 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        message = f"the request body is larger than {self.max_bytes} bytes"
-        detail = [{"type": "too_long", "loc": ["body"], "msg": message}]
+        too_long = Refused("invalid", [error("too_long", f"the request body is larger than {self.max_bytes} bytes")])
         declared = Headers(scope=scope).get("content-length", "")
         if declared.isdigit() and int(declared) > self.max_bytes:
             self.metrics.errors.inc(kind="invalid")
-            await JSONResponse({"detail": detail}, status_code=422)(scope, receive, send)
+            await too_long.response()(scope, receive, send)
             return
         received = 0
 
@@ -149,18 +398,19 @@ class BodyLimit:
             message = await receive()
             received += len(message.get("body", b""))
             if received > self.max_bytes:
-                self.metrics.errors.inc(kind="invalid")
-                raise HTTPException(422, detail)  # FastAPI answers an HTTPException raised while reading the body
+                raise too_long  # answered by the app's handler for Refused, like any other
             return message
 
         await self.app(scope, limited_receive, send)
 
 
 class RequestMetrics:
-    """Counts HTTP requests by method, route template (not the raw path: bounded label values) and status."""
+    """Counts HTTP requests by method, route template (not the raw path: bounded label values) and
+    status; the route is found here, so that answers given before routing count under it too."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics):
+    def __init__(self, app: ASGIApp, routes: list[BaseRoute], metrics: Metrics):
         self.app = app
+        self.routes = routes
         self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -178,6 +428,7 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, send_and_note_status)
         finally:
-            route = scope.get("route")
+            route, _ = api_route(self.routes, scope)
             name = route.path if isinstance(route, Route) else "other"  # "other": the UI's files, or no route
-            self.metrics.requests.inc(method=scope["method"], route=name, status=str(status))
+            method = scope["method"] if scope["method"] in KNOWN_METHODS else "other"
+            self.metrics.requests.inc(method=method, route=name, status=str(status))

@@ -46,6 +46,10 @@ class LoopFull(Exception):
     """Every place in the loop is taken; try again later."""
 
 
+class LoopClosed(LoopFull):
+    """The loop admits no more jobs: the server is shutting down."""
+
+
 @dataclass(frozen=True)
 class JobSpec:
     """What to sample. Validated before it gets here (server.validation)."""
@@ -176,6 +180,7 @@ class SamplingLoop:
         self._incoming: list[Job] = []
         self._places = 0  # jobs submitted and not yet reported finished, cancelled or failed
         self._stopping = False
+        self._closed = False  # no more jobs admitted; those admitted still run
         self._active: list[Job] = []  # touched by the loop thread only
         self._thread = threading.Thread(target=self._run, name=f"sampling-{device}", daemon=True)
 
@@ -186,8 +191,8 @@ class SamplingLoop:
 
     def submit(self, job: Job) -> None:
         with self._lock:
-            if self._stopping:
-                raise LoopFull("the server is shutting down")
+            if self._closed:
+                raise LoopClosed("the server is shutting down")
             if self._places >= self.max_jobs:
                 raise LoopFull(f"all {self.max_jobs} sampling places are taken")
             self._places += 1
@@ -198,10 +203,15 @@ class SamplingLoop:
     def start(self) -> None:
         self._thread.start()
 
+    def close(self) -> None:
+        """Admit no more jobs (submit raises LoopClosed); the jobs admitted run on."""
+        with self._lock:
+            self._closed = True
+
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop after the current iteration; jobs still running are reported Failed("shutdown")."""
         with self._lock:
-            self._stopping = True
+            self._closed = self._stopping = True
             self._wake.notify()
         if self._thread.is_alive():
             self._thread.join(timeout_s)

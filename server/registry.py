@@ -86,7 +86,7 @@ class ModelRegistry:
     def load(cls, folder: Path, device: torch.device, default: str | None = None) -> ModelRegistry:
         """Load every *.safetensors directly inside `folder`, and every diffusers model folder there
         (model.diffusers_models; other subfolders such as classifiers/ are not looked at). One that
-        cannot be loaded is logged and skipped; the others still serve."""
+        cannot be loaded, for whatever reason, is logged and skipped; the others still serve."""
         models = {}
         # hidden names are downloads or writes in progress (model.fetch, atomic_write)
         paths = sorted(
@@ -105,11 +105,14 @@ class ModelRegistry:
             started = time.perf_counter()
             try:
                 checkpoint = load_model(path, device)
-            except (CheckpointError, OSError, RuntimeError) as e:  # RuntimeError: out of memory, most likely
+                model = LoadedModel(path.name if path.is_dir() else path.stem, checkpoint, device)
+                warm_up(model)
+            except CheckpointError as e:
                 log.warning("skipping a checkpoint: %s", e)
                 continue
-            model = LoadedModel(path.name if path.is_dir() else path.stem, checkpoint, device)
-            warm_up(model)
+            except Exception as e:  # out of memory, most likely; whatever it is, the other models still serve
+                log.warning("skipping a checkpoint: %s: %s: %s", path, type(e).__name__, e, exc_info=True)
+                continue
             models[model.name] = model
             log.info(
                 "loaded %s from %s on %s in %.1f s: %s",
@@ -125,7 +128,8 @@ class ModelRegistry:
         return cls(models, default)
 
     def get(self, name: str | None) -> LoadedModel | None:
-        return self.models.get(name or self.default)
+        """The model called `name`; None (and only None) means the default model."""
+        return self.models.get(self.default if name is None else name)
 
 
 def describe(checkpoint: Checkpoint) -> str:

@@ -37,7 +37,9 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(120.0, gt=0, description="a job running longer is stopped")
     max_body_bytes: int = Field(16_384, ge=256, description="largest request body or WebSocket message")
 
-    ws_send_timeout_s: float = Field(10.0, gt=0, description="a client slower to read a message is dropped")
+    ws_send_timeout_s: float = Field(
+        10.0, gt=0, description="a client slower to read a message is dropped, and its connection closed"
+    )
     ws_frame_buffer: int = Field(1, ge=1, description="unsent frames kept per client; a newer one replaces the oldest")
     preview_size: int = Field(
         64,
@@ -46,16 +48,29 @@ class Settings(BaseSettings):
         "size); the default and the most of a request's preview_size",
     )
 
+    request_read_timeout_s: float = Field(
+        10.0, gt=0, description="a request's headers and body must arrive within this of its first byte"
+    )
+    keep_alive_timeout_s: float = Field(5.0, gt=0, description="an idle keep-alive connection is closed after this")
+    shutdown_grace_s: float = Field(
+        5.0, ge=0, description="on SIGTERM, running jobs may finish within this; then they are stopped"
+    )
+
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="origins allowed to call the API and open WebSockets; same origin always is"
+    )
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host names this server answers to ('*.example.com' for subdomains, '*' for any); "
+        "default: the loopback names when bound to loopback, else any",
     )
     web_dir: Path | None = Field(PACKAGE_WEB_DIR, description="the browser UI served at /, if the folder exists")
     log_level: str = "info"
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "allowed_hosts", mode="before")
     @classmethod
-    def split_origins(cls, value):
+    def split_list(cls, value):
         """A comma-separated string (the natural form of an environment variable) or a list."""
         if isinstance(value, str):
-            return [origin.strip() for origin in value.split(",") if origin.strip()]
+            return [item.strip() for item in value.split(",") if item.strip()]
         return value

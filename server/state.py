@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from starlette.requests import HTTPConnection
 
+from server.jobs import JobBridge
 from server.loop import SamplingLoop
 from server.metrics import Metrics
 from server.registry import ModelRegistry
@@ -19,6 +20,7 @@ class ServerState:
     settings: Settings
     registry: ModelRegistry
     loop: SamplingLoop
+    jobs: JobBridge  # the way to the loop from the event loop
     metrics: Metrics
     encoder: ThreadPoolExecutor  # PNG encoding: off the event loop and off the sampling thread
 

@@ -34,8 +34,9 @@ def resolve(request: SampleRequest, registry: ModelRegistry, settings: Settings)
     if steps > max_steps:
         limits = f"the model has T = {timesteps}, the server allows {settings.max_steps}"
         errors.append(_error("steps", "less_than_equal", f"at most {max_steps} steps ({limits})", steps))
-    if request.n > settings.max_n:
-        errors.append(_error("n", "less_than_equal", f"at most {settings.max_n} images per request", request.n))
+    n = request.n if "n" in request.model_fields_set else min(request.n, settings.max_n)  # the default fits
+    if n > settings.max_n:
+        errors.append(_error("n", "less_than_equal", f"at most {settings.max_n} images per request", n))
     label = request.label
     if label is not None and not model.num_classes:
         errors.append(
@@ -62,7 +63,7 @@ def resolve(request: SampleRequest, registry: ModelRegistry, settings: Settings)
         model=model,
         sampler=request.sampler,
         steps=steps,
-        n=request.n,
+        n=n,
         seed=secrets.randbelow(2**32) if request.seed is None else request.seed,
         eta=request.eta if request.sampler == "ddim" else None,
         label=request.label,

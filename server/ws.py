@@ -5,6 +5,10 @@ or error) and closes. While the job runs, a listener task reads the client's mes
 the socket closing) and a sender task drains the connection's Outbox, encoding PNGs in the
 encoder pool. A slow client only loses frames of its own: the Outbox keeps the newest, and a send
 that takes longer than ws_send_timeout_s drops the client.
+
+Every way a session can end is one outcome: done or cancelled (close 1000), disconnected or
+slow_client (nothing more can be sent), or a Refused kind, sent as an error message and closed with
+the code of server.jobs.FAILURES. Any exception, expected or not, becomes one of these.
 """
 
 from __future__ import annotations
@@ -13,24 +17,17 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections import deque
-from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from fastapi import APIRouter, WebSocket
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from starlette.websockets import WebSocketDisconnect
 
 from server import images
-from server.loop import Cancelled, Event, Failed, Finished, Frame, Job, JobSpec, LoopFull
-from server.schemas import (
-    CancelledMessage,
-    DoneMessage,
-    ErrorMessage,
-    FrameMessage,
-    StartMessage,
-    StreamRequest,
-)
+from server.jobs import NORMAL, POLICY_VIOLATION, Outbox, Refused
+from server.loop import Cancelled, Event, Failed, Finished, Frame, Job, JobSpec
+from server.parsing import error, parse_json, parse_request
+from server.schemas import CancelledMessage, DoneMessage, FrameMessage, StartMessage, StreamRequest
 from server.state import ServerState, get_state
 from server.validation import InvalidRequest, resolve
 
@@ -39,40 +36,15 @@ log = logging.getLogger(__name__)
 router = APIRouter()
 
 REQUEST_WAIT_S = 30.0  # a connection that sends no request within this is closed
-
-# close codes (RFC 6455)
-NORMAL, GOING_AWAY, POLICY_VIOLATION, INTERNAL_ERROR, TRY_AGAIN_LATER = 1000, 1001, 1008, 1011, 1013
-FAILURE_CLOSE_CODE = {"timeout": INTERNAL_ERROR, "error": INTERNAL_ERROR, "shutdown": GOING_AWAY}
+CANCEL = {"type": "cancel"}
 
 
-class Outbox:
-    """A connection's outbound queue. Frames are droppable: when `frame_slots` unsent frames wait,
-    a newer one replaces the oldest. Every other message, and the last frame, is always sent."""
+class ClientGone(Exception):
+    """The client closed the socket, or stopped reading: nothing more can be sent to it."""
 
-    def __init__(self, frame_slots: int = 1, on_drop: Callable[[], None] = lambda: None):
-        self.frame_slots = frame_slots
-        self.on_drop = on_drop
-        self._items: deque = deque()
-        self._ready = asyncio.Event()
-
-    def put(self, item) -> None:
-        if _droppable(item):
-            waiting = [queued for queued in self._items if _droppable(queued)]
-            if len(waiting) >= self.frame_slots:
-                self._items.remove(waiting[0])
-                self.on_drop()
-        self._items.append(item)
-        self._ready.set()
-
-    async def get(self):
-        while not self._items:
-            self._ready.clear()
-            await self._ready.wait()
-        return self._items.popleft()
-
-
-def _droppable(item) -> bool:
-    return isinstance(item, Frame) and item.step < item.total
+    def __init__(self, outcome: str):
+        super().__init__(outcome)
+        self.outcome = outcome  # "disconnected" or "slow_client"
 
 
 def origin_allowed(origin: str | None, host: str | None, allowed: list[str]) -> bool:
@@ -91,35 +63,61 @@ async def ws_sample(websocket: WebSocket):
         state.metrics.ws_sessions.inc(outcome="forbidden")
         await websocket.close(POLICY_VIOLATION)  # before accept(): the handshake is refused with 403
         return
-    await websocket.accept()
-    outcome = await _session(websocket, state)
+    with state.jobs.client():
+        outcome = await _session(websocket, state)
     state.metrics.ws_sessions.inc(outcome=outcome)
 
 
 async def _session(websocket: WebSocket, state: ServerState) -> str:
-    """Run one streamed job; returns the outcome for the metrics."""
+    """Run one streamed job, whatever happens; returns the outcome for the metrics."""
     try:
-        spec = resolve(await _read_request(websocket, state), state.registry, state.settings)
-    except WebSocketDisconnect:
+        await websocket.accept()
+        return await _stream(websocket, state, await _read_request(websocket, state))
+    except ClientGone as e:
+        if e.outcome == "slow_client":
+            log.info("dropping a WebSocket client that did not read a message within %g s", _send_timeout(state))
+        return e.outcome  # no polite close: the server's transport drops the connection (server.transport)
+    except (WebSocketDisconnect, OSError):
         return "disconnected"
-    except InvalidRequest as e:
-        state.metrics.errors.inc(kind="invalid")
-        await _close_with_error(websocket, e.errors, POLICY_VIOLATION, state)
-        return "invalid"
+    except Exception as e:
+        refused = Refused.of(e)
+        if refused.kind == "error":
+            log.exception("a WebSocket session failed")
+        state.metrics.errors.inc(kind=refused.kind)
+        await _close_with_error(websocket, refused, state)
+        return refused.kind
 
-    outbox = Outbox(state.settings.ws_frame_buffer, on_drop=state.metrics.frames_dropped.inc)
-    event_loop = asyncio.get_running_loop()
-    job = Job(spec, lambda event: event_loop.call_soon_threadsafe(outbox.put, event), state.settings.request_timeout_s)
+
+async def _read_request(websocket: WebSocket, state: ServerState) -> JobSpec:
+    """The first message, as a job; InvalidRequest or Refused("shutdown") otherwise."""
+    receive = asyncio.ensure_future(websocket.receive())
+    draining = asyncio.ensure_future(state.jobs.draining.wait())
     try:
-        state.loop.submit(job)
-    except LoopFull as e:
-        state.metrics.errors.inc(kind="busy")
-        await _close_with_error(websocket, str(e), TRY_AGAIN_LATER, state)
-        return "busy"
-    outbox.put(_start_message(spec))
+        await asyncio.wait({receive, draining}, timeout=REQUEST_WAIT_S, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        draining.cancel()
+        if not receive.done():
+            receive.cancel()
+    if not receive.done():
+        if state.jobs.draining.is_set():
+            raise Refused("shutdown", "the server is shutting down")
+        raise InvalidRequest([error("timeout", f"no request within {REQUEST_WAIT_S:g} s")])
+    message = receive.result()
+    if message["type"] == "websocket.disconnect":
+        raise WebSocketDisconnect(message.get("code", NORMAL))
+    text = message.get("text")
+    if text is None:
+        raise InvalidRequest([error("json_invalid", "send the request as one JSON text message")])
+    request = parse_request(StreamRequest, text, state.settings.max_body_bytes)
+    return resolve(request, state.registry, state.settings)
 
+
+async def _stream(websocket: WebSocket, state: ServerState, spec: JobSpec) -> str:
+    outbox = Outbox(state.settings.ws_frame_buffer, on_drop=state.metrics.frames_dropped.inc)
+    job = state.jobs.submit(spec, outbox)
+    outbox.put(_start_message(spec))
     sender = asyncio.create_task(_send(websocket, outbox, spec, state))
-    listener = asyncio.create_task(_listen(websocket, job, outbox))
+    listener = asyncio.create_task(_listen(websocket, job, outbox, state))
     for task in (sender, listener):
         task.add_done_callback(_quietly)
     try:
@@ -131,38 +129,17 @@ async def _session(websocket: WebSocket, state: ServerState) -> str:
         for task in (sender, listener):
             task.cancel()  # a no-op on the one that is done
     if not sender.done():  # the listener saw the socket close first
+        if listener.exception() is not None:
+            raise listener.exception()
         return "disconnected"
-    if sender.exception() is not None:  # the client left, or did not read in time
-        log.info("dropping a WebSocket client: %r", sender.exception())
-        await _close(websocket, INTERNAL_ERROR, state)
-        return "slow_client" if isinstance(sender.exception(), TimeoutError) else "disconnected"
-    outcome, code = sender.result()
-    await _close(websocket, code, state)
+    if sender.exception() is not None:
+        raise sender.exception()
+    outcome = sender.result()
+    await _close(websocket, NORMAL, state)
     return outcome
 
 
-async def _read_request(websocket: WebSocket, state: ServerState) -> StreamRequest:
-    try:
-        message = await asyncio.wait_for(websocket.receive(), REQUEST_WAIT_S)
-    except TimeoutError:
-        raise InvalidRequest([_error("timeout", f"no request within {REQUEST_WAIT_S:g} s")]) from None
-    if message["type"] == "websocket.disconnect":
-        raise WebSocketDisconnect(message.get("code", NORMAL))
-    text = message.get("text")
-    if text is None:
-        raise InvalidRequest([_error("json_invalid", "send the request as one JSON text message")])
-    if len(text) > state.settings.max_body_bytes:
-        raise InvalidRequest([_error("too_long", f"the request is larger than {state.settings.max_body_bytes} bytes")])
-    try:
-        return StreamRequest.model_validate(json.loads(text))
-    except json.JSONDecodeError as e:
-        raise InvalidRequest([_error("json_invalid", f"invalid JSON: {e}")]) from e
-    except ValidationError as e:
-        errors = e.errors(include_url=False, include_context=False)
-        raise InvalidRequest([{**error, "loc": list(error["loc"])} for error in errors]) from e
-
-
-async def _listen(websocket: WebSocket, job: Job, outbox: Outbox) -> None:
+async def _listen(websocket: WebSocket, job: Job, outbox: Outbox, state: ServerState) -> None:
     """Read the client's messages until the socket closes: {"type": "cancel"} cancels the job (the
     loop confirms with a Cancelled event); anything else is an error that also ends the job."""
     while True:
@@ -170,30 +147,39 @@ async def _listen(websocket: WebSocket, job: Job, outbox: Outbox) -> None:
         if message["type"] == "websocket.disconnect":
             return
         try:
-            is_cancel = json.loads(message.get("text") or "null") == {"type": "cancel"}
-        except json.JSONDecodeError:
+            is_cancel = parse_json(message.get("text") or "null", state.settings.max_body_bytes) == CANCEL
+        except InvalidRequest:
             is_cancel = False
         job.cancel()
         if not is_cancel:
-            outbox.put(ErrorMessage(detail='while sampling, the only message accepted is {"type": "cancel"}'))
+            expected = 'while sampling, the only message accepted is {"type": "cancel"}'
+            outbox.put(Refused("invalid", [error("unexpected_message", expected)]))
 
 
-async def _send(websocket: WebSocket, outbox: Outbox, spec: JobSpec, state: ServerState) -> tuple[str, int]:
-    """Send the outbox's messages until the job's last one; returns (outcome, close code)."""
+async def _send(websocket: WebSocket, outbox: Outbox, spec: JobSpec, state: ServerState) -> str:
+    """Send the outbox's messages until the job's last one; returns "done" or "cancelled", or
+    raises the Refused that ended the job (after the frames sent before it)."""
     while True:
         item = await outbox.get()
-        message = await _render(item, spec, state)
-        await asyncio.wait_for(websocket.send_text(message.model_dump_json()), state.settings.ws_send_timeout_s)
-        if isinstance(message, DoneMessage):
-            return "done", NORMAL
-        if isinstance(message, CancelledMessage):
-            return "cancelled", NORMAL
         if isinstance(item, Failed):
-            state.metrics.errors.inc(kind=item.kind)
-            return item.kind, FAILURE_CLOSE_CODE[item.kind]
-        if isinstance(message, ErrorMessage):
-            state.metrics.errors.inc(kind="invalid")
-            return "invalid", POLICY_VIOLATION
+            item = Refused(item.kind, item.detail)
+        if isinstance(item, Refused):
+            raise item
+        message = await _render(item, spec, state)
+        await _send_text(websocket, message.model_dump_json(), state)
+        if isinstance(message, DoneMessage):
+            return "done"
+        if isinstance(message, CancelledMessage):
+            return "cancelled"
+
+
+async def _send_text(websocket: WebSocket, text: str, state: ServerState) -> None:
+    try:
+        await asyncio.wait_for(websocket.send_text(text), _send_timeout(state))
+    except TimeoutError:
+        raise ClientGone("slow_client") from None
+    except (WebSocketDisconnect, RuntimeError, OSError):  # RuntimeError: sending after the close
+        raise ClientGone("disconnected") from None
 
 
 async def _render(item: Event | BaseModel, spec: JobSpec, state: ServerState) -> BaseModel:
@@ -213,14 +199,11 @@ async def _render(item: Event | BaseModel, spec: JobSpec, state: ServerState) ->
         )
     if isinstance(item, Cancelled):
         return CancelledMessage(step=item.step)
-    if isinstance(item, Failed):
-        return ErrorMessage(detail=item.detail)
     return item
 
 
 def _quietly(task: asyncio.Task) -> None:
-    """Take a task's exception so that asyncio does not log it: once the session is over, a send
-    that fails because the client has gone is expected."""
+    """Take a task's exception so that asyncio does not log it: _stream re-raises what matters."""
     if not task.cancelled():
         task.exception()
 
@@ -248,21 +231,19 @@ def _start_message(spec: JobSpec) -> StartMessage:
     )
 
 
-async def _close_with_error(websocket: WebSocket, detail, code: int, state: ServerState) -> None:
+async def _close_with_error(websocket: WebSocket, refused: Refused, state: ServerState) -> None:
     try:
-        await asyncio.wait_for(
-            websocket.send_text(ErrorMessage(detail=detail).model_dump_json()), state.settings.ws_send_timeout_s
-        )
-    except (TimeoutError, WebSocketDisconnect, RuntimeError):
+        await _send_text(websocket, json.dumps({"type": "error", **refused.body()}), state)
+    except ClientGone:
         return
-    await _close(websocket, code, state)
+    await _close(websocket, refused.failure.close_code, state)
 
 
 async def _close(websocket: WebSocket, code: int, state: ServerState) -> None:
     # the client may have closed first, or stopped reading: closing must not wait for it
-    with contextlib.suppress(RuntimeError, WebSocketDisconnect, TimeoutError):
-        await asyncio.wait_for(websocket.close(code), state.settings.ws_send_timeout_s)
+    with contextlib.suppress(RuntimeError, WebSocketDisconnect, TimeoutError, OSError):
+        await asyncio.wait_for(websocket.close(code), _send_timeout(state))
 
 
-def _error(kind: str, message: str) -> dict:
-    return {"type": kind, "loc": [], "msg": message}
+def _send_timeout(state: ServerState) -> float:
+    return state.settings.ws_send_timeout_s

@@ -1,4 +1,10 @@
 import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -63,3 +69,54 @@ def data_root() -> Path:
 def _seeded():
     """Every test starts from the same global RNG state, so none is flaky."""
     torch.manual_seed(0)
+
+
+class LiveServer:
+    """`python -m server` under uvicorn on a free loopback port, with the settings of an env file;
+    its output lines are collected in `lines`."""
+
+    START_TIMEOUT_S = 120  # importing torch and loading models on a busy 2-core machine
+
+    def __init__(self, checkpoints: Path, env_file: Path):
+        env = {key: value for key, value in os.environ.items() if not key.startswith("DDPM_")}
+        command = [sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", "0", "--device", "cpu",
+                   "--threads", "1", "--checkpoints", str(checkpoints), "--env-file", str(env_file)]  # fmt: skip
+        self.process = subprocess.Popen(
+            command, cwd=REPO, env={**env, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=lambda: self.lines.extend(self.process.stdout), daemon=True)
+        self._reader.start()
+        deadline, self.url = time.monotonic() + self.START_TIMEOUT_S, None
+        while self.url is None and time.monotonic() < deadline and self.process.poll() is None:
+            time.sleep(0.05)
+            announced = re.search(r"^Open (http://127\.0\.0\.1:(\d+)) in your browser$", self.output, re.MULTILINE)
+            self.url, self.port = (announced.group(1), int(announced.group(2))) if announced else (None, None)
+        if self.url is None:
+            self.process.kill()
+            pytest.fail("the server did not announce its address:\n" + self.output)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    @property
+    def ws_url(self) -> str:
+        return self.url.replace("http", "ws") + "/ws/sample"
+
+    def stop(self, timeout_s: float = 30) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+        try:
+            return self.process.wait(timeout=timeout_s)
+        finally:
+            self.process.kill()
+            self._reader.join(timeout=5)
+
+
+def live_server_env(folder: Path, **settings) -> Path:
+    """An env file of DDPM_* settings in `folder`."""
+    env_file = folder / "server.env"
+    env_file.write_text("".join(f"DDPM_{key.upper()}={value}\n" for key, value in settings.items()))
+    return env_file

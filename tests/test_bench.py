@@ -59,3 +59,16 @@ def test_bench_clients_against_a_server_it_starts(capsys):
                         "--checkpoint", "none"])  # fmt: skip
     rows = table_rows(capsys.readouterr().out)
     assert [(row[1], row[2], row[-1]) for row in rows] == [("1", "1", "0"), ("2", "2", "0")]
+
+
+@pytest.mark.slow
+def test_soak_mixes_every_kind_of_client_and_finds_nothing_broken(capsys):
+    import soak
+
+    assert soak.main(["--duration", "4", "--clients", "2", "--checkpoint", "none"]) == 0
+    output = capsys.readouterr().out
+    assert "answers breaking the contract: 0" in output and "jobs left in the loop: 0" in output
+    assert "server memory (RSS)" in output
+    actions = {f"{kind} {what}" for kind, what in [("rest", "sample"), ("rest", "abandoned"), ("rest", "malformed"),
+               ("ws", "run"), ("ws", "cancelled"), ("ws", "aborted"), ("ws", "malformed")]}  # fmt: skip
+    assert {row[0] for row in table_rows(output)} <= actions

@@ -72,3 +72,49 @@ def test_saving_is_atomic_and_leaves_no_temporary_files(saved):
     _, path = saved
     assert [p.name for p in path.parent.iterdir()] == [path.name]
     assert path.stat().st_mode & 0o044  # readable by others, like any ordinary file
+
+
+BAD_METADATA = {
+    "step not a number": {"step": "abc"},
+    "step negative": {"step": -1},
+    "step a bool": {"step": True},
+    "class_names a number": {"class_names": 5},
+    "class_names not strings": {"class_names": [1, 2]},
+    "class_names too few": {"class_names": ["a"]},
+    "ema a string": {"ema": "yes"},
+    "dataset a list": {"dataset": ["mnist"]},
+    "unet a string": {"unet": "big"},
+    "unet with a bad field": {"unet": {"image_size": "x"}},
+    "schedule unknown": {"schedule": {"name": "nope", "timesteps": 10}},
+    "schedule a list": {"schedule": [1]},
+}
+
+
+@pytest.mark.parametrize("change", BAD_METADATA.values(), ids=BAD_METADATA.keys())
+def test_malformed_metadata_is_a_checkpoint_error(saved, tmp_path, change):
+    """Whatever is wrong in the metadata, the one error a caller has to catch is CheckpointError."""
+    model, path = saved
+    bad = tmp_path / "bad.safetensors"
+    tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(tensors, bad, {"diffusion": json.dumps({**read_metadata(path), **change})})
+    with pytest.raises(CheckpointError, match=r"bad\.safetensors"):
+        load_checkpoint(bad)
+
+
+def test_metadata_that_is_not_an_object_is_a_checkpoint_error(saved, tmp_path):
+    model, _ = saved
+    bad = tmp_path / "bad.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, bad, {"diffusion": "5"})
+    with pytest.raises(CheckpointError, match="not a JSON object"):
+        load_checkpoint(bad)
+
+
+def test_weights_with_nan_or_infinity_are_refused(saved, tmp_path):
+    model, path = saved
+    for value in (float("nan"), float("inf")):
+        tensors = {k: v.contiguous().clone() for k, v in model.state_dict().items()}
+        next(t for t in tensors.values() if t.is_floating_point()).view(-1)[0] = value
+        bad = tmp_path / "bad.safetensors"
+        save_file(tensors, bad, {"diffusion": json.dumps(read_metadata(path))})
+        with pytest.raises(CheckpointError, match="NaN or infinity"):
+            load_checkpoint(bad)

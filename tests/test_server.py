@@ -4,8 +4,10 @@ checkpoints written to a temporary folder."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
+import re
 import time
 from contextlib import contextmanager
 
@@ -46,9 +48,13 @@ def checkpoints(tmp_path_factory):
     return folder
 
 
+TEST_HOSTS = ["testserver"]  # the Host that TestClient sends
+
+
 @contextmanager
 def serve(checkpoint_dir, **overrides):
-    settings = Settings(_env_file=None, checkpoint_dir=checkpoint_dir, web_dir=None, **overrides)
+    overrides = {"web_dir": None, "allowed_hosts": TEST_HOSTS, **overrides}
+    settings = Settings(_env_file=None, checkpoint_dir=checkpoint_dir, **overrides)
     with TestClient(create_app(settings)) as client:
         yield client
 
@@ -248,7 +254,7 @@ BAD_REQUESTS = {
     "seed negative": {"seed": -1},
     "seed beyond 2^53": {"seed": 2**53},
     "n as a string": {"n": "4"},
-    "n as a float": {"n": 4.0},
+    "n as a fraction": {"n": 4.5},
     "n as a bool": {"n": True},
     "steps as a list": {"steps": [5]},
     "model as a number": {"model": 5},
@@ -479,7 +485,7 @@ def test_cors_headers_only_for_allowed_origins(checkpoints, client):
 
 def test_the_ui_is_served_at_the_root_after_the_api(checkpoints, tmp_path):
     (tmp_path / "index.html").write_text("<h1>demo</h1>")
-    settings = Settings(_env_file=None, checkpoint_dir=checkpoints, web_dir=tmp_path)
+    settings = Settings(_env_file=None, checkpoint_dir=checkpoints, web_dir=tmp_path, allowed_hosts=TEST_HOSTS)
     with TestClient(create_app(settings)) as client:
         assert client.get("/").text == "<h1>demo</h1>"
         assert client.get("/models").status_code == 200
@@ -495,9 +501,11 @@ def test_settings_from_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("DDPM_MAX_N", "8")
     monkeypatch.setenv("DDPM_DEVICE", "cpu")
     monkeypatch.setenv("DDPM_CORS_ORIGINS", "https://a.example, https://b.example")
+    monkeypatch.setenv("DDPM_ALLOWED_HOSTS", "demo.example,*.demo.example")
     settings = Settings(_env_file=None)
     assert (settings.max_n, settings.device) == (8, "cpu")
     assert settings.cors_origins == ["https://a.example", "https://b.example"]
+    assert settings.allowed_hosts == ["demo.example", "*.demo.example"]
     env_file = tmp_path / "server.env"
     env_file.write_text("DDPM_PORT=9100\nDDPM_MAX_JOBS=3\n")
     from_file = Settings(_env_file=env_file)
@@ -537,3 +545,153 @@ def test_the_announced_address_can_be_opened():
     assert browsable_host("0.0.0.0") == "127.0.0.1"
     assert browsable_host("::") == "[::1]"
     assert browsable_host("127.0.0.1") == "127.0.0.1"
+
+
+# --- hardening: headers, methods, Host, the schema, the docs, one failure table (issue 19) --------
+
+
+def test_security_headers_on_every_answer(client):
+    for response in (
+        client.get("/models"),
+        client.post("/sample", json={"n": 0}),
+        client.get("/nope"),
+        client.get("/openapi.json"),
+    ):
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert response.headers["x-frame-options"] == "DENY"
+        assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
+        assert "default-src 'self'" in response.headers["content-security-policy"]
+
+
+def test_readyz_does_not_show_paths(tmp_path):
+    with serve(tmp_path) as client:
+        response = client.get("/readyz")
+    assert response.status_code == 503 and str(tmp_path) not in response.text
+
+
+def test_options_and_wrong_methods_name_the_routes_own_methods(client):
+    options = client.options("/sample")
+    assert options.status_code == 204 and options.headers["allow"] == "OPTIONS, POST"
+    wrong = client.get("/sample")
+    assert wrong.status_code == 405 and wrong.headers["allow"] == "OPTIONS, POST"
+    assert client.post("/models").headers["allow"] == "GET, OPTIONS"
+
+
+def test_cors_preflight_still_works(checkpoints):
+    with serve(checkpoints, cors_origins=["https://a.example"]) as client:
+        preflight = client.options(
+            "/sample", headers={"Origin": "https://a.example", "Access-Control-Request-Method": "POST"}
+        )
+    assert preflight.status_code == 200
+    assert preflight.headers["access-control-allow-origin"] == "https://a.example"
+
+
+def test_a_body_over_the_limit_counts_under_its_route(client):
+    client.post("/sample", content=b"x" * 20_000, headers={"Content-Type": "application/json"})
+    metrics = client.get("/metrics").text
+    assert 'ddpm_http_requests_total{method="POST",route="/sample",status="422"}' in metrics
+    assert 'route="other",status="422"' not in metrics
+
+
+def test_a_body_that_is_not_json_is_422(client):
+    response = client.post("/sample", content=b'{"n": 1}', headers={"Content-Type": "text/plain"})
+    assert response.status_code == 422 and response.json()["detail"][0]["type"] == "content_type"
+
+
+def test_the_openapi_schema_has_the_servers_limits(checkpoints):
+    with serve(checkpoints, max_n=8, max_steps=30, max_guidance=5.0) as client:
+        schema = client.get("/openapi.json").json()
+    fields = schema["components"]["schemas"]["SampleRequest"]["properties"]
+    assert fields["n"]["maximum"] == 8
+    assert fields["steps"]["anyOf"][0]["maximum"] == 30
+    assert fields["guidance"]["anyOf"][0]["maximum"] == 5.0
+    assert fields["label"]["anyOf"][0]["maximum"] == 2  # cond has 3 classes
+    assert fields["model"]["anyOf"][0]["enum"] == ["cond", "uncond"]
+    body = schema["paths"]["/sample"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/SampleRequest"}
+
+
+def test_the_docs_work_offline(client):
+    for page, script in (("/docs", "docs-assets/swagger-ui-bundle.js"), ("/redoc", "docs-assets/redoc.standalone.js")):
+        response = client.get(page)
+        assert response.status_code == 200 and f'src="{script}"' in response.text
+        assert "http://" not in response.text and "https://" not in response.text  # no CDN, no web fonts
+        assert client.get("/" + script).status_code == 200
+    csp = client.get("/docs").headers["content-security-policy"]
+    inline = re.search(r"<script>(.*?)</script>", client.get("/docs").text, re.DOTALL).group(1)
+    digest = base64.b64encode(hashlib.sha256(inline.encode()).digest()).decode()
+    assert f"'sha256-{digest}'" in csp and "'unsafe-inline'" not in csp.split("style-src")[0]
+
+
+def test_only_loopback_names_by_default_when_bound_to_loopback(checkpoints):
+    settings = Settings(_env_file=None, checkpoint_dir=checkpoints, web_dir=None, host="127.0.0.1")
+    with TestClient(create_app(settings), base_url="http://evil.example") as foreign:
+        assert foreign.get("/models").status_code == 400
+        with pytest.raises(WebSocketDisconnect), foreign.websocket_connect("/ws/sample"):
+            pass
+    for name in ("localhost:8000", "127.0.0.1", "[::1]:8000"):
+        with TestClient(create_app(settings), base_url=f"http://{name}") as local:
+            assert local.get("/models").status_code == 200
+    anywhere = Settings(_env_file=None, checkpoint_dir=checkpoints, web_dir=None, host="0.0.0.0")
+    with TestClient(create_app(anywhere), base_url="http://demo.example") as client:
+        assert client.get("/healthz").status_code == 200
+
+
+def test_an_unexpected_exception_in_a_ws_session_is_an_error_and_1011(client, monkeypatch):
+    def broken(*args):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("server.ws.resolve", broken)
+    errors_before = client.app.state.server.metrics.ws_sessions.value(outcome="error")
+    with client.websocket_connect("/ws/sample") as ws:
+        ws.send_json({"n": 1})
+        message = ws.receive_json()
+        expect_close(ws, 1011)
+    assert message["type"] == "error" and "a bug" not in message["detail"]
+    assert client.app.state.server.metrics.ws_sessions.value(outcome="error") == errors_before + 1
+
+
+def test_the_failure_table_gives_each_kind_one_status_and_one_close_code():
+    from server.jobs import FAILURES
+
+    table = {kind: (failure.status, failure.close_code) for kind, failure in FAILURES.items()}
+    assert table == {
+        "invalid": (422, 1008),
+        "busy": (503, 1013),
+        "shutdown": (503, 1001),
+        "timeout": (504, 1011),
+        "error": (500, 1011),
+    }
+
+
+def test_error_details_always_encode():
+    from server.parsing import safe_errors
+
+    surrogate = "\ud800"
+    nans = [float("nan")] * 99
+    weird = [{"type": surrogate, "loc": ["body", surrogate, 3], "msg": object(), "input": {surrogate: nans}}]
+    text = json.dumps(safe_errors(weird), allow_nan=False, ensure_ascii=False).encode("utf-8")
+    assert b"\\ud800" in text
+    assert safe_errors(None) == [{"type": "invalid", "loc": [], "msg": "invalid request"}]
+
+
+def test_an_integral_number_is_an_integer_however_it_is_written(client):
+    """As in JSON Schema, whose "integer" the OpenAPI schema says: 2.0 and 2e0 are the integer 2."""
+    body = client.post("/sample", json={"model": "cond", "n": 2.0, "steps": 2e0, "seed": 5.0, "label": 1.0}).json()
+    assert (len(body["images"]), body["steps"], body["seed"], body["label"]) == (2, 2, 5, 1)
+    assert client.post("/sample", json={"model": "cond", "eta": 1, "steps": 2, "n": 1}).json()["eta"] == 1.0
+
+
+def test_host_names_and_patterns():
+    from server.app import host_allowed, host_name
+
+    assert [host_name(h) for h in ("[::1]:8000", "LocalHost:80", "a.example", "::1")] == [
+        "::1",
+        "localhost",
+        "a.example",
+        "::1",
+    ]
+    allowed = ["demo.example", "*.demo.example"]
+    assert host_allowed("demo.example:8000", allowed) and host_allowed("a.b.demo.example", allowed)
+    assert not host_allowed("evildemo.example", allowed) and not host_allowed(None, allowed)
+    assert host_allowed("anything", ["*"])

@@ -1,4 +1,4 @@
-"""The batching sampling loop (server.loop) and a connection's outbound queue (server.ws.Outbox),
+"""The batching sampling loop (server.loop) and a connection's outbound queue (server.jobs.Outbox),
 with tiny random models in memory."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from conftest import server_unet
 from model.checkpoint import Checkpoint
 from model.samplers import ddim_steps, ddim_timesteps, ddpm_steps, guided_eps, initial_noise, make_generator, sample
 from model.schedule import NoiseSchedule
+from server.jobs import Outbox
 from server.loop import Cancelled, Failed, Finished, Frame, Job, JobSpec, LoopFull, SamplingLoop
 from server.registry import LoadedModel
-from server.ws import Outbox
 
 WAIT_S = 30  # generous: the machine is shared; a passing test never waits this long
 

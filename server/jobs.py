@@ -1,0 +1,185 @@
+"""The one bridge between the sampling thread and the event loop, and the one failure table.
+
+A route hands a JobSpec to `JobBridge.submit` with an Outbox: the loop's events (frames, then
+Finished, Cancelled or Failed) arrive in it on the event loop, to be awaited with `Outbox.get`, or
+with `run_to_end` when only the outcome matters (REST). Everything that can stop a request, from a
+bad field to the server shutting down, is a `Refused(kind, detail)`, and FAILURES says what each
+kind is over REST (status) and over the WebSocket (close code, after an error message).
+
+Shutdown is bounded here too: `drain` stops admitting, lets the running jobs finish within a grace
+period, fails the rest ("shutdown": 503, or an error and 1001) and waits briefly for every client
+to have its answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from fastapi.responses import JSONResponse
+
+from server.loop import Cancelled, Event, Failed, Finished, Frame, Job, JobSpec, LoopClosed, LoopFull, SamplingLoop
+from server.metrics import Metrics
+from server.parsing import safe_errors, safe_text
+from server.validation import InvalidRequest
+
+log = logging.getLogger(__name__)
+
+# WebSocket close codes (RFC 6455)
+NORMAL, GOING_AWAY, POLICY_VIOLATION, INTERNAL_ERROR, TRY_AGAIN_LATER = 1000, 1001, 1008, 1011, 1013
+RETRY_AFTER_S = 2  # a place frees up when any job ends: typically within a second or two
+
+
+@dataclass(frozen=True)
+class Failure:
+    status: int  # the REST answer
+    close_code: int  # the WebSocket's close code, after {"type": "error", "detail"}
+    retry_after: bool = False  # REST: with a Retry-After header
+
+
+FAILURES: dict[str, Failure] = {
+    "invalid": Failure(422, POLICY_VIOLATION),  # a bad request, or an unexpected message while sampling
+    "busy": Failure(503, TRY_AGAIN_LATER, retry_after=True),  # every sampling place is taken
+    "shutdown": Failure(503, GOING_AWAY, retry_after=True),  # the server is stopping
+    "timeout": Failure(504, INTERNAL_ERROR),  # the job ran over request_timeout_s
+    "error": Failure(500, INTERNAL_ERROR),  # sampling failed (out of memory, most likely), or a server bug
+}
+
+
+class Refused(Exception):
+    """A request that ends without its images: `kind` is a key of FAILURES."""
+
+    def __init__(self, kind: str, detail: str | list[dict]):
+        super().__init__(detail if isinstance(detail, str) else f"{len(detail)} invalid fields")
+        self.kind = kind
+        self.detail = detail
+
+    @classmethod
+    def of(cls, exc: BaseException) -> Refused:
+        """Any exception as a Refused: InvalidRequest is "invalid", an unexpected one "error"."""
+        if isinstance(exc, Refused):
+            return exc
+        if isinstance(exc, InvalidRequest):
+            return cls("invalid", safe_errors(exc.errors))
+        return cls("error", "internal error (the server's log has the details)")
+
+    @property
+    def failure(self) -> Failure:
+        return FAILURES[self.kind]
+
+    def body(self) -> dict:
+        """{"detail": …} that always encodes: REST answers it, the WebSocket adds "type": "error"."""
+        return {"detail": safe_text(self.detail) if isinstance(self.detail, str) else safe_errors(self.detail)}
+
+    def response(self) -> JSONResponse:
+        headers = {"Retry-After": str(RETRY_AFTER_S)} if self.failure.retry_after else None
+        return JSONResponse(self.body(), status_code=self.failure.status, headers=headers)
+
+
+class Outbox:
+    """What a client is to be sent, in order, as awaitables. Frames are droppable: when
+    `frame_slots` unsent frames wait, a newer one replaces the oldest. Every other item, and the
+    last frame, is always kept."""
+
+    def __init__(self, frame_slots: int = 1, on_drop: Callable[[], None] = lambda: None):
+        self.frame_slots = frame_slots
+        self.on_drop = on_drop
+        self._items: deque = deque()
+        self._ready = asyncio.Event()
+
+    def put(self, item) -> None:
+        if _droppable(item):
+            waiting = [queued for queued in self._items if _droppable(queued)]
+            if len(waiting) >= self.frame_slots:
+                self._items.remove(waiting[0])
+                self.on_drop()
+        self._items.append(item)
+        self._ready.set()
+
+    async def get(self):
+        while not self._items:
+            self._ready.clear()
+            await self._ready.wait()
+        return self._items.popleft()
+
+
+def _droppable(item) -> bool:
+    return isinstance(item, Frame) and item.step < item.total
+
+
+class JobBridge:
+    """The sampling loop as the event loop sees it. Created on the event loop (in the lifespan)."""
+
+    def __init__(self, loop: SamplingLoop, metrics: Metrics, timeout_s: float):
+        self.loop = loop
+        self.metrics = metrics
+        self.timeout_s = timeout_s
+        self.draining = asyncio.Event()
+        self._clients = 0
+        self._no_clients = asyncio.Event()
+        self._no_clients.set()
+
+    def submit(self, spec: JobSpec, outbox: Outbox) -> Job:
+        """Start `spec` in the loop, its events going to `outbox`; Refused if there is no place."""
+        event_loop = asyncio.get_running_loop()
+        job = Job(spec, lambda event: event_loop.call_soon_threadsafe(outbox.put, event), self.timeout_s)
+        try:
+            self.loop.submit(job)
+        except LoopClosed as e:
+            raise Refused("shutdown", str(e)) from None
+        except LoopFull as e:
+            raise Refused("busy", str(e)) from None
+        return job
+
+    async def run_to_end(self, spec: JobSpec, client_gone: Callable[[], Awaitable]) -> Finished | Cancelled | None:
+        """Run a job that streams no frames to its end. Refused if it failed; None if `client_gone()`
+        completed first (the job is then cancelled, which frees its place within one step)."""
+        outbox = Outbox()
+        job = self.submit(spec, outbox)
+        outcome = asyncio.ensure_future(outbox.get())
+        gone = asyncio.ensure_future(client_gone())
+        try:
+            await asyncio.wait({outcome, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            outcome.cancel()
+            job.cancel()  # a no-op once the job has ended
+        if not outcome.done() or outcome.cancelled():
+            return None
+        event: Event = outcome.result()
+        if isinstance(event, Failed):
+            raise Refused(event.kind, event.detail)
+        return event
+
+    @contextmanager
+    def client(self) -> Iterator[None]:
+        """Counts a client (a REST request or a WebSocket session) until it has its answer."""
+        self._clients += 1
+        self._no_clients.clear()
+        try:
+            yield
+        finally:
+            self._clients -= 1
+            if not self._clients:
+                self._no_clients.set()
+
+    async def drain(self, grace_s: float, settle_s: float, give_up: Callable[[], bool] = lambda: False) -> None:
+        """Stop admitting jobs; let those running finish within `grace_s`, then stop the loop,
+        which fails the rest with "shutdown"; then give the clients `settle_s` to get their answer."""
+        self.draining.set()
+        self.loop.close()
+        deadline = time.monotonic() + grace_s
+        while self.loop.active_jobs and time.monotonic() < deadline and not give_up():
+            await asyncio.sleep(0.05)
+        if self.loop.active_jobs:
+            log.warning("shutting down: stopping %d jobs still running after %g s", self.loop.active_jobs, grace_s)
+        await asyncio.to_thread(self.loop.stop)
+        try:
+            await asyncio.wait_for(self._no_clients.wait(), settle_s)
+        except TimeoutError:
+            log.warning("shutting down: %d clients did not take their answer within %g s", self._clients, settle_s)

@@ -1,0 +1,173 @@
+"""Request JSON, parsed once for REST and the WebSocket alike, and the error details sent back.
+
+The one way in: bytes or text → `parse_request` → a pydantic request model, or InvalidRequest with
+every problem. Before `json.loads` sees the text, it must be UTF-8, within the size limit and nested
+at most MAX_DEPTH deep (deeper JSON would exhaust the parser's recursion); numbers are bounded, NaN
+and Infinity refused (they are not JSON), a number with an integral value is an integer however it
+is written (4.0 is 4, as in JSON Schema), and strings must be Unicode (a lone surrogate escape such
+as "\\ud800" is not, RFC 7493). What the server parses it can therefore always echo.
+
+The one way out: `safe_errors` turns any list of errors (pydantic's or ours) into JSON-ready
+{type, loc, msg, input} dicts, and cannot raise: every value it echoes is bounded and printable.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+from pydantic import BaseModel, ValidationError
+
+from server.validation import InvalidRequest
+
+MAX_DEPTH = 16  # a request is a flat object of scalars: anything deeper is not a request
+MAX_DIGITS = 40  # the largest number a field takes is a seed below 2^53 (16 digits)
+MAX_EXACT_INTEGER = 2**53  # a float holds every integer up to here exactly
+ECHO_CHARS = 120  # an echoed string is cut to this
+ECHO_ITEMS = 8  # an echoed list or object is cut to this many items, and to ECHO_DEPTH levels
+ECHO_DEPTH = 2
+
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_BRACKET = re.compile(r"[\[\]{}]")
+_JSON_TYPES = ("application/json",)
+
+
+def parse_request(model: type[BaseModel], data: bytes | str, max_bytes: int, loc: tuple = ()) -> BaseModel:
+    """`data` as an instance of `model`, or InvalidRequest whose errors' `loc` start with `loc`."""
+    try:
+        value = parse_json(data, max_bytes)
+        return model.model_validate(value)
+    except InvalidRequest as e:
+        raise InvalidRequest([{**error, "loc": [*loc, *error["loc"]]} for error in e.errors]) from None
+    except ValidationError as e:
+        errors = e.errors(include_url=False, include_context=False)
+        raise InvalidRequest([{**error, "loc": [*loc, *error["loc"]]} for error in errors]) from None
+
+
+def parse_json(data: bytes | str, max_bytes: int) -> object:
+    """Strict JSON: the checks of the module docstring, each refused with InvalidRequest."""
+    size = len(data) if isinstance(data, bytes) else len(data.encode("utf-8", "surrogatepass"))
+    if size > max_bytes:
+        raise InvalidRequest([error("too_long", f"the request is larger than {max_bytes} bytes")])
+    if isinstance(data, bytes):
+        try:
+            data = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise InvalidRequest([error("json_invalid", f"the request is not UTF-8 (byte {e.start})")]) from None
+    depth = deepest = 0
+    for bracket in _BRACKET.findall(_STRING.sub("", data)):
+        depth += 1 if bracket in "[{" else -1
+        deepest = max(deepest, depth)
+    if deepest > MAX_DEPTH:
+        raise InvalidRequest([error("json_invalid", f"JSON nested more than {MAX_DEPTH} levels deep")])
+    try:
+        value = json.loads(data, parse_int=_int, parse_float=_float, parse_constant=_no_constant)
+    except json.JSONDecodeError as e:
+        raise InvalidRequest(
+            [error("json_invalid", f"invalid JSON: {e.msg} (line {e.lineno}, column {e.colno})")]
+        ) from None
+    except ValueError as e:  # raised by the hooks below; their messages are ours
+        raise InvalidRequest([error("json_invalid", str(e))]) from None
+    if not _is_unicode(value):
+        raise InvalidRequest([error("json_invalid", "a string holds a lone surrogate escape (\\ud800–\\udfff)")])
+    return value
+
+
+def require_json(content_type: str | None) -> None:
+    """A body must say it is JSON: a form or text/plain POST from another site would otherwise reach
+    the sampler without the browser's CORS preflight."""
+    media_type = (content_type or "").split(";")[0].strip().lower()
+    if media_type not in _JSON_TYPES and not media_type.endswith("+json"):
+        raise InvalidRequest([error("content_type", "send the request as JSON (Content-Type: application/json)")])
+
+
+def _int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_DIGITS:
+        raise ValueError(f"a number with more than {MAX_DIGITS} digits")
+    return int(text)
+
+
+def _float(text: str) -> float | int:
+    """A number written with a fraction or an exponent. One with an integral value (4.0, 1e3) is the
+    integer it equals, as JSON and JSON Schema have it: an integer field takes it, a float field
+    turns it back into a float; 4.5 stays a float, which integer fields refuse."""
+    if len(text) > MAX_DIGITS + 10:
+        raise ValueError(f"a number with more than {MAX_DIGITS} digits")
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("a number too large for a float")
+    return int(value) if value.is_integer() and abs(value) <= MAX_EXACT_INTEGER else value
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _is_unicode(value) -> bool:
+    if isinstance(value, str):
+        return _encodable(value)
+    if isinstance(value, dict):
+        return all(_encodable(key) and _is_unicode(item) for key, item in value.items())
+    if isinstance(value, list):
+        return all(_is_unicode(item) for item in value)
+    return True
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def error(kind: str, message: str, loc: tuple = ()) -> dict:
+    return {"type": kind, "loc": list(loc), "msg": message}
+
+
+def safe_errors(errors) -> list[dict]:
+    """Errors as JSON-ready dicts that always encode; a malformed error list becomes one generic error."""
+    try:
+        return [_safe_error(item) for item in list(errors)[:64]]
+    except Exception:  # the answer to bad input must not fail on how the input is bad
+        return [error("invalid", "invalid request")]
+
+
+def _safe_error(item) -> dict:
+    item = item if isinstance(item, dict) else {"msg": item}
+    safe = {
+        "type": _text(item.get("type", "invalid")),
+        "loc": [entry if isinstance(entry, int) else _text(entry) for entry in list(item.get("loc", ()))[:8]],
+        "msg": _text(item.get("msg", "")),
+    }
+    if "input" in item:
+        safe["input"] = _echo(item["input"], ECHO_DEPTH)
+    return safe
+
+
+def _echo(value, depth: int):
+    """A bounded copy of `value` that json.dumps(allow_nan=False) and UTF-8 can always encode."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value if abs(value) < 10**MAX_DIGITS else f"<a number of more than {MAX_DIGITS} digits>"
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, str):
+        return _text(value)
+    if depth > 0 and isinstance(value, dict):
+        return {_text(key): _echo(item, depth - 1) for key, item in list(value.items())[:ECHO_ITEMS]}
+    if depth > 0 and isinstance(value, list | tuple):
+        return [_echo(item, depth - 1) for item in list(value)[:ECHO_ITEMS]]
+    return _text(f"<{type(value).__name__}>")
+
+
+def _text(value) -> str:
+    text = value if isinstance(value, str) else str(value)
+    return safe_text(text[:ECHO_CHARS] + "…" if len(text) > ECHO_CHARS else text)
+
+
+def safe_text(text: str) -> str:
+    """`text` with anything UTF-8 cannot encode (lone surrogates) written as a backslash escape."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
