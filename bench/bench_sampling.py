@@ -36,7 +36,7 @@ from _common import (
     variants,
 )
 
-from model.samplers import ddim_steps, ddim_timesteps, ddpm_steps, initial_noise, make_generator, sample
+from model.samplers import initial_noise, make_generator, sample, sampling_run
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -132,11 +132,10 @@ class GraphedForward:
 
 
 def run_ours(schedule, x_T: torch.Tensor, sampler: str, steps: int, eps_fn, seed: int) -> torch.Tensor:
-    generator = make_generator(seed, x_T.device)
-    if sampler == "ddim":
-        return sample(ddim_steps(schedule, x_T, ddim_timesteps(schedule.num_timesteps, steps), 0.0, generator), eps_fn)
-    # as the server samples DDPM: the predicted x0 clipped to [-1, 1], as in DDPM's reference code
-    return sample(ddpm_steps(schedule, x_T, steps, generator=generator, clip_x0=True), eps_fn)
+    """A run of a sampler of the table, at its defaults but for DDIM, which here does not clip x0, as
+    diffusers' DDIMScheduler(clip_sample=False) that it is compared with."""
+    params = {"thresholding": "none"} if sampler == "ddim" else {}
+    return sample(sampling_run(sampler, schedule, x_T, steps, make_generator(seed, x_T.device), **params), eps_fn)
 
 
 def run_diffusers(scheduler, x_T: torch.Tensor, steps: int, eps_fn) -> torch.Tensor:

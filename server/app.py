@@ -20,7 +20,7 @@ from starlette.datastructures import Headers
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server import api, ws
+from server import api, config, ws
 from server.loop import SamplingLoop
 from server.metrics import Metrics
 from server.registry import ModelRegistry, resolve_device
@@ -36,7 +36,7 @@ sampling loop per device, which advances all running jobs with one batched UNet 
 **WebSocket `/ws/sample`** streams the denoising as it happens. Send one JSON message with the
 fields of `POST /sample` plus `"every": k` (stream every k-th step; the last one always is). The
 server answers with JSON text messages: `{"type": "start", "total", "seed", "model", "sampler",
-"steps", "n", "every", "image_size", "channels", "eta", "label", "guidance"}`, then for each streamed
+"steps", "params", "n", "every", "image_size", "channels", "label", "guidance"}`, then for each streamed
 step `{"type": "frame", "step", "total", "t", "x_t", "x0"}` (base64 PNG grids of the samples and of
 the predicted x_0), then `{"type": "done", "grid", "images", "seed", "model", "sampler", "steps",
 "elapsed_ms"}` and a normal close (1000). Send `{"type": "cancel"}` at any time to stop: the answer
@@ -79,6 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="DDPM/DDIM sampling server", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     app.include_router(api.router)
+    app.include_router(config.router)
     app.include_router(ws.router)
 
     async def invalid_request(request: Request, exc: RequestValidationError):

@@ -29,11 +29,15 @@ def resolve_device(name: str) -> torch.device:
 
 @dataclass
 class LoadedModel:
-    """A checkpoint ready to sample from; `name` is its file name without .safetensors."""
+    """A checkpoint ready to sample from; `name` is its file name without .safetensors. A model may
+    name the sampler (and its steps) that a request for it gets when it names none, as a distilled
+    model needs its own: server.validation prefers these to the server's defaults."""
 
     name: str
     checkpoint: Checkpoint
     device: torch.device
+    default_sampler: str | None = None
+    default_steps: int | None = None
 
     @property
     def unet(self):
@@ -64,6 +68,8 @@ class LoadedModel:
             "timesteps": self.schedule.num_timesteps,
             "schedule": self.schedule.name,
             "device": str(self.device),
+            "default_sampler": self.default_sampler,
+            "default_steps": self.default_steps,
         }
 
 

@@ -241,7 +241,7 @@ def _start_message(spec: JobSpec) -> StartMessage:
         every=spec.every,
         image_size=image_size,
         channels=channels,
-        eta=spec.eta,
+        params=spec.params,
         label=spec.label,
         guidance=spec.guidance,
     )
