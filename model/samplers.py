@@ -526,8 +526,7 @@ THRESHOLDING = Param(
     "thresholding",
     str,
     "clip",
-    "keep the predicted x0 in the images' range at each step: clip it to [-1, 1], divide by its own "
-    "99.5th percentile (Imagen's dynamic thresholding), or leave it",
+    "how each step keeps the predicted x0 in [-1, 1]: clip it, Imagen's dynamic thresholding, or not at all",
     choices=THRESHOLDINGS,
 )
 
