@@ -513,7 +513,7 @@ from model.samplers import Param, Sampler, ddim_steps, ddim_timesteps, register
 
 
 def strided_ddim(schedule, x, steps, generator, stride=2):
-    timesteps = ddim_timesteps(schedule.num_timesteps, steps * stride, "trailing")[::stride]
+    timesteps = ddim_timesteps(schedule.num_timesteps, steps * stride, "leading")[::stride]
     return ddim_steps(schedule, x, timesteps, thresholding="clip")
 
 
