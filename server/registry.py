@@ -11,6 +11,7 @@ import torch
 
 from model.checkpoint import Checkpoint, CheckpointError
 from model.diffusers_models import DiffusersUNet, diffusers_installed, is_diffusers_folder, load_model
+from model.samplers import guided_eps
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +168,6 @@ def warm_up(model: LoadedModel) -> None:
     initialisation (cuDNN autotuning, allocator growth, the first-call overhead of each kernel)."""
     x = torch.zeros(2, *model.image_shape, device=model.device)
     t = torch.full((2,), model.schedule.num_timesteps - 1, device=model.device)
-    label = model.unet.null_label if model.guidance else 0
-    labels = torch.full((2,), label, device=model.device) if model.num_classes else None
-    model.unet(x, t, labels)
+    labels = torch.zeros(2, dtype=torch.long, device=model.device) if model.num_classes else None
+    with torch.inference_mode():
+        guided_eps(model.unet, x, t, labels, 3.0)  # as the loop calls it: a student takes w, a teacher doubles

@@ -22,6 +22,7 @@ from conftest import server_unet
 from model.checkpoint import save_checkpoint
 from model.samplers import SAMPLERS, ddim_timesteps
 from model.schedule import NoiseSchedule
+from model.unet import UNet, UNetConfig
 from server.__main__ import browsable_host, parse_args, settings_from_args
 from server.app import create_app
 from server.registry import resolve_device
@@ -248,6 +249,30 @@ def test_a_model_may_name_its_own_default_sampler_and_steps(checkpoints):
             ]  # fmt: skip
         finally:
             model.default_sampler = model.default_steps = None
+
+
+def test_a_distilled_checkpoint_is_served_by_its_own_sampler_and_steps_only(tmp_path):
+    """A student's metadata names its sampler, steps and their parameters: a request that leaves them out
+    gets them, with w as the model's input (one forward a step); any other sampler, step count or fixed
+    parameter is a clear 422."""
+    config = {**server_unet(1, 3, seed=1).config.to_dict(), "guidance_input": True, "prediction": "v"}
+    student = UNet(UNetConfig.from_dict(config))
+    sampling = {"sampler": "ddim", "steps": 2, "spacing": "trailing", "eta": 0.0}
+    save_checkpoint(tmp_path / "fast.safetensors", student, NoiseSchedule.from_name("linear"), "toy", list("abc"),
+                    sampling=sampling)  # fmt: skip
+    with serve(tmp_path) as client:
+        info = client.get("/models").json()[0]
+        assert (info["default_sampler"], info["default_steps"], info["distilled"]) == ("ddim", 2, True)
+        done = client.post("/sample", json={"model": "fast", "n": 2, "label": 1, "guidance": 4, "seed": 3}).json()
+        assert (done["sampler"], done["steps"], done["params"]["spacing"]) == ("ddim", 2, "trailing")
+        again = client.post("/sample", json={"n": 2, "label": 1, "guidance": 4, "seed": 3, "sampler": "ddim",
+                                             "steps": 2, "spacing": "trailing"}).json()  # fmt: skip
+        assert again["images"] == done["images"]
+        for wrong, field in [({"steps": 4}, "steps"), ({"sampler": "unipc"}, "sampler"),
+                             ({"spacing": "leading"}, "spacing")]:  # fmt: skip
+            answer = client.post("/sample", json={"model": "fast", "n": 1, **wrong})
+            assert answer.status_code == 422
+            assert answer.json()["detail"][0]["loc"][-1] == field and "distilled" in answer.json()["detail"][0]["msg"]
 
 
 def test_sample_as_png(client):
@@ -743,7 +768,12 @@ def test_an_integral_number_is_an_integer_however_it_is_written(client):
     """As in JSON Schema, whose "integer" the OpenAPI schema says: 2.0 and 2e0 are the integer 2."""
     body = client.post("/sample", json={"model": "cond", "n": 2.0, "steps": 2e0, "seed": 5.0, "label": 1.0}).json()
     assert (len(body["images"]), body["steps"], body["seed"], body["label"]) == (2, 2, 5, 1)
-    assert client.post("/sample", json={"model": "cond", "eta": 1, "steps": 2, "n": 1}).json()["eta"] == 1.0
+    assert (
+        client.post("/sample", json={"model": "cond", "sampler": "ddim", "eta": 1, "steps": 2, "n": 1}).json()[
+            "params"
+        ]["eta"]
+        == 1.0
+    )
 
 
 def test_host_names_and_patterns():
