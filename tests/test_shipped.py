@@ -24,6 +24,7 @@ from server.settings import Settings
 
 CHECKPOINTS = REPO / "checkpoints"
 DATASETS = ["mnist", "fashion-mnist"]
+STUDENTS = [d for d in DATASETS if (CHECKPOINTS / f"{d}-fast.safetensors").is_file()]
 
 
 @pytest.mark.parametrize("dataset", DATASETS)
@@ -53,16 +54,19 @@ def test_the_classifier_reads_guided_samples_as_the_class_they_were_asked_for(da
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("dataset", DATASETS)
-def test_the_servers_defaults_give_the_class_asked_for(dataset, tmp_path):
+@pytest.mark.parametrize("name", DATASETS + [f"{d}-fast" for d in STUDENTS])
+def test_the_servers_defaults_give_the_class_asked_for(name, tmp_path):
     """POST /sample with only {"model", "n": 16, "label": k, "seed": s}: the server's default sampler,
-    steps and guidance, for each of the ten classes, read back by the classifier."""
-    (tmp_path / f"{dataset}.safetensors").symlink_to(CHECKPOINTS / f"{dataset}.safetensors")
+    steps and guidance (a distilled student: its own 2 steps), for each of the ten classes, read back by
+    the classifier."""
+    dataset = name.removesuffix("-fast")
+    (tmp_path / f"{name}.safetensors").symlink_to(CHECKPOINTS / f"{name}.safetensors")
     settings = Settings(_env_file=None, checkpoint_dir=tmp_path, web_dir=None)
     images, labels = [], []
     with TestClient(create_app(settings), base_url="http://localhost") as client:
         for k in range(10):
-            body = client.post("/sample", json={"model": dataset, "n": 16, "label": k, "seed": 100 + k}).json()
+            body = client.post("/sample", json={"model": name, "n": 16, "label": k, "seed": 100 + k}).json()
+            assert name == dataset or (body["sampler"], body["steps"]) == ("ddim", 2)
             for png in body["images"]:
                 images.append(np.asarray(Image.open(io.BytesIO(base64.b64decode(png)))))
             labels += [k] * len(body["images"])
@@ -72,3 +76,23 @@ def test_the_servers_defaults_give_the_class_asked_for(dataset, tmp_path):
     # the bars of issue 13; 160 samples read a true 97% as under 94% with probability about 2%
     bar = 0.97 if dataset == "mnist" else 0.9 * classifier.test_accuracy
     assert measured >= bar - 0.03, f"{dataset}: {measured:.1%} of 160 served samples read as their class"
+
+
+@pytest.mark.parametrize("dataset", STUDENTS)
+def test_a_students_w_input_moves_its_samples_as_the_teachers_guidance_does(dataset):
+    """For w ≥ 1 (what the students learnt: checkpoints/README.md), a larger w makes the same noise into
+    heavier, more class-typical images, for the student (w an input) as for its teacher (ε_u + w(ε_c - ε_u)):
+    the mean brightness of 50 images (the "ink") at each w; the teacher by DDIM-16, the student by its own
+    2 steps."""
+    from model.distill import sample_student
+
+    teacher = load_checkpoint(CHECKPOINTS / f"{dataset}.safetensors")
+    student = load_checkpoint(CHECKPOINTS / f"{dataset}-fast.safetensors")
+    weights = (1.0, 3.0, 6.0)
+    ink = {
+        name: [sample_student(ckpt, steps, 50, w).add(1).div(2).mean().item() for w in weights]
+        for name, ckpt, steps in (("teacher", teacher, 16), ("student", student, student.sampling["steps"]))
+    }
+    assert ink["student"] == sorted(ink["student"]) and ink["teacher"] == sorted(ink["teacher"]), ink
+    spread = ink["teacher"][-1] - ink["teacher"][0]
+    assert all(abs(s - t) < 0.5 * spread for s, t in zip(ink["student"], ink["teacher"], strict=True)), ink
