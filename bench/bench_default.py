@@ -2,6 +2,7 @@
 
     python bench/bench_default.py                      # 2 threads; about a minute on an idle 2-core machine
     python bench/bench_default.py --threads 1 --repeats 9
+    python bench/bench_default.py --checkpoint checkpoints/mnist-fast.safetensors   # a distilled student's own
 
 Starts `python -m server` (with --threads) on a free port and times, on the client's clock, the
 request a visitor's first click sends: POST /sample with only {"model", "n": 16, "label", "seed"},
@@ -84,7 +85,7 @@ def plain_default(checkpoint: Path, sampler: str, steps: int, n: int, guidance: 
         generator = make_generator(1)
         x = initial_noise((n, *_shape(ckpt)), generator)
         return sample(
-            sampling_run(sampler, ckpt.schedule, x, steps, generator),
+            sampling_run(sampler, ckpt.schedule, x, steps, generator, **ckpt.sampler_defaults().get(sampler, {})),
             lambda x_t, t: guided_eps(ckpt.unet, x_t, t, labels, guidance),
         )
 

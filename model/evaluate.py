@@ -181,7 +181,8 @@ def generate(
         y = torch.arange(start, start + b, device=device) % cfg.num_classes if conditional else None
         tick = time.perf_counter()
         x = initial_noise((b, cfg.in_channels, cfg.image_size, cfg.image_size), generator, device)
-        params = {**ckpt.sampler_defaults().get(sampler.name, {}), **sampler.params}  # the model's own, then ours
+        # the table's defaults, then the model's own (its files'), then those chosen here
+        params = sampler.sampler.resolve({**ckpt.sampler_defaults().get(sampler.name, {}), **dict(sampler.given)})
         run = sampling_run(sampler.name, ckpt.schedule, x, steps, generator, **params)
         x0 = sample(run, lambda x_t, t, y=y: guided_eps(ckpt.unet, x_t, t, y, guidance))
         if device.type == "cuda":
