@@ -1,5 +1,5 @@
 """The GPU check: one command for a machine with one CUDA GPU, no internet and nothing outside this
-checkout (synthetic data, the shipped checkpoints). In about 5 minutes (at most 8) it
+checkout (synthetic data, the shipped checkpoints). Sized for about 5 minutes on an H100 (8 at most), it
 
   1. runs the CUDA-only tests (`pytest -m cuda`: bf16, channels-last, torch.compile, NCCL under torchrun,
      the server on the GPU);

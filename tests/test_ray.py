@@ -236,9 +236,8 @@ def test_deployment_options_for_cpu_and_gpu_replicas(monkeypatch):
     requires_ray()
     from server.ray.deployment import deployment_options, settings_env
 
-    settings = Settings(
-        _env_file=None, checkpoint_dir=Path("/models"), max_jobs=4, cors_origins="https://a.example,https://b.example"
-    )
+    origins = "https://a.example,https://b.example"
+    settings = Settings(_env_file=None, checkpoint_dir=Path("/models"), max_jobs=4, cors_origins=origins, port=9000)
     cpu = deployment_options(settings, (2, 2), gpu=False, threads=3)
     assert cpu["num_replicas"] == 2 and "autoscaling_config" not in cpu
     assert cpu["max_ongoing_requests"] == 8
@@ -251,6 +250,7 @@ def test_deployment_options_for_cpu_and_gpu_replicas(monkeypatch):
     replica = Settings(_env_file=None)
     assert (replica.checkpoint_dir, replica.max_jobs, replica.torch_threads) == (Path("/models"), 4, 3)
     assert replica.cors_origins == ["https://a.example", "https://b.example"]
+    # what was set, less where the proxies listen
     assert set(settings_env(settings)) == {"DDPM_CHECKPOINT_DIR", "DDPM_MAX_JOBS", "DDPM_CORS_ORIGINS"}
 
     gpu = deployment_options(settings, (1, 8), gpu=True, threads=3)

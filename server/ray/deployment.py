@@ -17,6 +17,7 @@ unchanged: the same routes, the same REST and WebSocket contract, the page. Two 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -37,12 +38,16 @@ METRICS_COPY_INTERVAL_S = 2.0
 # room above max_jobs for the requests that hold no sampling place (the page, /config, /metrics,
 # /healthz): at max_ongoing_requests Ray queues requests instead of sending them to the replica
 MAX_ONGOING_PER_JOB = 2
+PROXY_SETTINGS = {"host", "port"}  # where Ray's HTTP proxies listen: nothing a replica uses
 
 
 def build_asgi_app() -> FastAPI:
     """Called once in each replica: the app, with the settings of the replica's environment only (a
     .env file where the replica happens to run would be a surprise)."""
-    app = create_app(Settings(_env_file=None))
+    settings = Settings(_env_file=None)
+    # the server's own log lines (models loaded, jobs failed) go to the replica's log, streamed to the driver
+    logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    app = create_app(settings)
     replica = serve.get_replica_context().replica_tag
     app.add_middleware(ReplicaHeader, replica=replica)
     serving = app.router.lifespan_context
@@ -113,7 +118,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
     or an env file), in the form Settings reads back. Paths are as given: on a cluster of several
     machines each must exist on every node (an image with the checkpoints at the same place)."""
     env = {}
-    for name in sorted(settings.model_fields_set):
+    for name in sorted(settings.model_fields_set - PROXY_SETTINGS):
         value = getattr(settings, name)
         if value is not None:
             env[f"DDPM_{name.upper()}"] = ",".join(value) if isinstance(value, list) else str(value)
