@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -78,7 +79,8 @@ class Sizes:
     clients: int
     request: dict = field(default_factory=dict)
     rounds: int = 1
-    timeout_s: int = 240  # of each subprocess and of the clients' run
+    timeout_s: int = 240  # at most, of each subprocess and of the clients' run
+    budget_s: int = 480  # of the whole check: a part that would run past it is stopped
 
 
 GPU = Sizes(
@@ -92,7 +94,7 @@ CPU_DRY_RUN = Sizes(
     model_overrides={"base_channels": 8, "channel_mults": (1, 2), "num_res_blocks": 1, "attention_resolutions": (8,)},
     image_size=16, train_batch=8, train_steps=4, log_every=2, train_flags=("--bf16", "--channels-last"),
     compile=False, workers=0, sample_batch=4, sample_steps=5, sample_variants=((),),
-    clients=4, request={"sampler": "ddim", "steps": 5, "n": 2, "every": 1}, rounds=1, timeout_s=120,
+    clients=4, request={"sampler": "ddim", "steps": 5, "n": 2, "every": 1}, rounds=1, timeout_s=120, budget_s=600,
 )  # fmt: skip
 
 
@@ -125,12 +127,13 @@ def main(argv: list[str] | None = None) -> None:
         "parts": {},
     }
     started = time.perf_counter()
+    budget = Budget(sizes.budget_s, sizes.timeout_s)
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as work:
         checks = {
-            "tests": functools.partial(cuda_tests, Path(work), sizes),
-            "train": functools.partial(train, Path(work), sizes, report["machine"]["peak_bf16_tflops"]),
+            "tests": functools.partial(cuda_tests, Path(work), budget),
+            "train": functools.partial(train, Path(work), sizes, budget, report["machine"]["peak_bf16_tflops"]),
             "sampling": functools.partial(sampling, Path(work), sizes),
-            "server": functools.partial(server, sizes),
+            "server": functools.partial(server, sizes, budget),
         }
         for name in args.parts:
             print(f"gpu_check: {name} ...", file=sys.stderr, flush=True)
@@ -140,6 +143,33 @@ def main(argv: list[str] | None = None) -> None:
     print((args.out / "gpu_check.md").read_text())
     if any(part["status"] == "failed" for part in report["parts"].values()):
         sys.exit(1)
+
+
+class Budget:
+    """The check's time: each subprocess or wait gets at most `cap_s`, and never more than what is left."""
+
+    def __init__(self, seconds: float, cap_s: float):
+        self.ends, self.cap_s = time.monotonic() + seconds, cap_s
+
+    def timeout(self) -> float:
+        left = self.ends - time.monotonic()
+        if left < 5:
+            raise TimeoutError("the check's time budget is spent")
+        return min(self.cap_s, left)
+
+
+def run_command(command: list[str], timeout_s: float) -> subprocess.CompletedProcess:
+    """subprocess.run in a session of its own, killed with everything it started if it times out
+    (a hung torchrun worker would otherwise hold the GPU for the parts that follow)."""
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)  # fmt: skip
+    try:
+        stdout, stderr = process.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise TimeoutError(f"{' '.join(command[:4])} ... took longer than {timeout_s:.0f} s") from None
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
 def run_part(check) -> dict:
@@ -179,12 +209,12 @@ def peak_bf16_tflops(gpu_name: str) -> float | None:
 # --- 1. the CUDA-only tests ---------------------------------------------------------------------
 
 
-def cuda_tests(work: Path, sizes: Sizes) -> dict:
+def cuda_tests(work: Path, budget: Budget) -> dict:
     """pytest -m cuda over the test files that hold such tests (collecting only those keeps it quick)."""
     files = sorted(str(p.relative_to(REPO)) for p in (REPO / "tests").glob("test_*.py") if "mark.cuda" in p.read_text())
     junit = work / "cuda-tests.xml"
     command = [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider", f"--junitxml={junit}"]
-    result = subprocess.run([*command, *files], cwd=REPO, capture_output=True, text=True, timeout=sizes.timeout_s)
+    result = run_command([*command, *files], budget.timeout())
     suite = ET.parse(junit).getroot().find("testsuite")
     counts = {key: int(suite.get(key)) for key in ("tests", "failures", "errors", "skipped")}
     failed = [
@@ -205,19 +235,19 @@ def cuda_tests(work: Path, sizes: Sizes) -> dict:
 # --- 2. training --------------------------------------------------------------------------------
 
 
-def train(work: Path, sizes: Sizes, peak_tflops: float | None) -> dict:
-    runs = [train_run(work / "eager", sizes, sizes.train_flags)]
+def train(work: Path, sizes: Sizes, budget: Budget, peak_tflops: float | None) -> dict:
+    runs = [train_run(work / "eager", sizes, sizes.train_flags, budget)]
     if sizes.compile:
-        runs.append(train_run(work / "compiled", sizes, (*sizes.train_flags, "--compile")))
+        runs.append(train_run(work / "compiled", sizes, (*sizes.train_flags, "--compile"), budget))
     else:
         runs.append({"flags": [*sizes.train_flags, "--compile"], "status": "skipped", "reason": "not on the CPU"})
-    unet = load_checkpoint(work / "eager" / "model.safetensors", "cpu").unet
+    unet = preset_unet(sizes)
     flops = forward_flops(unet)
-    for run in runs:
-        if "images_per_s" in run:  # a training step: the forward and a backward of twice its cost
-            run["mfu"] = run["images_per_s"] * 3 * flops / (peak_tflops * 1e12) if peak_tflops else None
+    for entry in runs:
+        if "images_per_s" in entry:  # a training step: the forward and a backward of twice its cost
+            entry["mfu"] = entry["images_per_s"] * 3 * flops / (peak_tflops * 1e12) if peak_tflops else None
     return {
-        "status": "failed" if any(run["status"] == "failed" for run in runs) else "ok",
+        "status": "failed" if any(entry["status"] == "failed" for entry in runs) else "ok",
         "preset": PRESET,
         "parameters": sum(p.numel() for p in unet.parameters()),
         "image_size": sizes.image_size,
@@ -228,7 +258,12 @@ def train(work: Path, sizes: Sizes, peak_tflops: float | None) -> dict:
     }
 
 
-def train_run(out: Path, sizes: Sizes, flags: tuple[str, ...]) -> dict:
+def preset_unet(sizes: Sizes) -> UNet:
+    """The UNet the check trains (3 channels, unconditional), with fresh weights, on the CPU."""
+    return build_unet(PRESET, in_channels=3, image_size=sizes.image_size, num_classes=0, **sizes.model_overrides)
+
+
+def train_run(out: Path, sizes: Sizes, flags: tuple[str, ...], budget: Budget) -> dict:
     """`python -m model.train` on the synthetic data; images/s is the median of its logged windows after
     the first (which holds the warm-up, and the compilation with --compile)."""
     command = [sys.executable, "-m", "model.train", "--dataset", "synthetic", "--no-conditional",
@@ -239,7 +274,10 @@ def train_run(out: Path, sizes: Sizes, flags: tuple[str, ...]) -> dict:
     if sizes.threads:
         command += ["--threads", str(sizes.threads)]
     started = time.perf_counter()
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=sizes.timeout_s)
+    try:
+        result = run_command(command, budget.timeout())
+    except TimeoutError as e:
+        return {"flags": list(flags), "status": "failed", "error": str(e)}
     seconds = time.perf_counter() - started
     if result.returncode != 0:
         return {"flags": list(flags), "status": "failed", "error": result.stderr[-2000:] or result.stdout[-2000:]}
@@ -283,8 +321,7 @@ def sampling(work: Path, sizes: Sizes, repeats: int = 3) -> dict:
         checkpoint = load_checkpoint(trained, device)
         unet, schedule, weights = checkpoint.unet, checkpoint.schedule, "trained by the train part"
     else:
-        config = dict(in_channels=3, image_size=sizes.image_size, num_classes=0, **sizes.model_overrides)
-        unet = build_unet(PRESET, **config).to(device).eval()
+        unet = preset_unet(sizes).to(device).eval()
         schedule, weights = NoiseSchedule.from_name("linear").to(device), "random"
     shape = (sizes.sample_batch, unet.config.in_channels, unet.config.image_size, unet.config.image_size)
     x_T = initial_noise(shape, make_generator(0, device), device)
@@ -313,7 +350,7 @@ def sampling(work: Path, sizes: Sizes, repeats: int = 3) -> dict:
 # --- 4. the server under WebSocket clients ------------------------------------------------------
 
 
-def server(sizes: Sizes) -> dict:
+def server(sizes: Sizes, budget: Budget) -> dict:
     env = {key: value for key, value in os.environ.items() if not key.startswith("DDPM_")}
     command = [sys.executable, "-m", "server", "--port", "0", "--device", sizes.device,
                "--checkpoints", str(REPO / "checkpoints"), "--max-jobs", str(sizes.clients),
@@ -322,14 +359,14 @@ def server(sizes: Sizes) -> dict:
         command += ["--threads", str(sizes.threads)]
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        url = announced_url(process, sizes.timeout_s)
+        url = announced_url(process, budget.timeout())
         ws_url = re.sub(r"^http", "ws", url) + "/ws/sample"
 
         async def measure():
             await one_request(ws_url, {**sizes.request, "seed": 0})  # warm-up
             return await level(ws_url, sizes.request, sizes.clients, sizes.rounds)
 
-        row = asyncio.run(asyncio.wait_for(measure(), sizes.timeout_s))
+        row = asyncio.run(asyncio.wait_for(measure(), budget.timeout()))
     finally:
         process.terminate()
         process.wait(timeout=30)

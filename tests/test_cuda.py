@@ -56,7 +56,7 @@ def test_training_under_torchrun_uses_nccl_and_writes_a_checkpoint(tmp_path):
                "--channel-mults", "1", "2", "--attention-resolutions", "8", "--batch-size", "16", "--steps", "4",
                "--log-every", "2", "--sample-every", "0", "--device", "cuda", "--bf16", "--channels-last",
                "--no-progress", "--out", str(tmp_path / "run")]  # fmt: skip
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert (tmp_path / "run" / "model.safetensors").is_file()
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 2

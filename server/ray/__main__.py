@@ -52,7 +52,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=replica_range,
         default=(1, 1),
         help="N replicas, or MIN-MAX: autoscaled between them on ongoing requests (default 1). Each holds one "
-        "GPU (--device cuda, or auto where the cluster has GPUs) or --threads CPUs (default: the CPUs / MAX)",
+        "GPU (--device cuda, or auto where the cluster has GPUs) or --threads CPUs (default: the CPUs / MAX), "
+        "and --max-jobs places",
     )
     dashboard = "Ray's dashboard (http://127.0.0.1:8265), on a cluster started here"
     parser.add_argument("--dashboard", action=argparse.BooleanOptionalAction, default=True, help=dashboard)
