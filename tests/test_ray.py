@@ -34,7 +34,7 @@ from model.schedule import NoiseSchedule
 from server.app import create_app
 from server.settings import Settings
 
-START_TIMEOUT_S = 240  # a Ray cluster, then two replicas importing torch, on a busy 2-core machine
+START_TIMEOUT_S = 300  # a Ray cluster, then two replicas importing torch, on a busy 2-core machine
 RUN_TIMEOUT_S = 120
 REPLICA_HEADER = "x-serve-replica"
 
@@ -88,6 +88,14 @@ def cluster(checkpoints):
     url = re.search(r"^Open (http://\S+) in your browser$", text, re.MULTILINE).group(1)
     gcs = re.search(r"^Ray cluster (\S+) ", text, re.MULTILINE).group(1)
     metrics_url = re.search(r"^Ray metrics .*: (http://\S+)$", text, re.MULTILINE).group(1)
+    # Serve reports the application running once both replicas are; its proxy may learn of the second
+    # a moment later (seconds, on a busy machine): until then it sends everything to the first
+    answered, deadline = set(), time.monotonic() + START_TIMEOUT_S
+    while len(answered) < 2:
+        if time.monotonic() > deadline:
+            _stop(process)
+            pytest.fail(f"the proxy reached only the replicas {answered}:\n" + "".join(output))
+        answered.add(httpx.get(url + "/healthz", timeout=30).headers[REPLICA_HEADER])
     yield Cluster(url, gcs, metrics_url, output)
     _stop(process)
     assert process.returncode == 0, "".join(output[-30:])
