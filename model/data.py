@@ -1,5 +1,6 @@
-"""Datasets as tensors in [-1, 1] with their labels: MNIST, Fashion-MNIST, CIFAR-10, CelebA, or any
-folder of images. Nothing is downloaded unless asked: torchvision finds files already in place."""
+"""Datasets as tensors in [-1, 1] with their labels: MNIST, Fashion-MNIST, CIFAR-10, CelebA, any
+folder of images, or synthetic ones (random, for speed checks). Nothing is downloaded unless asked:
+torchvision finds files already in place."""
 
 from __future__ import annotations
 
@@ -49,7 +50,10 @@ DATASETS = {
     ),
     "celeba": DatasetInfo("celeba", 3, 64, (), True, "DATA_ROOT/celeba/ (img_align_celeba/, list_eval_partition.txt)"),
     "folder": DatasetInfo("folder", 3, 64, (), True, "DATA_ROOT/ (any images, in any sub-folders)"),
+    # random images with random labels, the same every time: speed and smoke checks on a machine without data
+    "synthetic": DatasetInfo("synthetic", 3, 32, tuple(str(c) for c in range(10)), False, "nowhere (made up)"),
 }
+SYNTHETIC_IMAGES = 4096
 
 
 class DatasetNotFound(FileNotFoundError):
@@ -120,6 +124,11 @@ def load_dataset(
         raise ValueError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
     info, root = DATASETS[name], Path(root)
     size = image_size or info.image_size
+    if name == "synthetic":
+        generator = torch.Generator().manual_seed(0 if train else 1)
+        x = torch.rand((SYNTHETIC_IMAGES, info.channels, size, size), generator=generator) * 2 - 1
+        labels = torch.randint(len(info.class_names), (SYNTHETIC_IMAGES,), generator=generator)
+        return TensorDataset(x, labels)
     try:
         if name in ("mnist", "fashion-mnist"):
             cls = datasets.MNIST if name == "mnist" else datasets.FashionMNIST

@@ -17,7 +17,11 @@ from server.transport import protocols
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="ddpm-serve", description=__doc__)
+    return add_arguments(argparse.ArgumentParser(prog="ddpm-serve", description=__doc__)).parse_args(argv)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The server's flags, which `python -m server.ray` takes too."""
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
     parser.add_argument("--port", type=int, help="port (default 8000; 0 picks a free one)")
     parser.add_argument(
@@ -31,7 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-jobs", type=int, help="most jobs sampling at once (default 8)")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="default info")
     parser.add_argument("--env-file", default=".env", help="file of DDPM_* settings (default .env, if present)")
-    return parser.parse_args(argv)
+    return parser
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:

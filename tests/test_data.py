@@ -48,6 +48,16 @@ def test_a_folder_of_images_is_cropped_scaled_and_unlabeled(tmp_path):
     )
 
 
+def test_the_synthetic_dataset_is_random_labeled_and_the_same_every_time():
+    ds = load_dataset("synthetic", image_size=16)
+    x, y = ds[3]
+    assert x.shape == (3, 16, 16) and -1 <= x.min() < x.max() <= 1 and 0 <= y < 10
+    again = load_dataset("synthetic", image_size=16)
+    assert torch.equal(again[3][0], x) and again[3][1] == y
+    assert not torch.equal(load_dataset("synthetic", train=False, image_size=16)[3][0], x)
+    assert len({int(ds[i][1]) for i in range(100)}) == 10
+
+
 def test_unknown_dataset_names_are_rejected():
     with pytest.raises(ValueError, match="unknown dataset"):
         load_dataset("imagenet")

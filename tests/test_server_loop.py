@@ -223,6 +223,7 @@ def test_stopping_the_loop_fails_the_running_jobs(cond):
         loop.submit(Job(JobSpec(cond, "ddim", steps=1, n=1, seed=0), Recorder()))
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_batched_jobs_on_cuda_match_their_solo_runs():
     model = tiny_model("cuda", channels=1, num_classes=3, timesteps=1000, device="cuda")
