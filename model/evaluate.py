@@ -355,6 +355,25 @@ def _value(row: dict, metric: str, fmt: str) -> str:
     return fmt.format(row[metric]) + (f" ± {fmt.format(se)}" if se is not None else "")
 
 
+def read_rows(path: Path) -> list[dict]:
+    """The sampled cells of an earlier run's results.csv (not its floor, which is scored again), with
+    numbers as numbers."""
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["sampler"] != "real test images"]
+    return [{k: _number(v) for k, v in r.items() if v != ""} for r in rows]
+
+
+def _number(text: str):
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def write_reports(out: Path, rows: list[dict], floor: dict, header: list[str], class_names: list[str]) -> None:
     atomic_write(
         out / "results.md", lambda tmp: Path(tmp).write_text(markdown_report(rows, floor, header, class_names))
@@ -459,6 +478,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), or a torch device")
     g.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads)")
     g.add_argument("--no-progress", action="store_true")
+    g.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the cells already in --out's results.csv and sample only the others (a sweep in several sittings)",
+    )
     add_sampler_arguments(p)
     args = p.parse_args(argv)
     args.command = shlex.join(sys.argv[1:] if argv is None else argv)  # for the report
@@ -564,10 +588,14 @@ def evaluate(args: argparse.Namespace, fid_features: FeatureFn | None = None) ->
             file=sys.stderr,
         )
     print("\n".join(header[2:]))
-    rows = []
+    rows = read_rows(out / "results.csv") if args.resume else []
+    done = {(r["sampler"], r["steps"]) for r in rows}
     several_w = conditional and len(args.guidance) > 1
     for guidance in args.guidance if conditional else [1.0]:
         for choice, steps in sweep_cells(args, samplers, ckpt.schedule.num_timesteps):
+            label = choice.label + (f", w={guidance:g}" if several_w else "")
+            if (label, steps) in done:
+                continue
             samples = generate(
                 ckpt, choice, steps, args.num_samples, args.batch_size, conditional=conditional, guidance=guidance,
                 seed=args.seed, progress=not args.no_progress,
@@ -578,7 +606,7 @@ def evaluate(args: argparse.Namespace, fid_features: FeatureFn | None = None) ->
                 nrow=10 if conditional else None,
             )
             row = {
-                "sampler": choice.label + (f", w={guidance:g}" if several_w else ""),
+                "sampler": label,
                 "name": choice.name,
                 **{f"param_{k}": v for k, v in choice.params.items()},
                 "guidance": guidance if conditional else "",

@@ -303,7 +303,6 @@ def unipc_steps(
     sigmas: list[float],
     order: int = 2,
     thresholding: str = "clip",
-    corrector: bool = True,
 ) -> StepGenerator:
     """UniPC (Zhao et al. 2023) with B(h) = e^{-h} - 1 ("bh2"), in data prediction, one ε a step.
 
@@ -321,9 +320,9 @@ def unipc_steps(
     eps = yield Step(0, total, timesteps[0], x)
     for i in range(total):
         x0 = threshold_x0((x - sigma[i] * eps) / alpha[i], thresholding)
-        if corrector and x_prev is not None:
+        if x_prev is not None:
             x = _unipc_update(x_prev, x0s, i - 1, i, p_prev, alpha, sigma, lam, x0_new=x0)
-        x0s = [*x0s[-(order - 1) :], x0] if order > 1 else [x0]
+        x0s = [*x0s, x0][-order:]
         p = min(order, i + 1, total - i)
         x_prev, p_prev = x, p
         x = _unipc_update(x, x0s, i, i + 1, p, alpha, sigma, lam)
@@ -345,8 +344,10 @@ def _unipc_update(
     UniP-p when x0_new is None, else UniC-p, which also uses x0_new, the prediction made at t.
 
       x_t = (σ_t/σ_s) x - α_t (e^{-h} - 1) x0_s - α_t B(h) Σ_k ρ_k D_k,   D_k = (x0_{s-k} - x0_s) / r_k,
-    with r_k = (λ_{s-k} - λ_s)/h (and r = 1, D = x0_new - x0_s, for the corrector's own term); the
-    weights ρ solve R ρ = b, R_jk = r_k^j, b_j = j! φ_{j+1}(-h) (-h)^... / B(h) (Zhao et al., Theorem 3.1).
+    with h = λ_t - λ_s, r_k = (λ_{s-k} - λ_s)/h (and r = 1, D = x0_new - x0_s, for the corrector's own
+    term) and B(h) = e^{-h} - 1 (bh2). The weights ρ solve R ρ = b with R_jk = r_k^j (j = 0 … p-1) and
+    b_j = j! (-h) φ_{j+1}(-h) / B(h) (j = 1 … p), φ the exponential integrators' functions; with one
+    term ρ = 1/2, as the paper and diffusers take it.
     """
     h = lam[t] - lam[s]
     hh = -h  # data prediction integrates in -λ
@@ -368,7 +369,8 @@ def _unipc_update(
 
 
 def _unipc_b(hh: float, B_h: float, n: int) -> np.ndarray:
-    """b_j = j! · h φ_{j+1}(hh) / B(h) for j = 1 … n, with hφ_k the recursion of φ-functions."""
+    """b_j = j! · hh φ_{j+1}(hh) / B(h) for j = 1 … n, by the recursion φ_1(z) = (e^z - 1)/z,
+    φ_{k+1}(z) = (φ_k(z) - 1/k!)/z, carried as hh·φ_k(hh)."""
     b, h_phi_k, factorial = [], math.expm1(hh) / hh - 1, 1
     for j in range(1, n + 1):
         b.append(h_phi_k * factorial / B_h)

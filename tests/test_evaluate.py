@@ -227,6 +227,16 @@ def test_the_sampler_sweep_runs_every_sampler_at_every_nfe_and_guidance(setup, t
         evaluate(parse_args([*map(str, (ckpt, "--sampler", "ddim", "--variance", "fixed_small"))]))
 
 
+def test_a_sweep_resumes_where_it_stopped(setup, tmp_path):
+    ckpt, classifier, data = setup
+    common = [str(ckpt), "--sampler", "ddim", "unipc", "-n", "6", "--metrics", "classifier", "--classifier",
+              str(classifier), "--data-root", str(data), "--out", str(tmp_path / "eval"), "--no-progress"]  # fmt: skip
+    first, _ = evaluate(parse_args([*common, "--nfe", "2"]))
+    rows, _ = evaluate(parse_args([*common, "--nfe", "2", "3", "--resume"]))
+    assert [(r["sampler"], r["steps"]) for r in rows] == [("DDIM", 2), ("UniPC", 2), ("DDIM", 3), ("UniPC", 3)]
+    assert rows[0]["cls_fd"] == pytest.approx(first[0]["cls_fd"]) and rows[0]["param_eta"] == 0.0  # read back
+
+
 def test_the_same_seed_gives_the_same_scores_and_the_test_set_scores_itself_perfectly(setup, tmp_path):
     ckpt, classifier, data = setup
     common = ["-n", "8", "--steps", "2", "--sampler", "ddim", "--data-root", str(data), "--no-progress"]
