@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     started_here = not os.environ.get("RAY_ADDRESS")
     if started_here:  # the cluster's processes inherit it: its proxies load server.ray.proxy
         os.environ.setdefault(*PROXY_CALLBACK)
-    ray.init(include_dashboard=args.dashboard if started_here else None, logging_level=logging.WARNING)
+    start_ray(args.dashboard, started_here)
     try:
         run(settings, args.replicas, started_here)
     except KeyboardInterrupt:
@@ -78,6 +78,23 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"python -m server.ray: {e}")
     finally:
         stop(started_here)
+
+
+def start_ray(dashboard: bool, started_here: bool) -> None:
+    """Start a local cluster, or join RAY_ADDRESS's. On a machine so busy that the node's dashboard agent
+    takes more than the 15 s its raylet waits for it (ray-project/ray#65983), the local cluster fails to
+    start with a generic timeout: once more, then give up."""
+    if not started_here:
+        ray.init(logging_level=logging.WARNING)
+        return
+    try:
+        ray.init(include_dashboard=dashboard, logging_level=logging.WARNING)
+    except Exception as e:  # Ray raises a bare Exception for it
+        if "timed out during startup" not in str(e):
+            raise
+        log.warning("the Ray node did not start (%s); starting it once more", e)
+        ray.shutdown()
+        ray.init(include_dashboard=dashboard, logging_level=logging.WARNING)
 
 
 def run(settings, replicas: tuple[int, int], started_here: bool) -> None:
