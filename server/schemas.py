@@ -159,6 +159,14 @@ class DoneMessage(BaseModel):
     elapsed_ms: float
 
 
+class QueuedMessage(BaseModel):
+    type: Literal["queued"] = "queued"
+    position: int = Field(description="How many runs wait ahead of this one (0: it starts next).")
+    eta_s: float | None = Field(
+        description="About how many seconds until it starts, from the server's measured rate (null: not measured yet)."
+    )
+
+
 class CancelledMessage(BaseModel):
     type: Literal["cancelled"] = "cancelled"
     step: int = Field(description="The steps taken before the job stopped.")
@@ -166,4 +174,8 @@ class CancelledMessage(BaseModel):
 
 class ErrorMessage(BaseModel):
     type: Literal["error"] = "error"
+    kind: str = Field(
+        description="What ended the run: invalid, busy (the queue is full), client_limit (this client has its "
+        "most runs), shutdown, timeout or error (server.jobs.FAILURES)"
+    )
     detail: str | list[dict]
