@@ -2,14 +2,18 @@
 DDIMScheduler loop for comparison (same weights, same device, same x_T, one run).
 
     python bench/bench_sampling.py --threads 1                       # CPU: about 4 minutes on a busy core
+    python bench/bench_sampling.py --threads 2 --runs dpm-solver++:10,ddim:50 --guidance 3 --compile --bf16
     python bench/bench_sampling.py --device cuda --batch 16,256 --compile --bf16 --cuda-graphs
 
-Each row is one full sampling run of `batch` images from x_T to x_0 (the median of --repeats runs,
-after a short warm-up run). Unconditional by default (the null label: one UNet forward of `batch` rows a
-step); --guidance W samples labels 0…9 with classifier-free guidance, which doubles the rows. On a GPU,
---compile, --bf16 and --cuda-graphs each add a row group of their own, and one with all of them.
---nchw adds a row per run with the weights in PyTorch's default layout, timed interleaved with ours
-(load_checkpoint keeps them channels-last).
+Each row is one full sampling run of `batch` images from x_T to x_0 by a sampler of the table (the
+median of --repeats runs, after a warm-up run). Unconditional by default (the null label: one UNet
+forward of `batch` rows a step); --guidance W samples labels 0…9 with classifier-free guidance, which
+doubles the rows. --compile (torch.compile) and --bf16 (bf16 autocast), on the CPU or a GPU, and
+--cuda-graphs on a GPU each add a row of their own, and one with all of them; "first forward s" is the
+start-up cost of each (compilation happens there), and the last column the largest pixel difference
+from the eager fp32 run. --nchw adds a row with the weights in PyTorch's default layout
+(load_checkpoint keeps them channels-last). All rows of one (batch, sampler, steps) are timed
+interleaved, run by run, so that every one of them sees the same machine.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from _common import (
     variants,
 )
 
-from model.samplers import ddim_steps, ddim_timesteps, ddpm_steps, initial_noise, make_generator, sample
+from model.samplers import initial_noise, make_generator, sample, sampling_run
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -48,10 +52,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-diffusers", action="store_true", help="skip the diffusers DDIMScheduler comparison")
     parser.add_argument("--nchw", action="store_true", help="also time the weights in the default (NCHW) layout")
     add_common_args(parser)
-    gpu = parser.add_argument_group("GPU only (ignored with a note on the CPU)")
-    gpu.add_argument("--compile", action="store_true", help="torch.compile the UNet")
-    gpu.add_argument("--bf16", action="store_true", help="bf16 autocast for the UNet (the sampler math stays fp32)")
-    gpu.add_argument("--cuda-graphs", action="store_true", help="replay the UNet forward as a CUDA graph")
+    speed = parser.add_argument_group("speed-ups, each a row of its own")
+    speed.add_argument(
+        "--compile", action="store_true", help="torch.compile the UNet (needs a C++ compiler on the CPU)"
+    )
+    speed.add_argument("--bf16", action="store_true", help="bf16 autocast for the UNet (the sampler math stays fp32)")
+    speed.add_argument("--cuda-graphs", action="store_true", help="replay the UNet forward as a CUDA graph (GPU only)")
     args = parser.parse_args(argv)
     args.runs = [(name, int(steps)) for name, steps in (run.split(":") for run in args.runs.split(","))]
     args.batch = [int(b) for b in args.batch.split(",")]
@@ -85,7 +91,7 @@ class EpsFn:
         if self.mark_step:  # Inductor's graphs reuse their output buffers: copy ε out before the next step
             torch.compiler.cudagraph_mark_step_begin()
         # no autocast weight cache under a graph: it would replay casts that were freed after capture
-        autocast = torch.autocast("cuda", torch.bfloat16, cache_enabled=not self.graphed) if self.bf16 else None
+        autocast = torch.autocast(x.device.type, torch.bfloat16, cache_enabled=not self.graphed) if self.bf16 else None
         with autocast or contextlib.nullcontext():
             eps = self.forward(x, t, labels).float()
         if self.mark_step:
@@ -132,11 +138,10 @@ class GraphedForward:
 
 
 def run_ours(schedule, x_T: torch.Tensor, sampler: str, steps: int, eps_fn, seed: int) -> torch.Tensor:
-    generator = make_generator(seed, x_T.device)
-    if sampler == "ddim":
-        return sample(ddim_steps(schedule, x_T, ddim_timesteps(schedule.num_timesteps, steps), 0.0, generator), eps_fn)
-    # as the server samples DDPM: the predicted x0 clipped to [-1, 1], as in DDPM's reference code
-    return sample(ddpm_steps(schedule, x_T, steps, generator=generator, clip_x0=True), eps_fn)
+    """A run of a sampler of the table, at its defaults but for DDIM, which here does not clip x0, as
+    diffusers' DDIMScheduler(clip_sample=False) that it is compared with."""
+    params = {"thresholding": "none"} if sampler == "ddim" else {}
+    return sample(sampling_run(sampler, schedule, x_T, steps, make_generator(seed, x_T.device), **params), eps_fn)
 
 
 def run_diffusers(scheduler, x_T: torch.Tensor, steps: int, eps_fn) -> torch.Tensor:
@@ -167,7 +172,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    options = gpu_options(args, device)
+    options = [name for name in ("compile", "bf16") if getattr(args, name)]
+    options += gpu_options(args, device, ("cuda_graphs",))
     checkpoint, note = load_model(args.checkpoint, device)
     unet, schedule = checkpoint.unet, checkpoint.schedule
     conditional = unet.config.num_classes > 0
@@ -185,43 +191,47 @@ def main(argv: list[str] | None = None) -> None:
     unet_nchw = copy.deepcopy(unet).to(memory_format=torch.contiguous_format) if args.nchw else None
     rows = []
     with torch.inference_mode():
-        for variant in variants(options):
-            name = " + ".join(option.replace("_", " ") for option in variant) or "eager fp32"
-            for batch in args.batch:
-                gen = make_generator(0, device)
-                x_T = initial_noise((batch, *_image_shape(unet)), gen, device)
-                if not conditional:
-                    labels = None
-                elif guided:
-                    labels = torch.arange(batch, device=device) % unet.config.num_classes
-                else:
-                    labels = torch.full((batch,), unet.null_label, device=device)
-                guidance = args.guidance if guided else None
-                eps_fn = EpsFn(unet, labels, guidance, variant)
-                # the layout comparison is made for plain eager fp32 only, as the diffusers one
-                nchw_fn = EpsFn(unet_nchw, labels, guidance) if args.nchw and not variant else None
-                for sampler, steps in args.runs:
-                    contenders = {
-                        f"{sampler} (ours)": functools.partial(run_ours, schedule, x_T, sampler, steps, eps_fn, 1)
-                    }
-                    if scheduler is not None and sampler == "ddim" and not variant:
-                        contenders["ddim (diffusers loop)"] = functools.partial(
-                            run_diffusers, scheduler, x_T, steps, eps_fn
-                        )
-                    run_ours(schedule, x_T, sampler, min(steps, 2), eps_fn, 1)  # warm-up (and compilation)
-                    if nchw_fn is not None:
-                        contenders[f"{sampler} (ours, NCHW weights)"] = functools.partial(
-                            run_ours, schedule, x_T, sampler, steps, nchw_fn, 1
-                        )
-                        run_ours(schedule, x_T, sampler, min(steps, 2), nchw_fn, 1)
-                    results = time_interleaved(contenders, args.repeats, device)
-                    ours = results[f"{sampler} (ours)"][1]
-                    for label, (seconds, out) in results.items():
-                        diff = "" if out is ours else f"{(out - ours).abs().max().item():.1e}"
-                        rows.append(_row(name, label, steps, batch, seconds, diff))
-                    print(f"  done: {name}, {sampler}-{steps}, batch {batch}", file=sys.stderr, flush=True)
+        for batch in args.batch:
+            gen = make_generator(0, device)
+            x_T = initial_noise((batch, *_image_shape(unet)), gen, device)
+            if not conditional:
+                labels = None
+            elif guided:
+                labels = torch.arange(batch, device=device) % unet.config.num_classes
+            else:
+                labels = torch.full((batch,), unet.null_label, device=device)
+            guidance = args.guidance if guided else None
+            # every variant's noise predictor, and the time of its first forward: its start-up cost
+            eps_fns, first_forward = {}, {}
+            for variant in variants(options):
+                name = " + ".join(option.replace("_", " ") for option in variant) or "eager fp32"
+                eps_fns[name] = EpsFn(unet, labels, guidance, variant)
+                t = torch.full((batch,), schedule.num_timesteps - 1, device=device)
+                first_forward[name], _ = timed(functools.partial(eps_fns[name], x_T, t), device)
+            if args.nchw:  # the layout comparison is made for eager fp32 only, as the diffusers one
+                eps_fns["eager fp32, NCHW weights"] = EpsFn(unet_nchw, labels, guidance)
+                first_forward["eager fp32, NCHW weights"] = float("nan")
+            for sampler, steps in args.runs:
+                contenders = {
+                    (name, f"{sampler} (ours)"): functools.partial(run_ours, schedule, x_T, sampler, steps, fn, 1)
+                    for name, fn in eps_fns.items()
+                }
+                if scheduler is not None and sampler == "ddim":
+                    contenders[("eager fp32", "ddim (diffusers loop)")] = functools.partial(
+                        run_diffusers, scheduler, x_T, steps, eps_fns["eager fp32"]
+                    )
+                for run in contenders.values():
+                    run()  # warm-up
+                results = time_interleaved(contenders, args.repeats, device)
+                reference = results[("eager fp32", f"{sampler} (ours)")][1]
+                for (name, label), (seconds, out) in results.items():
+                    diff = "" if out is reference else f"{(out - reference).abs().max().item():.1e}"
+                    row = _row(name, label, steps, batch, seconds, diff)
+                    rows.append([*row[:-1], first_forward.get(name, float("nan")), row[-1]])
+                print(f"  done: {sampler}-{steps}, batch {batch}", file=sys.stderr, flush=True)
 
-    header = ["variant", "sampler", "steps", "batch", "latency s", "ms/step", "images/s", "max abs diff vs ours"]
+    header = ["variant", "sampler", "steps", "batch", "latency s", "ms/step", "images/s", "first forward s",
+              "max abs diff vs eager fp32"]  # fmt: skip
     print()
     print(markdown_table(header, rows))
 

@@ -48,6 +48,17 @@ class Checkpoint:
     def config(self) -> UNetConfig:
         return self.unet.config
 
+    def sampler_defaults(self) -> dict[str, dict]:
+        """The sampler parameters this model's files state, by sampler name: a distilled student's own
+        (`sampling`, which it needs), else a diffusers scheduler's clipping, DDIM spacing and DDPM variance."""
+        if self.sampling is not None:
+            return {self.sampling["sampler"]: {k: v for k, v in self.sampling.items() if k not in ("sampler", "steps")}}
+        own = self.schedule.sampling
+        params = {"ddim": {"spacing": own.spacing}, "ddpm": {"variance": own.variance}}
+        if own.clip is False:
+            params = {name: {**values, "thresholding": "none"} for name, values in params.items()}
+        return params
+
 
 class EpsilonFromV(torch.nn.Module):
     """A v-predicting network seen as an ε-predictor (ε = √(1-ᾱ_t) x_t + √ᾱ_t v), so that every sampler

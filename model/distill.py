@@ -182,7 +182,7 @@ def sample_student(ckpt: Checkpoint, steps: int, n: int, guidance: float, seed: 
     x = initial_noise((n, ckpt.config.in_channels, ckpt.config.image_size, ckpt.config.image_size), gen, device)
     labels = torch.arange(n, device=device) * ckpt.config.num_classes // n
     timesteps = ddim_timesteps(ckpt.schedule.num_timesteps, steps, SPACING)
-    run = ddim_steps(ckpt.schedule, x, timesteps, generator=gen, clip_x0=True)
+    run = ddim_steps(ckpt.schedule, x, timesteps, generator=gen, thresholding="clip")
     return sample(run, lambda x_t, t: guided_eps(ckpt.unet, x_t, t, labels, guidance))
 
 

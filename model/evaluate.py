@@ -1,23 +1,27 @@
 """Judge a checkpoint by its samples: FID (pytorch-fid) and, for MNIST/Fashion-MNIST, the project's
-classifier; one sampler or a sweep of samplers × steps like DDIM's Table 1.
+classifier; one sampler or a sweep of samplers × steps like DDIM's Table 1 or the solvers' NFE curves.
 
   python -m model.evaluate checkpoints/mnist.safetensors --data-root ../shared/data        # DDPM, T steps, N=50,000
   python -m model.evaluate CKPT --sampler ddim --steps 50 --num-samples 10000 --ref-images 10000
   python -m model.evaluate CKPT --sweep --metrics classifier --num-samples 500             # DDIM's Table 1
+  python -m model.evaluate CKPT --sampler-sweep --guidance 1 3 --metrics classifier -n 2000  # quality against NFE
   python -m model.evaluate checkpoints/ddpm-cifar10-32 --sampler ddpm --steps 1000 -n 50000 --dataset cifar10
 
 CKPT is a checkpoint file of this project or a diffusers model folder (model.diffusers_models); a
 diffusers model samples, unless told otherwise, as its scheduler config says (clipping, spacing, variance).
 
-Samplers: `ddpm` (ancestral, σ²=β; on fewer steps the respaced chain, DDIM's σ̂ row), `ddim` (η from
---eta) or `ddim<η>` (ddim0, ddim1, ddim0.5). Samples come from the checkpoint's EMA weights, are
-quantized to uint8 like a saved PNG, and are compared with the un-augmented training images.
+Samplers are the names of the sampler table (model.samplers.SAMPLERS: ddpm, ddim, dpm-solver++, unipc,
+…), each optionally with parameters of its own, `ddim:eta=1` or `unipc:order=3,spacing=karras`; flags
+such as --eta or --thresholding set a parameter for every chosen sampler that takes it. Samples come from
+the checkpoint's EMA weights, are quantized to uint8 like a saved PNG, and are compared with the
+un-augmented training images.
 
 Every score is reported with its N and beside its floor: the same score for N real *test* images
 (true labels as the conditioning), which is what a perfect model would get with that N.
   fid       FID in Inception pool3 space (2048-d) against M training images (cached as .npz)
   cls_acc   how often a sample conditioned on class k is read as k by the classifier
   cls_fd    the Fréchet distance in the classifier's 128-d feature space, against M training images
+            (with cls_fd_se, its bootstrap standard error over the N samples)
   class_tv  total variation between the predicted-class histogram and the training class frequencies
   min_share the rarest predicted class's share × K (1 = every class as common as the uniform share)
 The run folder (--out) gets results.md (one DDIM-style table per score, cells "score (s/image)"),
@@ -28,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import re
 import shlex
 import sys
 import time
@@ -36,6 +39,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -48,7 +52,7 @@ from model.classifier import (
     default_classifier_path,
     load_classifier,
 )
-from model.cli import HelpFormatter
+from model.cli import HelpFormatter, add_sampler_arguments, sampler_params, unused_sampler_flags
 from model.data import DATASETS
 from model.diffusers_models import DiffusersUNet, load_model
 from model.fid import (
@@ -64,21 +68,22 @@ from model.fid import (
     load_inception_weights,
 )
 from model.samplers import (
-    SPACINGS,
-    VARIANCES,
-    StepGenerator,
-    ddim_steps,
-    ddim_timesteps,
-    ddpm_steps,
+    SAMPLERS,
+    Sampler,
+    get_sampler,
     guided_eps,
     initial_noise,
     make_generator,
     sample,
+    sampling_run,
 )
 from model.visualize import save_sample_grid
 
-SWEEP_SAMPLERS = ("ddpm", "ddim0", "ddim1")
+SWEEP_SAMPLERS = ("ddpm", "ddim:eta=0", "ddim:eta=1")
 SWEEP_STEPS = (10, 20, 50, 100, 1000)
+SOLVER_SWEEP_SAMPLERS = ("ddim", "dpm-solver++", "unipc")
+SOLVER_SWEEP_NFE = (4, 6, 8, 10, 15, 20, 50)
+BOOTSTRAP_DRAWS = 20
 # each score's title (with the direction that is better) and how it is written
 FORMATS = {
     "fid": ("FID ↓", "{:.2f}"),
@@ -93,45 +98,45 @@ FORMATS = {
 
 
 @dataclass(frozen=True)
-class SamplerSpec:
-    kind: str  # "ddpm" or "ddim"
-    eta: float = 0.0
+class SamplerChoice:
+    """A sampler of the table with the parameters chosen for it; the others keep their defaults."""
+
+    name: str
+    given: tuple[tuple[str, object], ...] = ()
+
+    @property
+    def sampler(self) -> Sampler:
+        return get_sampler(self.name)
+
+    @property
+    def params(self) -> dict:
+        return self.sampler.resolve(dict(self.given))
 
     @property
     def label(self) -> str:
-        return "DDPM" if self.kind == "ddpm" else f"DDIM η={self.eta:g}"
+        return " ".join(
+            [self.sampler.title, *(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.given)]
+        )
 
     @property
     def key(self) -> str:
-        return "ddpm" if self.kind == "ddpm" else f"ddim{self.eta:g}"
+        return "_".join([self.name, *(f"{k}{v:g}" if isinstance(v, float) else f"{k}{v}" for k, v in self.given)])
 
 
-def parse_sampler(text: str, eta: float = 0.0) -> SamplerSpec:
-    """ "ddpm", "ddim" (η = `eta`) or "ddim<η>" such as ddim0, ddim1, ddim0.5."""
-    match = re.fullmatch(r"(ddpm|ddim)([0-9.]*)", text.lower())
-    if not match or (match[1] == "ddpm" and match[2]):
-        raise ValueError(f"unknown sampler {text!r}: use ddpm, ddim, or ddim<η> such as ddim0 or ddim1")
-    spec = SamplerSpec(match[1], float(match[2]) if match[2] else eta if match[1] == "ddim" else 0.0)
-    if not 0 <= spec.eta <= 1:
-        raise ValueError(f"sampler {text!r}: η must be in [0, 1]")
-    return spec
-
-
-def sampling_run(
-    ckpt: Checkpoint,
-    spec: SamplerSpec,
-    steps: int,
-    x: torch.Tensor,
-    generator: torch.Generator,
-    spacing: str = "leading",
-    variance: str = "fixed_large",
-    clip_x0: bool = False,
-) -> StepGenerator:
-    """The step generator of one sampler over `steps` steps, starting from the noise x."""
-    if spec.kind == "ddpm":
-        return ddpm_steps(ckpt.schedule, x, steps, variance, generator, clip_x0)
-    timesteps = ddim_timesteps(ckpt.schedule.num_timesteps, steps, spacing, ckpt.schedule.sampling.steps_offset)
-    return ddim_steps(ckpt.schedule, x, timesteps, spec.eta, generator, clip_x0)
+def parse_sampler(text: str, args: argparse.Namespace | None = None) -> SamplerChoice:
+    """`name` or `name:param=value,param=value` (ddim:eta=1); parameters also come from the flags in
+    `args` that this sampler takes, which the ones written here override."""
+    name, _, inline = text.partition(":")
+    sampler = get_sampler(name.lower())
+    given = sampler_params(args, sampler) if args is not None else {}
+    for item in filter(None, inline.split(",")):
+        key, equals, value = item.partition("=")
+        param = sampler.param(key.strip())
+        if not equals or param is None:
+            takes = ", ".join(p.name for p in sampler.params) or "none"
+            raise ValueError(f"sampler {text!r}: write name:param=value with a parameter of {sampler.name} ({takes})")
+        given[param.name] = param.parse(value.strip())
+    return SamplerChoice(sampler.name, tuple(given.items()))
 
 
 # --- samples -----------------------------------------------------------------------------------
@@ -152,32 +157,32 @@ class Samples:
 @torch.inference_mode()
 def generate(
     ckpt: Checkpoint,
-    spec: SamplerSpec,
+    sampler: SamplerChoice | str,
     steps: int,
     num_samples: int,
     batch_size: int = 250,
     conditional: bool = True,
     guidance: float = 1.0,
     seed: int = 0,
-    spacing: str = "leading",
-    variance: str = "fixed_large",
-    clip_x0: bool = False,
     progress: bool = True,
 ) -> Samples:
-    """N samples in batches, on the checkpoint's device. Conditional samples cycle through the classes
-    (sample i is conditioned on i mod K), so every class gets the same share."""
+    """N samples in batches, on the checkpoint's device, by a sampler of the table (a name: at its
+    default parameters). Conditional samples cycle through the classes (sample i is conditioned on i
+    mod K), so every class gets the same share."""
+    sampler = SamplerChoice(sampler) if isinstance(sampler, str) else sampler
     device = ckpt.schedule.device
     cfg = ckpt.config
     conditional = conditional and cfg.num_classes > 0
     generator = make_generator(seed, device)
     images, labels, seconds = [], [], 0.0
-    bar = tqdm(total=num_samples, desc=f"{spec.label}, {steps} steps", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=num_samples, desc=f"{sampler.label}, {steps} steps", disable=not progress, dynamic_ncols=True)
     for start in range(0, num_samples, batch_size):
         b = min(batch_size, num_samples - start)
         y = torch.arange(start, start + b, device=device) % cfg.num_classes if conditional else None
         tick = time.perf_counter()
         x = initial_noise((b, cfg.in_channels, cfg.image_size, cfg.image_size), generator, device)
-        run = sampling_run(ckpt, spec, steps, x, generator, spacing, variance, clip_x0)
+        params = {**ckpt.sampler_defaults().get(sampler.name, {}), **sampler.params}  # the model's own, then ours
+        run = sampling_run(sampler.name, ckpt.schedule, x, steps, generator, **params)
         x0 = sample(run, lambda x_t, t, y=y: guided_eps(ckpt.unet, x_t, t, y, guidance))
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -268,17 +273,27 @@ class ClassifierJudge:
         shares = torch.bincount(preds, minlength=len(self.train_freq)).double() / len(preds)
         out = {
             "cls_fd": frechet_distance(Stats.of(feats), self.train),
+            "cls_fd_se": self._bootstrap_se(feats.numpy()),
             "class_tv": 0.5 * (shares - self.train_freq).abs().sum().item(),
             "min_share": shares.min().item() * len(shares),
         }
         if labels is not None:
-            out["cls_acc"] = (preds == labels).double().mean().item()
+            accuracy = (preds == labels).double().mean().item()
+            out["cls_acc"], out["cls_acc_se"] = accuracy, (accuracy * (1 - accuracy) / len(preds)) ** 0.5
         out.update({f"share_{k}": s for k, s in enumerate(shares.tolist())})
         return out
 
     def floor(self, n: int, conditional: bool) -> dict[str, float]:
         images, labels = self.real.get("test", n)
         return self.score(images, labels if conditional else None)
+
+    def _bootstrap_se(self, feats: np.ndarray) -> float:
+        """The spread of the Fréchet distance over resamples (with replacement) of the N samples: how much
+        of a difference between two cells the sampling of N images alone would make."""
+        rng = np.random.default_rng(0)
+        draws = [frechet_distance(Stats.of(feats[rng.integers(0, len(feats), len(feats))]), self.train)
+                 for _ in range(BOOTSTRAP_DRAWS)]  # fmt: skip
+        return float(np.std(draws, ddof=1))
 
 
 def classifier_judge(ckpt: Checkpoint, real: RealImages, args: argparse.Namespace, device: torch.device):
@@ -315,7 +330,7 @@ def markdown_report(rows: list[dict], floor: dict, header: list[str], class_name
             values = []
             for s in steps:
                 r = cells.get((name, s))
-                values.append(f"{fmt.format(r[metric])} ({r['seconds_per_image']:.3g} s)" if r and metric in r else "")
+                values.append(f"{_value(r, metric, fmt)} ({r['seconds_per_image']:.3g} s)" if r and metric in r else "")
             lines.append(f"| {name} | " + " | ".join(values) + " |")
         if metric in floor:
             lines.append(
@@ -331,6 +346,12 @@ def markdown_report(rows: list[dict], floor: dict, header: list[str], class_name
             lines.append(f"| {name} | " + " | ".join(f"{r[f'share_{k}']:.1%}" for k in range(len(class_names))) + " |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _value(row: dict, metric: str, fmt: str) -> str:
+    """The score, with ± its standard error where there is one."""
+    se = row.get(f"{metric}_se")
+    return fmt.format(row[metric]) + (f" ± {fmt.format(se)}" if se is not None else "")
 
 
 def write_reports(out: Path, rows: list[dict], floor: dict, header: list[str], class_names: list[str]) -> None:
@@ -353,7 +374,7 @@ def summary_line(row: dict, floor: dict) -> str:
     parts = [f"{row['sampler']}, {row['steps']} steps, N={row['n']}:"]
     for metric in scalar_metrics([row]):
         _, fmt = FORMATS[metric]
-        parts.append(f"{metric} {fmt.format(row[metric])} (floor {fmt.format(floor[metric])})")
+        parts.append(f"{metric} {_value(row, metric, fmt)} (floor {fmt.format(floor[metric])})")
     parts.append(f"{row['seconds_per_image']:.3g} s/image")
     return "  ".join(parts)
 
@@ -378,27 +399,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("checkpoint", type=Path)
     g = p.add_argument_group("sampling")
-    g.add_argument("--sampler", nargs="+", help="ddpm, ddim, ddim<η> such as ddim0, ddim1 (default: ddpm)")
-    g.add_argument("--steps", type=int, nargs="+", help="sampling steps (default: all T of the schedule)")
+    g.add_argument(
+        "--sampler",
+        nargs="+",
+        help=f"one or more of {', '.join(SAMPLERS)}, each optionally with parameters: ddim:eta=1 (default: ddpm)",
+    )
+    g.add_argument("--steps", type=int, nargs="+", help="sampling steps (default: each sampler's own)")
+    g.add_argument("--nfe", type=int, nargs="+", help="model evaluations a run, instead of --steps")
     g.add_argument(
         "--sweep",
         action="store_true",
         help=f"DDIM's Table 1: samplers {' '.join(SWEEP_SAMPLERS)} × steps {' '.join(map(str, SWEEP_STEPS))} "
         "(unless --sampler/--steps are given)",
     )
-    g.add_argument("--eta", type=float, default=0.0, help="η of the plain `ddim` sampler")
-    g.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance w (1: plain conditional)")
+    g.add_argument(
+        "--sampler-sweep",
+        action="store_true",
+        help=f"quality against model evaluations: samplers {' '.join(SOLVER_SWEEP_SAMPLERS)} × NFE "
+        f"{' '.join(map(str, SOLVER_SWEEP_NFE))} (unless --sampler/--nfe are given)",
+    )
+    g.add_argument(
+        "--guidance",
+        type=float,
+        nargs="+",
+        default=[1.0],
+        help="classifier-free guidance w (1: plain conditional); several: every cell at each",
+    )
     g.add_argument(
         "--conditioning",
         choices=["class", "none"],
         help="class: sample i conditioned on i mod K; none: the null label (default: class if the model has classes)",
-    )
-    g.add_argument("--spacing", choices=SPACINGS, help="DDIM timestep spacing (default: the model's, else leading)")
-    g.add_argument("--variance", choices=VARIANCES, help="DDPM's σ²: β or β̃ (default: the model's, else fixed_large)")
-    g.add_argument(
-        "--clip-x0",
-        action=argparse.BooleanOptionalAction,
-        help="clip the predicted x0 to [-1, 1] at each step (default: as the model's scheduler says, else not)",
     )
     g.add_argument("-n", "--num-samples", type=int, default=50_000, help="samples per cell (the papers use 50,000)")
     g.add_argument("--batch-size", type=int, default=250)
@@ -428,11 +458,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), or a torch device")
     g.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads)")
     g.add_argument("--no-progress", action="store_true")
+    add_sampler_arguments(p)
     args = p.parse_args(argv)
     args.command = shlex.join(sys.argv[1:] if argv is None else argv)  # for the report
-    args.sampler = args.sampler or list(SWEEP_SAMPLERS if args.sweep else ["ddpm"])
-    args.steps = args.steps or (list(SWEEP_STEPS) if args.sweep else None)
+    if args.steps and args.nfe:
+        p.error("give --steps or --nfe, not both")
+    default_samplers = SWEEP_SAMPLERS if args.sweep else SOLVER_SWEEP_SAMPLERS if args.sampler_sweep else ["ddpm"]
+    args.sampler = args.sampler or list(default_samplers)
+    args.steps = args.steps or (list(SWEEP_STEPS) if args.sweep and not args.nfe else None)
+    args.nfe = args.nfe or (list(SOLVER_SWEEP_NFE) if args.sampler_sweep and not args.steps else None)
     return args
+
+
+def sweep_cells(
+    args: argparse.Namespace, samplers: list[SamplerChoice], num_timesteps: int
+) -> list[tuple[SamplerChoice, int]]:
+    """(sampler, steps) of every cell: the steps asked for, or the steps that cost the NFE asked for,
+    or each sampler's default."""
+    out = []
+    for choice in samplers:
+        sampler = choice.sampler
+        if args.nfe:
+            steps_list = [nfe // sampler.evals_per_step for nfe in args.nfe]
+        else:
+            steps_list = args.steps or [sampler.steps_for(num_timesteps)]
+        out += [(choice, steps) for steps in steps_list]
+    return out
 
 
 def report_header(
@@ -440,7 +491,7 @@ def report_header(
 ) -> list[str]:
     """What a number depends on: the model, how it was sampled, what it was compared with, the command."""
     sampling = (
-        f"class-conditional (sample i ↦ class i mod K), guidance w={args.guidance:g}"
+        f"class-conditional (sample i ↦ class i mod K), guidance w={', '.join(f'{w:g}' for w in args.guidance)}"
         if conditional
         else "unconditional"
     )
@@ -455,8 +506,9 @@ def report_header(
             else f"trained {ckpt.step} steps, {'EMA' if ckpt.ema else 'raw (not EMA!)'} weights, "
         )
         + f"{ckpt.schedule.name} schedule, T={ckpt.schedule.num_timesteps}",
-        f"- samples: N={args.num_samples} per cell, {sampling}; seed {args.seed}; DDIM spacing {args.spacing}; "
-        f"DDPM variance {args.variance}; clip x0: {args.clip_x0}",
+        f"- samples: N={args.num_samples} per cell, {sampling}; seed {args.seed}; each sampler at its "
+        "default parameters (the model's own where its files state them) unless its name says otherwise "
+        "(model/samplers.py: SAMPLERS)",
         f"- reference: {', '.join(f'{j.title} against M={j.m} training images' for j in judges)}; "
         f"floor: N={n_floor} real test images",
         f"- seconds per image: sampling alone, batch {args.batch_size}, on {device} ({hardware})",
@@ -471,14 +523,12 @@ def evaluate(args: argparse.Namespace, fid_features: FeatureFn | None = None) ->
     if args.threads:
         torch.set_num_threads(args.threads)
     device = best_device(args.device)
-    specs = [parse_sampler(s, args.eta) for s in args.sampler]
+    samplers = [parse_sampler(s, args) for s in args.sampler]
+    unused = unused_sampler_flags(args, [choice.sampler for choice in samplers])
+    if unused:
+        raise ValueError(f"{', '.join(unused)}: none of the samplers {', '.join(args.sampler)} takes it")
     ckpt = load_model(args.checkpoint, device)
     ckpt.dataset = args.dataset or ckpt.dataset
-    own = ckpt.schedule.sampling  # how the model's own scheduler samples, where it says
-    args.spacing = args.spacing or own.spacing
-    args.variance = args.variance or own.variance
-    args.clip_x0 = bool(own.clip) if args.clip_x0 is None else args.clip_x0
-    steps_list = args.steps or [ckpt.schedule.num_timesteps]
     conditional = (args.conditioning or "class") == "class" and ckpt.config.num_classes > 0
     if args.conditioning == "class" and not ckpt.config.num_classes:
         raise ValueError(f"{args.checkpoint} is unconditional: use --conditioning none")
@@ -514,22 +564,25 @@ def evaluate(args: argparse.Namespace, fid_features: FeatureFn | None = None) ->
         )
     print("\n".join(header[2:]))
     rows = []
-    for spec in specs:
-        for steps in steps_list:
+    several_w = conditional and len(args.guidance) > 1
+    for guidance in args.guidance if conditional else [1.0]:
+        for choice, steps in sweep_cells(args, samplers, ckpt.schedule.num_timesteps):
             samples = generate(
-                ckpt, spec, steps, args.num_samples, args.batch_size, conditional=conditional, guidance=args.guidance,
-                seed=args.seed, spacing=args.spacing, variance=args.variance, clip_x0=args.clip_x0,
-                progress=not args.no_progress,
+                ckpt, choice, steps, args.num_samples, args.batch_size, conditional=conditional, guidance=guidance,
+                seed=args.seed, progress=not args.no_progress,
             )  # fmt: skip
             save_sample_grid(
                 samples.images[:100].float() / 127.5 - 1,
-                out / f"samples_{spec.key}_{steps}.png",
+                out / f"samples_{choice.key}_{steps}{f'_w{guidance:g}' if several_w else ''}.png",
                 nrow=10 if conditional else None,
             )
             row = {
-                "sampler": spec.label,
-                "eta": spec.eta if spec.kind == "ddim" else "",
+                "sampler": choice.label + (f", w={guidance:g}" if several_w else ""),
+                "name": choice.name,
+                **{f"param_{k}": v for k, v in choice.params.items()},
+                "guidance": guidance if conditional else "",
                 "steps": steps,
+                "nfe": steps * choice.sampler.evals_per_step,
                 "n": args.num_samples,
                 "seconds_per_image": samples.seconds / args.num_samples,
             }

@@ -1,26 +1,36 @@
-"""DDPM and DDIM sampling, written as step functions and as step generators.
+"""The samplers, written as step functions and step generators, and THE SAMPLER TABLE.
 
 A step generator is a coroutine that owns one sampling run: it yields a `Step` that holds the
 current x_t and its timestep t, the caller computes ε_θ(x_t, t) however it likes and `send`s it
 back, and the generator answers with the next `Step`. The same code thereby serves a plain loop
 (`sample`), a stream of frames (`denoise`), and a server that advances many runs with one batched
-forward. Each run draws its noise from its own `torch.Generator`, so a seed fixes its images
-whatever else is computed beside it.
+forward. A multistep solver keeps its history inside its generator, so none of them needs more from
+the caller than ε. Each run draws its noise from its own `torch.Generator`, so a seed fixes its
+images whatever else is computed beside it.
+
+`SAMPLERS` names every sampler with its parameters (type, default, range or choices, meaning), its
+default step count and the factory of its step generator. The server's requests and GET /config, the
+web page, the evaluation and picture CLIs and the benchmarks all read it: adding a sampler is one
+`register(Sampler(...))` (and its tests).
 """
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Callable, Generator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from model.schedule import NoiseSchedule, _at
 
-SPACINGS = ("leading", "trailing", "quadratic")
+DDIM_SPACINGS = ("leading", "trailing", "quadratic")
+SOLVER_SPACINGS = ("linspace", "leading", "trailing", "karras")
 VARIANCES = ("fixed_large", "fixed_small")
+THRESHOLDINGS = ("clip", "dynamic", "none")
+DYNAMIC_THRESHOLD_QUANTILE = 0.995  # Imagen's (and diffusers' default) percentile of |x0|
 
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -48,11 +58,30 @@ class Step:
 StepGenerator = Generator[Step, torch.Tensor, None]
 
 
+# --- the predicted x0, kept in the images' range ------------------------------------------------
+
+
+def threshold_x0(x0: torch.Tensor, how: str, clip_range: float = 1.0) -> torch.Tensor:
+    """clip: x0 clamped to [-1, 1] (DDPM's code; Imagen's "static thresholding"), or to ±clip_range.
+    dynamic: Imagen's dynamic thresholding (Saharia et al. 2022): s = the 99.5th percentile of |x0| of
+    each image, at least 1; x0 is clamped to [-s, s] and divided by s, so saturated pixels move inwards.
+    none: x0 as the model predicts it."""
+    if how == "clip":
+        return x0.clamp(-clip_range, clip_range)
+    if how == "dynamic":
+        s = x0.flatten(1).abs().float().quantile(DYNAMIC_THRESHOLD_QUANTILE, dim=1).clamp(min=1).to(x0.dtype)
+        s = s.view(-1, *([1] * (x0.ndim - 1)))
+        return x0.clamp(-s, s) / s
+    if how == "none":
+        return x0
+    raise ValueError(f"unknown thresholding {how!r}; choose one of {THRESHOLDINGS}")
+
+
 # --- timestep lists -------------------------------------------------------------------------
 
 
 def ddim_timesteps(num_timesteps: int, steps: int, spacing: str = "leading", offset: int = 0) -> list[int]:
-    """The S timesteps a DDIM run visits, noisiest first.
+    """The S timesteps a DDIM run visits, noisiest first; the last step goes from the last of them to ᾱ = 1.
 
     leading:   0, c, 2c, …, (S-1)c with c = T // S, as in the DDIM paper's code (T=1000, S=50: 980 … 0);
                `offset` is added to each (diffusers' steps_offset), at most up to T - 1
@@ -71,11 +100,47 @@ def ddim_timesteps(num_timesteps: int, steps: int, spacing: str = "leading", off
         # steps stay S distinct timesteps, where the DDIM code would take a no-op step
         seq = np.maximum.accumulate(seq - np.arange(steps)) + np.arange(steps)
     else:
-        raise ValueError(f"unknown spacing {spacing!r}; choose one of {SPACINGS}")
+        raise ValueError(f"unknown spacing {spacing!r}; choose one of {DDIM_SPACINGS}")
     return sorted((int(t) for t in seq), reverse=True)
 
 
-# --- one step of each sampler ---------------------------------------------------------------
+def solver_timesteps(schedule: NoiseSchedule, steps: int, spacing: str = "linspace") -> tuple[list[int], list[float]]:
+    """The S timesteps at which a multistep solver asks for ε, noisiest first, and the noise level
+    σ_i = √((1-ᾱ)/ᾱ) at each, plus a final σ = 0: the clean image the last step lands on.
+
+    As diffusers' DPMSolverMultistepScheduler and UniPCMultistepScheduler define them (Table 2 of Lin
+    et al. 2023, "Common diffusion noise schedules and sample steps are flawed"):
+    linspace:  round(linspace(0, T-1, S+1)), the last dropped (999 … 100 for S=10)
+    leading:   i · T // (S+1) for i = S … 1 (909 … 90); unlike DDIM's "leading", never t = 0
+    trailing:  round(T - i·T/S) - 1, as DDIM's (999 … 99)
+    karras:    σ spaced as in Karras et al. 2022 (ρ = 7) between the schedule's largest and smallest σ,
+               each asked for at its nearest timestep (by log σ) while the solver steps with σ itself
+    """
+    T = schedule.num_timesteps
+    limit = T if spacing == "trailing" else T - 1
+    if not 1 <= steps <= limit:
+        raise ValueError(f"steps must be between 1 and {limit} with {spacing} spacing, got {steps}")
+    # σ = √(1-ᾱ)/√ᾱ from the two square roots, each accurate in float32 (1 - ᾱ itself is not, near t = 0)
+    sigmas = (schedule.sqrt_one_minus_alphas_cumprod.double() / schedule.sqrt_alphas_cumprod.double()).cpu().numpy()
+    if spacing == "linspace":
+        timesteps = np.linspace(0, T - 1, steps + 1).round()[::-1][:-1]
+    elif spacing == "leading":
+        timesteps = (np.arange(steps + 1) * (T // (steps + 1)))[::-1][:-1]
+    elif spacing == "trailing":
+        timesteps = np.arange(T, 0, -T / steps).round() - 1
+    elif spacing == "karras":
+        rho = 7.0
+        ramp = np.linspace(0, 1, steps)
+        karras = (sigmas[-1] ** (1 / rho) + ramp * (sigmas[0] ** (1 / rho) - sigmas[-1] ** (1 / rho))) ** rho
+        timesteps = np.interp(np.log(karras), np.log(sigmas), np.arange(T)).round()
+        return [int(t) for t in timesteps], [*karras.tolist(), 0.0]
+    else:
+        raise ValueError(f"unknown spacing {spacing!r}; choose one of {SOLVER_SPACINGS}")
+    timesteps = [int(t) for t in timesteps]
+    return timesteps, [*sigmas[timesteps].tolist(), 0.0]
+
+
+# --- one step of DDPM and DDIM --------------------------------------------------------------
 
 
 def ddim_step(
@@ -86,17 +151,16 @@ def ddim_step(
     t_prev: int,
     eta: float = 0.0,
     noise: torch.Tensor | None = None,
-    clip_x0: bool = False,
+    thresholding: str = "none",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """x_t → x_{t_prev} by DDIM (Song et al. 2020, eq. 12); t_prev = -1 means ᾱ = 1. Returns (x_prev, x0).
 
-    With clip_x0 the predicted x0 is clipped (to the schedule's clip range, [-1, 1] unless its model
-    says otherwise) and ε re-derived from it, as diffusers does with use_clipped_model_output=True."""
+    A thresholded x0 is followed by the ε it implies (diffusers' use_clipped_model_output)."""
     abar_t = schedule.alphas_cumprod[t]
     abar_prev = schedule.alphas_cumprod[t_prev] if t_prev >= 0 else torch.ones_like(abar_t)
     x0 = (x_t - (1 - abar_t).sqrt() * eps) / abar_t.sqrt()
-    if clip_x0:
-        x0 = x0.clamp(-schedule.sampling.clip_range, schedule.sampling.clip_range)
+    if thresholding != "none":
+        x0 = threshold_x0(x0, thresholding, schedule.sampling.clip_range)
         eps = (x_t - abar_t.sqrt() * x0) / (1 - abar_t).sqrt()
     sigma = eta * ((1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev)).sqrt()
     x_prev = abar_prev.sqrt() * x0 + (1 - abar_prev - sigma**2).sqrt() * eps
@@ -112,16 +176,16 @@ def ddpm_step(
     t: int,
     variance: str = "fixed_large",
     noise: torch.Tensor | None = None,
-    clip_x0: bool = False,
+    thresholding: str = "none",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """x_t → x_{t-1} by ancestral sampling (DDPM Algorithm 2). Returns (x_prev, x0).
 
-    σ²_t = β_t ("fixed_large") or β̃_t ("fixed_small"); no noise is added at t = 0. With clip_x0 the
-    mean goes through the clipped x0 (to the schedule's clip range) and the posterior mean μ̃_t(x_t, x_0).
+    σ²_t = β_t ("fixed_large") or β̃_t ("fixed_small"); no noise is added at t = 0. A thresholded x0
+    makes the mean the posterior mean μ̃_t(x_t, x_0) through it.
     """
     x0 = schedule.predict_x0(x_t, t, eps)
-    if clip_x0:
-        x0 = x0.clamp(-schedule.sampling.clip_range, schedule.sampling.clip_range)
+    if thresholding != "none":
+        x0 = threshold_x0(x0, thresholding, schedule.sampling.clip_range)
         mean = schedule.posterior_mean(x0, x_t, t)
     else:
         mean = (x_t - _at(schedule.betas, t, x_t) / _at(schedule.sqrt_one_minus_alphas_cumprod, t, x_t) * eps) / _at(
@@ -147,7 +211,7 @@ def ddim_steps(
     timesteps: list[int],
     eta: float = 0.0,
     generator: torch.Generator | None = None,
-    clip_x0: bool = False,
+    thresholding: str = "none",
 ) -> StepGenerator:
     """DDIM from x (at timesteps[0]) down to x_0, visiting `timesteps` (descending)."""
     if not 0 <= eta <= 1:
@@ -157,7 +221,7 @@ def ddim_steps(
     for i, t in enumerate(timesteps):
         t_prev = timesteps[i + 1] if i + 1 < total else -1
         noise = _randn_like(x, generator) if eta > 0 else None
-        x, x0 = ddim_step(schedule, x, eps, t, t_prev, eta, noise, clip_x0)
+        x, x0 = ddim_step(schedule, x, eps, t, t_prev, eta, noise, thresholding)
         eps = yield Step(i + 1, total, t_prev, x, x0)
 
 
@@ -167,7 +231,7 @@ def ddpm_steps(
     steps: int | None = None,
     variance: str = "fixed_large",
     generator: torch.Generator | None = None,
-    clip_x0: bool = False,
+    thresholding: str = "none",
 ) -> StepGenerator:
     """Ancestral sampling from x_{T-1} down to x_0 over all T steps, or over `steps` evenly spaced
     ones of the respaced schedule (`NoiseSchedule.respace`)."""
@@ -179,20 +243,416 @@ def ddpm_steps(
     for i in range(total):
         k = total - 1 - i  # the index of timesteps[i] in the (respaced) schedule
         noise = _randn_like(x, generator) if k > 0 else None
-        x, x0 = ddpm_step(schedule, x, eps, k, variance, noise, clip_x0)
+        x, x0 = ddpm_step(schedule, x, eps, k, variance, noise, thresholding)
         eps = yield Step(i + 1, total, timesteps[i + 1] if i + 1 < total else -1, x, x0)
+
+
+# --- the multistep solvers, in log-SNR time --------------------------------------------------
+#
+# Both integrate the probability-flow ODE of the same ε-model with its data prediction
+# x0_θ = (x - σ ε_θ) / α, in λ = log(α/σ) (half the log-SNR), where its exact solution from s to t is
+#   x_t = (σ_t/σ_s) x_s + σ_t ∫_{λ_s}^{λ_t} e^λ x0_θ(λ) dλ.
+# They differ in how they extrapolate x0_θ over the step from the x0 of earlier steps. Here α, σ are the
+# VP coefficients (α² + σ² = 1) and σ_i the VE noise level √((1-ᾱ)/ᾱ) = σ/α.
+
+
+def _vp(sigmas: list[float]) -> tuple[list[float], list[float], list[float]]:
+    """α, σ and λ = log(α/σ) at each VE noise level; σ_VE = 0 (the clean image) has λ = +∞."""
+    alphas = [1 / math.sqrt(1 + s * s) for s in sigmas]
+    return (
+        alphas,
+        [s * a for s, a in zip(sigmas, alphas, strict=True)],
+        [-math.log(s) if s > 0 else math.inf for s in sigmas],
+    )
+
+
+def dpm_solver_pp_steps(
+    x: torch.Tensor,
+    timesteps: list[int],
+    sigmas: list[float],
+    order: int = 2,
+    thresholding: str = "clip",
+) -> StepGenerator:
+    """DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Algorithm 2): the multistep second-order solver
+    in data prediction, one ε a step. With h_i = λ_{i+1} - λ_i and r = h_{i-1}/h_i,
+      x_{i+1} = (σ_{i+1}/σ_i) x_i - α_{i+1} (e^{-h_i} - 1) D_i,   D_i = (1 + 1/2r) x0_i - (1/2r) x0_{i-1},
+    first order (D_i = x0_i, which is DDIM) at the first step and at the last one, which lands on σ = 0.
+    `sigmas` (from `solver_timesteps`) holds σ at each timestep and a final 0."""
+    if order not in (1, 2):
+        raise ValueError(f"order must be 1 or 2, got {order}")
+    alpha, sigma, lam = _vp(sigmas)
+    total = len(timesteps)
+    x0_prev = None
+    eps = yield Step(0, total, timesteps[0], x)
+    for i in range(total):
+        x0 = threshold_x0((x - sigma[i] * eps) / alpha[i], thresholding)
+        h = lam[i + 1] - lam[i]
+        if order == 1 or x0_prev is None or i == total - 1:
+            d = x0
+        else:
+            r = (lam[i] - lam[i - 1]) / h
+            d = (1 + 1 / (2 * r)) * x0 - 1 / (2 * r) * x0_prev
+        x = (sigma[i + 1] / sigma[i]) * x - alpha[i + 1] * math.expm1(-h) * d
+        x0_prev = x0
+        eps = yield Step(i + 1, total, timesteps[i + 1] if i + 1 < total else -1, x, x0)
+
+
+def unipc_steps(
+    x: torch.Tensor,
+    timesteps: list[int],
+    sigmas: list[float],
+    order: int = 2,
+    thresholding: str = "clip",
+    corrector: bool = True,
+) -> StepGenerator:
+    """UniPC (Zhao et al. 2023) with B(h) = e^{-h} - 1 ("bh2"), in data prediction, one ε a step.
+
+    Each step first corrects x_i with the ε just computed at it (UniC: the same update from x_{i-1},
+    with x0_i joining the earlier predictions at one order higher), then predicts x_{i+1} from x_i and
+    the last p predictions (UniP-p). The order p rises from 1 as predictions accumulate and falls back
+    near the end (p ≤ steps left), so the last step, which lands on σ = 0, is first order.
+    `sigmas` (from `solver_timesteps`) holds σ at each timestep and a final 0."""
+    if order not in (1, 2, 3):
+        raise ValueError(f"order must be 1, 2 or 3, got {order}")
+    alpha, sigma, lam = _vp(sigmas)
+    total = len(timesteps)
+    x0s: list[torch.Tensor] = []  # the data predictions so far, oldest first
+    x_prev, p_prev = None, 0  # the sample the last prediction started from, and its order
+    eps = yield Step(0, total, timesteps[0], x)
+    for i in range(total):
+        x0 = threshold_x0((x - sigma[i] * eps) / alpha[i], thresholding)
+        if corrector and x_prev is not None:
+            x = _unipc_update(x_prev, x0s, i - 1, i, p_prev, alpha, sigma, lam, x0_new=x0)
+        x0s = [*x0s[-(order - 1) :], x0] if order > 1 else [x0]
+        p = min(order, i + 1, total - i)
+        x_prev, p_prev = x, p
+        x = _unipc_update(x, x0s, i, i + 1, p, alpha, sigma, lam)
+        eps = yield Step(i + 1, total, timesteps[i + 1] if i + 1 < total else -1, x, x0)
+
+
+def _unipc_update(
+    x: torch.Tensor,
+    x0s: list[torch.Tensor],
+    s: int,
+    t: int,
+    p: int,
+    alpha: list[float],
+    sigma: list[float],
+    lam: list[float],
+    x0_new: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One UniPC update from x at step s to step t, with the predictions x0s (the last made at s):
+    UniP-p when x0_new is None, else UniC-p, which also uses x0_new, the prediction made at t.
+
+      x_t = (σ_t/σ_s) x - α_t (e^{-h} - 1) x0_s - α_t B(h) Σ_k ρ_k D_k,   D_k = (x0_{s-k} - x0_s) / r_k,
+    with r_k = (λ_{s-k} - λ_s)/h (and r = 1, D = x0_new - x0_s, for the corrector's own term); the
+    weights ρ solve R ρ = b, R_jk = r_k^j, b_j = j! φ_{j+1}(-h) (-h)^... / B(h) (Zhao et al., Theorem 3.1).
+    """
+    h = lam[t] - lam[s]
+    hh = -h  # data prediction integrates in -λ
+    h_phi_1 = math.expm1(hh)
+    B_h = h_phi_1  # bh2
+    x0 = x0s[-1]
+    rks = [(lam[s - k] - lam[s]) / h for k in range(1, p)]
+    ds = [(x0s[-1 - k] - x0) / r for k, r in zip(range(1, p), rks, strict=True)]
+    base = (sigma[t] / sigma[s]) * x - alpha[t] * h_phi_1 * x0
+    if x0_new is not None:  # the corrector: the new prediction is one more point, at r = 1
+        rks, ds = [*rks, 1.0], [*ds, x0_new - x0]
+    if not ds:
+        return base
+    if len(ds) == 1:
+        rhos = [0.5]  # UniP-2 and UniC-1: the paper's choice, where R ρ = b would give a 1×1 system
+    else:
+        rhos = np.linalg.solve(np.vander(rks, increasing=True).T, _unipc_b(hh, B_h, len(ds))).tolist()
+    return base - alpha[t] * B_h * sum(rho * d for rho, d in zip(rhos, ds, strict=True))
+
+
+def _unipc_b(hh: float, B_h: float, n: int) -> np.ndarray:
+    """b_j = j! · h φ_{j+1}(hh) / B(h) for j = 1 … n, with hφ_k the recursion of φ-functions."""
+    b, h_phi_k, factorial = [], math.expm1(hh) / hh - 1, 1
+    for j in range(1, n + 1):
+        b.append(h_phi_k * factorial / B_h)
+        factorial *= j + 1
+        h_phi_k = h_phi_k / hh - 1 / factorial
+    return np.array(b)
 
 
 def _randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
 
+# --- THE SAMPLER TABLE -------------------------------------------------------------------------
+
+PARAM_TYPES = {float: "number", int: "integer", bool: "boolean", str: "string"}  # their JSON names
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter of a sampler: its type (float, int, bool or str), default, allowed values (a
+    [minimum, maximum] range, or choices) and a one-line meaning."""
+
+    name: str
+    type: type
+    default: object
+    meaning: str
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple | None = None
+
+    def check(self, value):
+        """`value` as this parameter's type, or ValueError saying what is allowed. Strict: no strings
+        for numbers, no booleans for numbers (an int is a fine float)."""
+        kind = self.type
+        ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value, ok = float(value), True
+        if not ok or (kind is float and not math.isfinite(value)):
+            raise ValueError(f"{self.name} must be {self._kind()}")
+        if self.choices is not None and value not in self.choices:
+            raise ValueError(f"{self.name} must be one of {', '.join(map(str, self.choices))}")
+        low = -math.inf if self.minimum is None else self.minimum
+        high = math.inf if self.maximum is None else self.maximum
+        if kind in (int, float) and not low <= value <= high:
+            bounds = [f"at least {low:g}"] * (low > -math.inf) + [f"at most {high:g}"] * (high < math.inf)
+            raise ValueError(f"{self.name} must be {' and '.join(bounds)}")
+        return value
+
+    def _kind(self) -> str:
+        return {float: "a finite number", int: "an integer", bool: "true or false", str: "a string"}[self.type]
+
+    def parse(self, text: str):
+        """A command-line value, checked."""
+        try:
+            if self.type is bool:
+                value = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}[text.lower()]
+            else:
+                value = self.type(text)
+        except (KeyError, ValueError):
+            raise ValueError(f"{self.name} must be {self._kind()}, got {text!r}") from None
+        return self.check(value)
+
+    def info(self) -> dict:
+        """What a client needs to build a control for it (GET /config)."""
+        return {
+            "name": self.name,
+            "type": PARAM_TYPES[self.type],
+            "default": self.default,
+            "minimum": self.minimum,
+            "maximum": self.maximum,
+            "choices": list(self.choices) if self.choices is not None else None,
+            "description": self.meaning,
+        }
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """One entry of the table. `make(schedule, x_T, steps, generator, **params)` returns the step
+    generator of a run of `steps` steps from x_T; `generator` is the run's own, for samplers that draw
+    noise. `default_steps` None means all T steps of the schedule; `max_steps(T)` the most it can take."""
+
+    name: str
+    title: str
+    description: str
+    make: Callable[..., StepGenerator]
+    params: tuple[Param, ...] = ()
+    default_steps: int | None = None
+    evals_per_step: int = 1  # UNet evaluations (NFE) a step costs
+    max_steps: Callable[[int], int] = field(default=lambda num_timesteps: num_timesteps)
+
+    def param(self, name: str) -> Param | None:
+        return next((p for p in self.params if p.name == name), None)
+
+    def resolve(self, given: dict) -> dict:
+        """Every parameter's value: the given ones checked, the others at their defaults."""
+        values = {p.name: p.default for p in self.params}
+        for name, value in given.items():
+            p = self.param(name)
+            if p is None:
+                takes = ", ".join(q.name for q in self.params) or "none"
+                raise ValueError(f"{self.name} has no parameter {name!r} (its parameters: {takes})")
+            values[name] = p.check(value)
+        return values
+
+    def steps_for(self, num_timesteps: int) -> int:
+        return self.default_steps or num_timesteps
+
+    def info(self) -> dict:
+        return {
+            "name": self.name,
+            "title": self.title,
+            "description": self.description,
+            "default_steps": self.default_steps,
+            "evals_per_step": self.evals_per_step,
+            "params": [p.info() for p in self.params],
+        }
+
+
+SAMPLERS: dict[str, Sampler] = {}
+
+
+def register(sampler: Sampler) -> Sampler:
+    """Add a sampler to the table (or replace the one of that name); everything that offers samplers
+    offers it from then on."""
+    for p in sampler.params:
+        try:
+            p.check(p.default)
+        except ValueError as e:
+            raise ValueError(f"{sampler.name}: the default of {p.name} is not allowed: {e}") from None
+    SAMPLERS[sampler.name] = sampler
+    return sampler
+
+
+def get_sampler(name: str) -> Sampler:
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+    return SAMPLERS[name]
+
+
+def sampling_run(
+    name: str,
+    schedule: NoiseSchedule,
+    x: torch.Tensor,
+    steps: int | None = None,
+    generator: torch.Generator | None = None,
+    **params,
+) -> StepGenerator:
+    """The step generator of the named sampler over `steps` steps (its default if None) from x_T = x."""
+    sampler = get_sampler(name)
+    return sampler.make(
+        schedule, x, steps or sampler.steps_for(schedule.num_timesteps), generator, **sampler.resolve(params)
+    )
+
+
+THRESHOLDING = Param(
+    "thresholding",
+    str,
+    "clip",
+    "how each step keeps the predicted x0 in [-1, 1]: clip it, Imagen's dynamic thresholding, or not at all",
+    choices=THRESHOLDINGS,
+)
+
+
+def _ddpm(schedule, x, steps, generator, variance="fixed_large", thresholding="clip") -> StepGenerator:
+    return ddpm_steps(schedule, x, steps, variance, generator, thresholding)
+
+
+def _ddim(schedule, x, steps, generator, eta=0.0, spacing="leading", thresholding="clip") -> StepGenerator:
+    offset = schedule.sampling.steps_offset if spacing == "leading" else 0  # a diffusers scheduler's
+    return ddim_steps(
+        schedule, x, ddim_timesteps(schedule.num_timesteps, steps, spacing, offset), eta, generator, thresholding
+    )
+
+
+def _dpm_solver_pp(schedule, x, steps, generator, order=2, spacing="trailing", thresholding="clip") -> StepGenerator:
+    return dpm_solver_pp_steps(x, *solver_timesteps(schedule, steps, spacing), order, thresholding)
+
+
+def _unipc(schedule, x, steps, generator, order=2, spacing="trailing", thresholding="clip") -> StepGenerator:
+    return unipc_steps(x, *solver_timesteps(schedule, steps, spacing), order, thresholding)
+
+
+def _solver_max_steps(num_timesteps: int) -> int:
+    return num_timesteps - 1  # every spacing but trailing needs T - 1 distinct timesteps above 0
+
+
+register(
+    Sampler(
+        "ddpm",
+        "DDPM",
+        "Ancestral sampling (Ho et al. 2020): every step removes the predicted noise and adds fresh noise; "
+        "the original walks all T steps, fewer steps walk a respaced chain.",
+        _ddpm,
+        (
+            Param(
+                "variance",
+                str,
+                "fixed_large",
+                "the noise added a step: σ² = β (fixed_large) or β̃ (fixed_small)",
+                choices=VARIANCES,
+            ),
+            THRESHOLDING,
+        ),
+        default_steps=None,
+    )
+)
+register(
+    Sampler(
+        "ddim",
+        "DDIM",
+        "Denoising diffusion implicit models (Song et al. 2021): big deterministic jumps along a subset of "
+        "the timesteps; 50 steps look close to DDPM's 1000.",
+        _ddim,
+        (
+            Param(
+                "eta", float, 0.0, "fresh noise a step: 0 deterministic, 1 as noisy as DDPM", minimum=0.0, maximum=1.0
+            ),
+            Param(
+                "spacing",
+                str,
+                "leading",
+                "which timesteps: leading (DDIM's code), trailing, or quadratic",
+                choices=DDIM_SPACINGS,
+            ),
+            THRESHOLDING,
+        ),
+        default_steps=50,
+    )
+)
+register(
+    Sampler(
+        "dpm-solver++",
+        "DPM-Solver++(2M)",
+        "A second-order multistep ODE solver (Lu et al. 2022) built for guided sampling: "
+        "about DDIM-50's images in 10 steps.",
+        _dpm_solver_pp,
+        (
+            Param("order", int, 2, "1 is DDIM; 2 extrapolates from the last two predictions", choices=(1, 2)),
+            Param(
+                "spacing",
+                str,
+                "trailing",
+                "which timesteps: linspace, leading, trailing, or Karras σ",
+                choices=SOLVER_SPACINGS,
+            ),
+            THRESHOLDING,
+        ),
+        default_steps=10,
+        max_steps=_solver_max_steps,
+    )
+)
+register(
+    Sampler(
+        "unipc",
+        "UniPC",
+        "A predictor-corrector multistep solver (Zhao et al. 2023) that corrects each step with the "
+        "model's next prediction at no extra cost: good images in 5 to 10 steps.",
+        _unipc,
+        (
+            Param("order", int, 2, "how many past predictions each step extrapolates from", choices=(1, 2, 3)),
+            Param(
+                "spacing",
+                str,
+                "trailing",
+                "which timesteps: linspace, leading, trailing, or Karras σ",
+                choices=SOLVER_SPACINGS,
+            ),
+            THRESHOLDING,
+        ),
+        default_steps=10,
+        max_steps=_solver_max_steps,
+    )
+)
+
+
 # --- driving a run --------------------------------------------------------------------------
 
 
-def denoise(steps: StepGenerator, eps_fn: EpsFn) -> Iterator[Step]:
-    """Drive a step generator with eps_fn(x_t, t) and yield every step after the first update."""
+def denoise(steps: StepGenerator, eps_fn: EpsFn, include_start: bool = False) -> Iterator[Step]:
+    """Drive a step generator with eps_fn(x_t, t) and yield every step after the first update (and,
+    with include_start, the starting step before it: x_T, with no prediction yet)."""
     step = next(steps)
+    if include_start:
+        yield step
     while not step.done:
         t = torch.full((step.x_t.shape[0],), step.t, device=step.x_t.device, dtype=torch.long)
         step = steps.send(eps_fn(step.x_t, t))
@@ -218,8 +678,8 @@ def guided_eps(
 
     `labels` holds a class per sample, or `model.null_label` for the unconditional prediction. w = 1
     is the plain conditional ε and w = 0 the unconditional one. The rows that need both halves are
-    doubled into one batched forward. A model whose `null_label` is None has no unconditional
-    class: it takes its labels as they are, unguided.
+    doubled into one batched forward; a guidance-distilled model takes w as an input instead, in one.
+    A model whose `null_label` is None has no unconditional class: it takes its labels as they are, unguided.
     """
     if labels is None or model.null_label is None:
         return model(x, t, labels)

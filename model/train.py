@@ -179,7 +179,7 @@ def save_samples(model: UNet, schedule: NoiseSchedule, folder: Path, step: int, 
     labels = torch.arange(n, device=device) // 10 % model.config.num_classes if model.config.num_classes else None
     steps = list(
         denoise(
-            ddim_steps(schedule, x, ddim_timesteps(schedule.num_timesteps, 50), generator=gen, clip_x0=True),
+            ddim_steps(schedule, x, ddim_timesteps(schedule.num_timesteps, 50), generator=gen, thresholding="clip"),
             lambda x_t, t: guided_eps(model, x_t, t, labels, 3.0),
         )
     )

@@ -6,11 +6,13 @@ and Pillow.
   python -m model.visualize gif CKPT --out sampling.gif              one sampling run, frame by frame
   python -m model.visualize forward --dataset mnist --out fwd.png    q(x_t | x_0) of real images at chosen t
   python -m model.visualize loss runs/mnist runs/fashion-mnist --out loss.png   training curves from metrics.jsonl
+  python -m model.visualize nfe runs/eval/mnist-solvers/results.csv --out nfe.png   quality against model evaluations
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import sys
@@ -22,18 +24,9 @@ from torchvision.transforms.functional import to_pil_image
 from torchvision.utils import make_grid, save_image
 
 from model.checkpoint import Checkpoint, CheckpointError, atomic_write, load_checkpoint
-from model.cli import HelpFormatter
+from model.cli import HelpFormatter, add_sampler_arguments, sampler_params, unused_sampler_flags
 from model.data import load_dataset
-from model.samplers import (
-    Step,
-    ddim_steps,
-    ddim_timesteps,
-    ddpm_steps,
-    denoise,
-    guided_eps,
-    initial_noise,
-    make_generator,
-)
+from model.samplers import SAMPLERS, Step, denoise, get_sampler, guided_eps, initial_noise, make_generator, sampling_run
 from model.schedule import SCHEDULES, NoiseSchedule
 
 HEADER = 16  # pixels of the band that holds column labels
@@ -199,17 +192,23 @@ def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
     return [k * step for k in range(math.ceil(lo / step), math.floor(hi / step) + 1)]
 
 
-def loss_curve(
-    series: dict[str, list[tuple[int, float]]],
+def line_chart(
+    series: dict[str, list[tuple[float, float]]],
     width: int = 800,
     height: int = 450,
     log_y: bool = True,
-    smooth: float = 0.6,
+    smooth: float | None = 0.6,
     title: str = "training loss",
+    x_label: str = "step",
+    floor: float | None = None,
 ) -> Image.Image:
-    """A line chart: each run's raw values faint and their moving average solid, log or linear y."""
+    """A line chart, log or linear y. With `smooth`, each series' raw values are faint and their
+    moving average solid (training curves); without, its points are dots joined by a line. `floor`
+    draws a dashed horizontal line (the real data's score, say)."""
     left, right, top, bottom = 64, 16, 28, 40
     points = [p for s in series.values() for p in s if not log_y or p[1] > 0]
+    if floor is not None and (floor > 0 or not log_y):
+        points.append((points[0][0] if points else 0, floor))
     if not points:
         raise ValueError("no values to draw")
     x_lo, x_hi = min(p[0] for p in points), max(p[0] for p in points)
@@ -239,22 +238,74 @@ def loss_curve(
         _, y = xy(x_lo, value)
         draw.line([left, y, width - right, y], fill="#e6e6e6")
         draw.text((left - 6, y), f"{value:.3g}", fill="black", font=font, anchor="rm")
+    if floor is not None and (floor > 0 or not log_y):
+        _, y = xy(x_lo, floor)
+        for x in range(left, width - right, 8):
+            draw.line([x, y, min(x + 4, width - right), y], fill="black")
+        draw.text((left + 4, y - 2), f"real data {floor:.3g}", fill="black", font=font, anchor="ld")
     for i, (name, pts) in enumerate(series.items()):
         pts = [p for p in pts if not log_y or p[1] > 0]
         colour = COLOURS[i % len(COLOURS)]
-        faint = tuple(round(255 - (255 - c) * 0.3) for c in ImageColor.getrgb(colour))  # 30% of the colour
-        if len(pts) > 1:
-            draw.line([xy(*p) for p in pts], fill=faint, width=1)
-            avg = smoothed([v for _, v in pts], smooth)
-            draw.line([xy(s, v) for (s, _), v in zip(pts, avg, strict=True)], fill=colour, width=2)
-        draw.text((width - right - 8, top + 8 + 14 * i), f"{name} ({pts[-1][1]:.4g} at {pts[-1][0]})",
-                  fill=colour, font=font, anchor="ra")  # fmt: skip
+        if smooth is None:
+            if len(pts) > 1:
+                draw.line([xy(*p) for p in pts], fill=colour, width=2)
+            for p in pts:
+                x, y = xy(*p)
+                draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
+            legend = name
+        else:
+            faint = tuple(round(255 - (255 - c) * 0.3) for c in ImageColor.getrgb(colour))  # 30% of the colour
+            if len(pts) > 1:
+                draw.line([xy(*p) for p in pts], fill=faint, width=1)
+                avg = smoothed([v for _, v in pts], smooth)
+                draw.line([xy(s, v) for (s, _), v in zip(pts, avg, strict=True)], fill=colour, width=2)
+            legend = f"{name} ({pts[-1][1]:.4g} at {pts[-1][0]})"
+        draw.text((width - right - 8, top + 8 + 14 * i), legend, fill=colour, font=font, anchor="ra")
     scale = "log scale" if log_y else "linear scale"
-    draw.text(
-        (left, top / 2), f"{title} ({scale}; solid: moving average {smooth:g})", fill="black", font=font, anchor="lm"
-    )
-    draw.text(((left + width - right) / 2, height - 12), "step", fill="black", font=font, anchor="mm")
+    note = f"; solid: moving average {smooth:g}" if smooth is not None else ""
+    draw.text((left, top / 2), f"{title} ({scale}{note})", fill="black", font=font, anchor="lm")
+    draw.text(((left + width - right) / 2, height - 12), x_label, fill="black", font=font, anchor="mm")
     return image
+
+
+def panels(images: list[Image.Image], columns: int) -> Image.Image:
+    """Equal-sized pictures in a grid, `columns` a row."""
+    w, h = images[0].size
+    rows = math.ceil(len(images) / columns)
+    out = Image.new("RGB", (w * columns, h * rows), "white")
+    for i, image in enumerate(images):
+        out.paste(image, (i % columns * w, i // columns * h))
+    return out
+
+
+# metric of model.evaluate's results.csv → (title, log scale)
+QUALITY_METRICS = {
+    "cls_acc": ("classifier accuracy ↑", False),
+    "cls_fd": ("Fréchet distance, classifier features ↓", True),
+    "fid": ("FID ↓", True),
+}
+
+
+def quality_against_nfe(tables: dict[str, list[dict]], metrics: list[str], size=(560, 340)) -> Image.Image:
+    """Quality against model evaluations as the solver papers draw it, from model.evaluate's results.csv
+    files (name → rows): a row of panels (one per metric) for each table and guidance weight, one line per
+    sampler, the real test images' score dashed."""
+    charts = []
+    for table_name, rows in tables.items():
+        floor = next((r for r in rows if r["sampler"] == "real test images"), {})
+        cells = [r for r in rows if r["sampler"] != "real test images"]
+        for w in dict.fromkeys(r["guidance"] for r in cells):
+            for metric in metrics:
+                series: dict[str, list[tuple[float, float]]] = {}
+                for r in cells:
+                    if r["guidance"] == w and r.get(metric) not in (None, ""):
+                        name = r["sampler"].split(", w=")[0]
+                        series.setdefault(name, []).append((float(r["nfe"]), float(r[metric])))
+                title, log_y = QUALITY_METRICS[metric]
+                heading = f"{table_name}, w={w}: {title}" if w != "" else f"{table_name}: {title}"
+                floor_value = float(floor[metric]) if floor.get(metric) not in (None, "") else None
+                charts.append(line_chart(series, *size, log_y, None, heading, "model evaluations (NFE)", floor_value))
+    return panels(charts, len(metrics))
 
 
 # --- the command -------------------------------------------------------------------------------
@@ -265,15 +316,15 @@ def sampling_steps(
     ckpt: Checkpoint,
     n: int,
     sampler: str = "ddim",
-    steps: int = 50,
-    eta: float = 0.0,
+    steps: int | None = None,
     label: int | None = None,
     guidance: float = 1.0,
     seed: int = 0,
-    clip_x0: bool = False,
+    **params,
 ) -> list[Step]:
-    """Every state of one sampling run of n samples, from x_T to x_0; a conditional model's sample i
-    is conditioned on class i mod K, or on `label` for all."""
+    """Every state of one sampling run of n samples, from x_T to x_0, by a sampler of the table (its
+    default steps and parameters unless given); a conditional model's sample i is conditioned on class
+    i mod K, or on `label` for all."""
     device, cfg = ckpt.schedule.device, ckpt.config
     generator = make_generator(seed, device)
     x = initial_noise((n, cfg.in_channels, cfg.image_size, cfg.image_size), generator, device)
@@ -281,15 +332,9 @@ def sampling_steps(
     if cfg.num_classes:
         labels = torch.full((n,), label, device=device) if label is not None else torch.arange(n, device=device)
         labels = labels % cfg.num_classes
-    if sampler == "ddpm":
-        first_t = ckpt.schedule.num_timesteps - 1
-        run = ddpm_steps(ckpt.schedule, x, steps, generator=generator, clip_x0=clip_x0)
-    else:
-        timesteps = ddim_timesteps(ckpt.schedule.num_timesteps, steps)
-        first_t = timesteps[0]
-        run = ddim_steps(ckpt.schedule, x, timesteps, eta, generator, clip_x0)
-    later = list(denoise(run, lambda x_t, t: guided_eps(ckpt.unet, x_t, t, labels, guidance)))
-    return [Step(0, steps, first_t, x), *later]  # the pure noise first: pictures start from it
+    run = sampling_run(sampler, ckpt.schedule, x, steps, generator, **params)
+    eps = lambda x_t, t: guided_eps(ckpt.unet, x_t, t, labels, guidance)  # noqa: E731
+    return list(denoise(run, eps, include_start=True))  # the pure noise first: pictures start from it
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -298,14 +343,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     sampling = argparse.ArgumentParser(add_help=False)
     sampling.add_argument("checkpoint", type=Path)
-    sampling.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim")
-    sampling.add_argument("--steps", type=int, default=50)
-    sampling.add_argument("--eta", type=float, default=0.0, help="DDIM's η")
+    sampling.add_argument("--sampler", choices=list(SAMPLERS), default="ddim")
+    sampling.add_argument("--steps", type=int, help="default: the sampler's own (DDIM 50, DDPM all T, …)")
     sampling.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance w")
     sampling.add_argument("--class", dest="label", type=int, help="condition every sample on this class")
-    sampling.add_argument("--clip-x0", action="store_true", help="clip the predicted x0 to [-1, 1] at each step")
     sampling.add_argument("--seed", type=int, default=0)
     sampling.add_argument("--device", default="cpu")
+    add_sampler_arguments(sampling)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--out", type=Path, required=True)
     common.add_argument("--scale", type=int, default=2, help="enlarge every pixel this many times")
@@ -341,13 +385,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--smooth", type=float, default=0.6, help="moving-average weight per logged point, 0 to 1")
     g.add_argument("--log-y", action=argparse.BooleanOptionalAction, default=True)
     g.add_argument("--size", type=int, nargs=2, default=[800, 450], metavar=("WIDTH", "HEIGHT"))
+    g = sub.add_parser("nfe", formatter_class=defaults, help="quality against NFE from model.evaluate results")
+    g.add_argument("results", type=Path, nargs="+", help="results.csv files of model.evaluate (--sampler-sweep)")
+    g.add_argument("--out", type=Path, required=True)
+    g.add_argument("--metrics", nargs="+", choices=list(QUALITY_METRICS), default=["cls_acc", "cls_fd"])
     return p.parse_args(argv)
 
 
 def run(args: argparse.Namespace) -> Path:
     if args.command == "loss":
         series = {(m.parent.name if m.suffix == ".jsonl" else m.name): read_metrics(m, args.key) for m in args.metrics}
-        return save_picture(loss_curve(series, *args.size, args.log_y, args.smooth, args.key), args.out)
+        return save_picture(line_chart(series, *args.size, args.log_y, args.smooth, args.key), args.out)
+    if args.command == "nfe":
+        tables = {}
+        for path in args.results:
+            with open(path, newline="") as f:
+                tables[path.parent.name] = list(csv.DictReader(f))
+        return save_picture(quality_against_nfe(tables, args.metrics), args.out)
     if args.command == "forward":
         if args.checkpoint:
             schedule = load_checkpoint(args.checkpoint).schedule
@@ -360,10 +414,13 @@ def run(args: argparse.Namespace) -> Path:
         x0 = torch.stack([data[i][0] for i in range(args.n)])
         return save_picture(forward_noising(schedule, x0, args.t, args.seed, args.scale), args.out)
 
+    sampler = get_sampler(args.sampler)
+    unused = unused_sampler_flags(args, [sampler])
+    if unused:
+        raise ValueError(f"{', '.join(unused)}: {sampler.name} takes no such parameter")
     ckpt = load_checkpoint(args.checkpoint, args.device)
-    steps = sampling_steps(
-        ckpt, args.n, args.sampler, args.steps, args.eta, args.label, args.guidance, args.seed, args.clip_x0
-    )
+    params = sampler_params(args, sampler)
+    steps = sampling_steps(ckpt, args.n, sampler.name, args.steps, args.label, args.guidance, args.seed, **params)
     if args.command == "grid":
         conditional = ckpt.config.num_classes and args.label is None
         nrow = args.nrow or (ckpt.config.num_classes if conditional else max(1, round(args.n**0.5)))

@@ -120,7 +120,7 @@ async def sample(request: Request, state: State):
         model=spec.model.name,
         sampler=spec.sampler,
         steps=spec.steps,
-        eta=spec.eta,
+        params=spec.params,
         label=spec.label,
         guidance=spec.guidance,
         elapsed_ms=event.elapsed_ms,

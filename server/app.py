@@ -37,7 +37,7 @@ from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from server import api, ws
+from server import api, config, ws
 from server.jobs import POLICY_VIOLATION, JobBridge, Refused
 from server.loop import SamplingLoop
 from server.metrics import Metrics
@@ -59,7 +59,7 @@ fields of `POST /sample` plus `"every": k` (stream every k-th step; the last one
 optionally `"preview_size"`. The server answers with JSON text messages: while the run waits for a
 place in the batch, `{"type": "queued", "position", "eta_s"}` (runs ahead of it, and about how many
 seconds until it starts), at once and whenever the position changes; then `{"type": "start", "total",
-"seed", "model", "sampler", "steps", "n", "every", "image_size", "channels", "preview_size", "eta",
+"seed", "model", "sampler", "steps", "params", "n", "every", "image_size", "channels", "preview_size",
 "label", "guidance"}`, then for each streamed step `{"type": "frame", "step", "total", "t", "x_t",
 "x0"}` (base64 PNG grids of the samples and of the predicted x_0, each image at most `preview_size`
 pixels a side), then `{"type": "done", "grid", "images", "seed", "model", "sampler", "steps",
@@ -140,6 +140,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.include_router(api.router)
+    app.include_router(config.router)
     app.include_router(ws.router)
     add_docs(app)
 

@@ -29,26 +29,17 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from model.samplers import (
-    StepGenerator,
-    ddim_steps,
-    ddim_timesteps,
-    ddpm_steps,
-    guided_eps,
-    initial_noise,
-    make_generator,
-)
+from model.samplers import SAMPLERS, StepGenerator, guided_eps, initial_noise, make_generator
 from server.images import downscale
 from server.metrics import Metrics
 from server.registry import LoadedModel
 
 log = logging.getLogger(__name__)
 
-SAMPLERS = ("ddpm", "ddim")
 POSITION_INTERVAL_S = 0.25  # a queued job hears of its new position at most this often
 ITERATION_SMOOTHING = 0.2  # weight of the latest iteration in the measured time of one
 
@@ -66,11 +57,11 @@ class JobSpec:
     """What to sample. Validated before it gets here (server.validation)."""
 
     model: LoadedModel
-    sampler: str
+    sampler: str  # a name of the sampler table, model.samplers.SAMPLERS
     steps: int
     n: int
     seed: int
-    eta: float | None = None  # DDIM's η (None for ddpm)
+    params: dict = field(default_factory=dict)  # the sampler's parameters; those left out take its defaults
     label: int | None = None  # None: unconditional (the null label of a conditional model)
     guidance: float | None = None  # classifier-free guidance w, with a label (None: plain conditional)
     every: int = 0  # report every k-th step (and always the last) as a Frame; 0: no frames
@@ -164,16 +155,8 @@ class Job:
         self.started_at = time.perf_counter()
         generator = make_generator(spec.seed, model.device)
         x = initial_noise((spec.n, *model.image_shape), generator, model.device)
-        # both samplers clip the predicted x0 to [-1, 1], as DDPM's code and diffusers' schedulers do by
-        # default: images live there, and small models' noisy x0 estimates need it. A diffusers model's
-        # scheduler config decides for it (clip_sample), and its spacing and DDPM variance too.
-        own = model.schedule.sampling
-        clip = own.clip is not False
-        if spec.sampler == "ddim":
-            timesteps = ddim_timesteps(model.schedule.num_timesteps, spec.steps, own.spacing, own.steps_offset)
-            self.steps = ddim_steps(model.schedule, x, timesteps, spec.eta or 0.0, generator, clip_x0=clip)
-        else:
-            self.steps = ddpm_steps(model.schedule, x, spec.steps, own.variance, generator, clip_x0=clip)
+        sampler = SAMPLERS[spec.sampler]
+        self.steps = sampler.make(model.schedule, x, spec.steps, generator, **sampler.resolve(spec.params))
         self.step = next(self.steps)
         if model.num_classes and spec.label is None and not model.guidance:
             # no unconditional class: a class drawn for each image samples the same distribution

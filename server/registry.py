@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from model.checkpoint import Checkpoint, CheckpointError
 from model.diffusers_models import DiffusersUNet, diffusers_installed, is_diffusers_folder, load_model
+from model.samplers import guided_eps
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +32,26 @@ def resolve_device(name: str) -> torch.device:
 @dataclass
 class LoadedModel:
     """A checkpoint ready to sample from; `name` is its file name without .safetensors, or the name
-    of its diffusers folder."""
+    of its diffusers folder. A model may name the sampler (and its steps) that a request for it gets
+    when it names none, and its own defaults for samplers' parameters: a distilled student's metadata
+    (which fixes them: `own_sampling`) or a diffusers scheduler's choices. server.validation prefers
+    these to the server's defaults."""
 
     name: str
     checkpoint: Checkpoint
     device: torch.device
+    default_sampler: str | None = None
+    default_steps: int | None = None
+    own_sampling: bool = False  # a distilled student: only its sampler at its steps
+    param_defaults: dict[str, dict] = field(default_factory=dict)  # sampler name → parameter values
+
+    @classmethod
+    def of(cls, name: str, checkpoint: Checkpoint, device: torch.device) -> LoadedModel:
+        """The model with the defaults its files state (Checkpoint.sampler_defaults)."""
+        own = checkpoint.sampling  # a distilled student's sampler and steps
+        if own is None:
+            return cls(name, checkpoint, device, param_defaults=checkpoint.sampler_defaults())
+        return cls(name, checkpoint, device, own["sampler"], own["steps"], True, checkpoint.sampler_defaults())
 
     @property
     def unet(self):
@@ -72,6 +88,9 @@ class LoadedModel:
             "timesteps": self.schedule.num_timesteps,
             "schedule": self.schedule.name,
             "device": str(self.device),
+            "default_sampler": self.default_sampler,
+            "default_steps": self.default_steps,
+            "distilled": self.own_sampling,
         }
 
 
@@ -105,7 +124,7 @@ class ModelRegistry:
             started = time.perf_counter()
             try:
                 checkpoint = load_model(path, device)
-                model = LoadedModel(path.name if path.is_dir() else path.stem, checkpoint, device)
+                model = LoadedModel.of(path.name if path.is_dir() else path.stem, checkpoint, device)
                 warm_up(model)
             except CheckpointError as e:
                 log.warning("skipping a checkpoint: %s", e)
@@ -149,6 +168,6 @@ def warm_up(model: LoadedModel) -> None:
     initialisation (cuDNN autotuning, allocator growth, the first-call overhead of each kernel)."""
     x = torch.zeros(2, *model.image_shape, device=model.device)
     t = torch.full((2,), model.schedule.num_timesteps - 1, device=model.device)
-    label = model.unet.null_label if model.guidance else 0
-    labels = torch.full((2,), label, device=model.device) if model.num_classes else None
-    model.unet(x, t, labels)
+    labels = torch.zeros(2, dtype=torch.long, device=model.device) if model.num_classes else None
+    with torch.inference_mode():
+        guided_eps(model.unet, x, t, labels, 3.0)  # as the loop calls it: a student takes w, a teacher doubles

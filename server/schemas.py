@@ -2,8 +2,9 @@
 
 Requests are strict: an unknown field, a string where a number belongs or a number out of range
 is refused (422, or an error message on the WebSocket), never guessed at. The limits that depend
-on the server's settings or on the model (n, steps, guidance, label) are checked against them in
-server.validation, with errors of the same shape.
+on the server's settings or on the model (n, steps, guidance, label) and the sampler's own
+parameters (from the sampler table, model.samplers.SAMPLERS) are checked in server.validation,
+with errors of the same shape.
 """
 
 from __future__ import annotations
@@ -12,31 +13,43 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from model.samplers import SAMPLERS
+
 # Seeds stay below 2^53 so that JavaScript, whose numbers are doubles, can send them back exactly.
 MAX_SEED = 2**53 - 1
 
 
+ParamValue = float | int | bool | str
+
+
 class SampleRequest(BaseModel):
+    """The fields below, plus the chosen sampler's own parameters as fields of their own (`"eta": 0.5`
+    for ddim, `"order": 3` for unipc): GET /config lists every sampler with its parameters, their types,
+    ranges and defaults. Any other field is refused."""
+
     model_config = ConfigDict(
-        extra="forbid",
+        extra="allow",  # the sampler's parameters; server.validation refuses whatever its sampler does not take
         strict=True,
-        json_schema_extra={"examples": [{"model": "mnist", "sampler": "ddim", "steps": 50, "n": 16, "label": 7}]},
+        json_schema_extra={
+            "examples": [
+                {"model": "mnist", "n": 16, "label": 7},
+                {"model": "mnist", "sampler": "ddim", "steps": 50, "eta": 0.0, "n": 16, "label": 7},
+            ]
+        },
     )
 
     model: str | None = Field(None, description="A name from GET /models; the server's default model if omitted.")
-    sampler: Literal["ddpm", "ddim"] = Field("ddim", description="Ancestral DDPM or deterministic-by-default DDIM.")
+    sampler: str | None = Field(
+        None,
+        description=f"A sampler of GET /config ({', '.join(SAMPLERS)}); if omitted, the model's default "
+        "sampler (GET /models), else the server's (GET /config).",
+    )
     steps: int | None = Field(
         None,
         ge=1,
-        description="Denoising steps: default 50 for ddim, all T (1000) for ddpm; at most T and the server's "
+        description="Denoising steps (each one model evaluation): default the sampler's own (ddim 50, ddpm all T), "
+        "or the model's or server's default steps when their default sampler is used; at most T and the server's "
         "max_steps. ddpm with fewer than T steps samples the respaced chain (Improved DDPM).",
-    )
-    eta: float = Field(
-        0.0,
-        ge=0,
-        le=1,
-        allow_inf_nan=False,
-        description="DDIM's η: 0 deterministic, 1 as noisy as DDPM; ddpm ignores it.",
     )
     n: int = Field(16, ge=1, description="How many images; at most the server's max_n (64 by default).")
     seed: int | None = Field(
@@ -77,7 +90,7 @@ class SampleResponse(BaseModel):
     model: str
     sampler: str
     steps: int
-    eta: float | None = Field(description="DDIM's η; null for ddpm.")
+    params: dict[str, ParamValue] = Field(description="Every parameter of the sampler, defaults filled in.")
     label: int | None
     guidance: float | None = Field(description="The guidance weight used; null when there is no label.")
     elapsed_ms: float = Field(description="Time from the job's first step to its last, in milliseconds.")
@@ -98,6 +111,63 @@ class ModelInfo(BaseModel):
     timesteps: int
     schedule: str
     device: str
+    default_sampler: str | None = Field(
+        None, description="The sampler a request for this model gets when it names none; null: the server's."
+    )
+    default_steps: int | None = Field(None, description="The steps of its default sampler; null: the sampler's own.")
+    distilled: bool = Field(
+        False, description="A distilled student: it takes only its default sampler, at its default steps."
+    )
+
+
+# --- GET /config: what a client needs to build its controls ---------------------------------------
+
+
+class ParamInfo(BaseModel):
+    name: str = Field(description="The request field that sets it.")
+    type: Literal["number", "integer", "boolean", "string"]
+    default: ParamValue
+    minimum: float | None = Field(description="Smallest value allowed (numbers), or null.")
+    maximum: float | None = Field(description="Largest value allowed (numbers), or null.")
+    choices: list[ParamValue] | None = Field(description="The only values allowed, or null.")
+    description: str = Field(description="What it does, in one line.")
+
+
+class SamplerInfo(BaseModel):
+    name: str = Field(description="The request's `sampler`.")
+    title: str = Field(description="Its name for people.")
+    description: str = Field(description="What it does, in one sentence.")
+    default_steps: int | None = Field(description="Steps when a request gives none; null: all T of the model.")
+    evals_per_step: int = Field(description="Model evaluations (NFE) a step costs.")
+    params: list[ParamInfo]
+
+
+class Limits(BaseModel):
+    max_n: int = Field(description="Most images a request.")
+    max_steps: int = Field(description="Most steps a request (a model allows at most its T).")
+    max_guidance: float = Field(description="Largest guidance weight; the smallest is 0.")
+    max_seed: int = Field(description="Largest seed (2⁵³ − 1, exact in JavaScript).")
+    max_jobs: int = Field(description="Runs sampled at once (the batch); more wait in the queue.")
+    max_queue: int = Field(description="Runs that may wait for a place; beyond, a run is refused as busy.")
+    max_jobs_per_client: int = Field(
+        description="Runs one client (one address) may have running or waiting; beyond, it is refused."
+    )
+
+
+class Defaults(BaseModel):
+    model: str | None = Field(description="The model a request gets when it names none.")
+    sampler: str = Field(
+        description="The sampler a request gets when it names none (and its model has none of its own)."
+    )
+    steps: int | None = Field(description="The default sampler's steps; null: all T of the model.")
+    n: int
+    guidance: float = Field(description="The guidance weight w a request with a label gets when it gives none.")
+
+
+class ServerConfig(BaseModel):
+    limits: Limits
+    defaults: Defaults
+    samplers: list[SamplerInfo] = Field(description="Every sampler a request may name, with its parameters.")
 
 
 class ScheduleInfo(BaseModel):
@@ -129,12 +199,12 @@ class StartMessage(BaseModel):
     model: str
     sampler: str
     steps: int
+    params: dict[str, ParamValue]
     n: int
     every: int
     image_size: int
     channels: int
     preview_size: int = Field(description="The side of each image in the frames' grids, in pixels.")
-    eta: float | None
     label: int | None
     guidance: float | None
 

@@ -10,6 +10,8 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from model.samplers import SAMPLERS
+
 PACKAGE_WEB_DIR = Path(__file__).resolve().parents[1] / "web"
 
 
@@ -45,6 +47,10 @@ class Settings(BaseSettings):
     )
     max_guidance: float = Field(20.0, ge=1)
     default_guidance: float = Field(3.0, ge=0, description="classifier-free guidance w when a label is given")
+    default_sampler: str = Field(
+        "dpm-solver++", description="the sampler of a request that names none, unless its model has a default"
+    )
+    default_steps: int | None = Field(10, ge=1, description="its steps; null: the sampler's own default")
     request_timeout_s: float = Field(120.0, gt=0, description="a job running longer is stopped")
     max_body_bytes: int = Field(16_384, ge=256, description="largest request body or WebSocket message")
 
@@ -77,6 +83,13 @@ class Settings(BaseSettings):
     )
     web_dir: Path | None = Field(PACKAGE_WEB_DIR, description="the browser UI served at /, if the folder exists")
     log_level: str = "info"
+
+    @field_validator("default_sampler")
+    @classmethod
+    def known_sampler(cls, value: str) -> str:
+        if value not in SAMPLERS:
+            raise ValueError(f"unknown sampler {value!r}; choose one of {', '.join(SAMPLERS)}")
+        return value
 
     @field_validator("cors_origins", "allowed_hosts", "trusted_proxies", mode="before")
     @classmethod

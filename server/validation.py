@@ -1,23 +1,38 @@
-"""From a well-formed request to a JobSpec: the checks that depend on the server's limits and on
-the chosen model, and the defaults. Errors have the shape of pydantic's ({type, loc, msg, input}),
-so a client handles a 422 the same way whichever check refused it."""
+"""From a well-formed request to a JobSpec: the checks that depend on the server's limits, on the
+chosen model and on the chosen sampler's parameters (the sampler table), and the defaults. Errors have
+the shape of pydantic's ({type, loc, msg, input}), so a client handles a 422 the same way whichever
+check refused it."""
 
 from __future__ import annotations
 
 import secrets
 
+from model.samplers import SAMPLERS, Sampler
 from server.loop import JobSpec
-from server.registry import ModelRegistry
+from server.registry import LoadedModel, ModelRegistry
 from server.schemas import SampleRequest, StreamRequest
 from server.settings import Settings
-
-DDIM_DEFAULT_STEPS = 50
 
 
 class InvalidRequest(ValueError):
     def __init__(self, errors: list[dict]):
         super().__init__("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors))
         self.errors = errors
+
+
+def default_sampler(model: LoadedModel, settings: Settings) -> str:
+    """The sampler of a request that names none: its model's, else the server's."""
+    return model.default_sampler or settings.default_sampler
+
+
+def default_steps(sampler: Sampler, model: LoadedModel, settings: Settings) -> int:
+    """The steps of a request that gives none: those its model or the server pairs with this sampler
+    when it is their default, else the sampler's own (all T for DDPM)."""
+    if sampler.name == model.default_sampler and model.default_steps:
+        return model.default_steps
+    if sampler.name == settings.default_sampler and settings.default_steps and not model.default_sampler:
+        return settings.default_steps
+    return sampler.steps_for(model.schedule.num_timesteps)
 
 
 def resolve(request: SampleRequest, registry: ModelRegistry, settings: Settings) -> JobSpec:
@@ -28,12 +43,32 @@ def resolve(request: SampleRequest, registry: ModelRegistry, settings: Settings)
         raise InvalidRequest([_error("model", "unknown_model", f"unknown model; loaded: {loaded}", request.model)])
 
     errors = []
-    timesteps = model.schedule.num_timesteps
-    max_steps = min(timesteps, settings.max_steps)
-    steps = request.steps or min(DDIM_DEFAULT_STEPS if request.sampler == "ddim" else timesteps, max_steps)
-    if steps > max_steps:
-        limits = f"the model has T = {timesteps}, the server allows {settings.max_steps}"
-        errors.append(_error("steps", "less_than_equal", f"at most {max_steps} steps ({limits})", steps))
+    name = request.sampler or default_sampler(model, settings)
+    sampler = SAMPLERS.get(name)
+    params, steps = {}, request.steps or 1
+    if sampler is None:
+        errors.append(
+            _error("sampler", "unknown_sampler", f"unknown sampler; choose one of {', '.join(SAMPLERS)}", name)
+        )
+        errors += [_error(key, "extra_forbidden", "Extra inputs are not permitted", v) for key, v in _extra(request)]
+    elif model.own_sampling and (
+        sampler.name != model.default_sampler or request.steps not in (None, model.default_steps)
+    ):
+        message = f"{model.name} is distilled for {model.default_sampler} with {model.default_steps} steps only"
+        if sampler.name != model.default_sampler:
+            errors.append(_error("sampler", "distilled_model", message, name))
+        else:
+            errors.append(_error("steps", "distilled_model", message, request.steps))
+    else:
+        params, param_errors = _params(sampler, request, model)
+        errors += param_errors
+        timesteps = model.schedule.num_timesteps
+        max_steps = min(sampler.max_steps(timesteps), settings.max_steps)
+        steps = request.steps or min(default_steps(sampler, model, settings), max_steps)
+        if steps > max_steps:
+            limits = f"{sampler.name} on a model of T = {timesteps} takes {sampler.max_steps(timesteps)}"
+            limits += f", the server allows {settings.max_steps}"
+            errors.append(_error("steps", "less_than_equal", f"at most {max_steps} steps ({limits})", steps))
     n = request.n if "n" in request.model_fields_set else min(request.n, settings.max_n)  # the default fits
     if n > settings.max_n:
         errors.append(_error("n", "less_than_equal", f"at most {settings.max_n} images per request", n))
@@ -61,16 +96,45 @@ def resolve(request: SampleRequest, registry: ModelRegistry, settings: Settings)
 
     return JobSpec(
         model=model,
-        sampler=request.sampler,
+        sampler=sampler.name,
         steps=steps,
         n=n,
         seed=secrets.randbelow(2**32) if request.seed is None else request.seed,
-        eta=request.eta if request.sampler == "ddim" else None,
+        params=params,
         label=request.label,
         guidance=guidance if request.label is not None else None,
         every=request.every if isinstance(request, StreamRequest) else 0,
         preview_size=preview_size,
     )
+
+
+def _extra(request: SampleRequest) -> list[tuple[str, object]]:
+    """The request's fields beyond the schema's: the sampler's parameters, it is to be hoped."""
+    return list((request.model_extra or {}).items())
+
+
+def _params(sampler: Sampler, request: SampleRequest, model: LoadedModel) -> tuple[dict, list[dict]]:
+    """Every parameter of the sampler (the request's, checked, and the defaults: the model's own, else
+    the table's), and the errors."""
+    values, errors = {p.name: p.default for p in sampler.params}, []
+    values.update(model.param_defaults.get(sampler.name, {}))
+    for key, value in _extra(request):
+        param = sampler.param(key)
+        fixed = model.param_defaults.get(sampler.name, {}) if model.own_sampling else {}
+        if key in fixed and value != fixed[key]:
+            message = f"{model.name} is distilled for {key} = {fixed[key]!r} only"
+            errors.append(_error(key, "distilled_model", message, value))
+            continue
+        if param is None:
+            takes = ", ".join(p.name for p in sampler.params) or "none"
+            message = f"Extra inputs are not permitted: {sampler.name} has no parameter {key} (its parameters: {takes})"
+            errors.append(_error(key, "extra_forbidden", message, value))
+            continue
+        try:
+            values[key] = param.check(value)
+        except ValueError as e:
+            errors.append(_error(key, "invalid_parameter", str(e), value))
+    return values, errors
 
 
 def _error(field: str, kind: str, message: str, value) -> dict:

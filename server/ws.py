@@ -236,7 +236,7 @@ def _start_message(spec: JobSpec) -> StartMessage:
         image_size=image_size,
         channels=channels,
         preview_size=min(image_size, spec.preview_size or image_size),
-        eta=spec.eta,
+        params=spec.params,
         label=spec.label,
         guidance=spec.guidance,
     )

@@ -8,10 +8,12 @@ import sys
 import pytest
 
 from conftest import REPO
+from server.settings import Settings
 
 sys.path.insert(0, str(REPO / "bench"))
 
 import bench_clients
+import bench_default
 import bench_sampling
 import bench_train
 
@@ -32,12 +34,15 @@ def test_bench_sampling_compares_with_diffusers(capsys):
     assert float(rows[1][-1]) < 1e-4  # the same images as diffusers' DDIMScheduler, to float32 rounding
 
 
-def test_bench_sampling_times_the_nchw_weights_beside_ours(capsys):
-    args = ["--runs", "ddim:3", "--batch", "2", "--repeats", "2", "--checkpoint", "none", "--no-diffusers"]
-    bench_sampling.main([*args, "--nchw", "--guidance", "2"])
+def test_bench_sampling_times_the_nchw_weights_and_bf16_beside_ours(capsys):
+    args = ["--runs", "unipc:3", "--batch", "2", "--repeats", "2", "--checkpoint", "none", "--no-diffusers"]
+    bench_sampling.main([*args, "--nchw", "--bf16", "--guidance", "2", "--device", "cpu"])
     rows = table_rows(capsys.readouterr().out)
-    assert [row[1] for row in rows] == ["ddim (ours)", "ddim (ours, NCHW weights)"]
-    assert float(rows[1][-1]) < 1e-4  # the same function in another memory layout
+    assert [(row[0], row[1]) for row in rows] == [
+        ("eager fp32", "unipc (ours)"), ("bf16", "unipc (ours)"), ("eager fp32, NCHW weights", "unipc (ours)")
+    ]  # fmt: skip
+    assert float(rows[2][-1]) < 1e-4  # the same function in another memory layout
+    assert 0 < float(rows[1][-1]) < 0.5 and float(rows[1][-2]) > 0  # bf16 rounds; its first forward is timed
 
 
 def test_bench_train_notes_gpu_options_on_the_cpu(capsys):
@@ -72,3 +77,15 @@ def test_soak_mixes_every_kind_of_client_and_finds_nothing_broken(capsys):
     actions = {f"{kind} {what}" for kind, what in [("rest", "sample"), ("rest", "abandoned"), ("rest", "malformed"),
                ("ws", "run"), ("ws", "cancelled"), ("ws", "aborted"), ("ws", "malformed")]}  # fmt: skip
     assert {row[0] for row in table_rows(output)} <= actions
+
+
+def test_bench_default_times_the_default_request_beside_diffusers_ddim50(capsys):
+    pytest.importorskip("diffusers")
+    bench_default.main(["--repeats", "1", "--n", "2", "--threads", "1", "--checkpoint", "none"])
+    output = capsys.readouterr().out
+    rows = table_rows(output)
+    defaults = Settings(_env_file=None)
+    what = f"({defaults.default_sampler}, {defaults.default_steps} steps, w={defaults.default_guidance:g}, n=2"
+    assert f"POST /sample with the server's defaults {what}" in rows[0][0]
+    assert "plain loop" in rows[1][0] and "UNet2DModel 1.11M params" in rows[2][0]
+    assert rows[2][-1] == "1.00×" and float(rows[0][-1].rstrip("×")) > 0

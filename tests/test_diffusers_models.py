@@ -27,6 +27,7 @@ from model.diffusers_models import (
     DiffusersUNet,
     eps_from_prediction,
     load_diffusers_model,
+    load_model,
     schedule_from_config,
     scheduler_defaults,
 )
@@ -423,12 +424,15 @@ def test_evaluation_samples_a_diffusers_folder_as_its_config_says(folder, tmp_pa
     for i in range(8):
         Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(data / f"{i}.png")
     args = parse_args([
-        str(folder / "ddim-v_prediction-clip"), "--sampler", "ddim0", "--steps", "2", "-n", "6", "--batch-size", "3",
+        str(folder / "ddim-v_prediction-clip"), "--sampler", "ddim", "--steps", "2", "-n", "6", "--batch-size", "3",
         "--metrics", "fid", "--dataset", "folder", "--data-root", str(data), "--out", str(tmp_path / "eval"),
         "--no-progress",
     ])  # fmt: skip
     rows, _ = evaluate(args, fid_features=small_features)
-    assert [(row["sampler"], row["steps"], row["n"]) for row in rows] == [("DDIM η=0", 2, 6)]
+    assert [(row["sampler"], row["steps"], row["n"]) for row in rows] == [("DDIM", 2, 6)]
     report = (tmp_path / "eval" / "results.md").read_text()
     assert "diffusers UNet2DModel" in report and "v_prediction prediction" in report
-    assert "DDIM spacing leading; DDPM variance fixed_small; clip x0: True" in report  # the config's choices
+    assert "the model's own where its files state them" in report
+    # the config's choices, which generate() puts under the flags given
+    own = load_model(folder / "ddim-v_prediction-clip").sampler_defaults()
+    assert own == {"ddim": {"spacing": "leading"}, "ddpm": {"variance": "fixed_small"}}

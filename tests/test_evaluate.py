@@ -12,7 +12,7 @@ from conftest import REPO, tiny_unet
 from model import fid
 from model.checkpoint import save_checkpoint
 from model.classifier import Classifier, ClassifierConfig, save_classifier
-from model.evaluate import FIDJudge, RealImages, SamplerSpec, evaluate, main, parse_args, parse_sampler, to_uint8
+from model.evaluate import FIDJudge, RealImages, SamplerChoice, evaluate, main, parse_args, parse_sampler, to_uint8
 from model.fid import (
     InceptionFeatures,
     InceptionWeightsMissing,
@@ -122,11 +122,18 @@ def test_reference_statistics_are_computed_once_then_read_from_the_cache(tmp_pat
 # --- samplers and images --------------------------------------------------------------------------
 
 
-def test_sampler_names():
-    assert parse_sampler("ddpm") == SamplerSpec("ddpm", 0.0)
-    assert parse_sampler("ddim", eta=0.3) == SamplerSpec("ddim", 0.3)
-    assert parse_sampler("ddim1") == SamplerSpec("ddim", 1.0) and parse_sampler("DDIM0.5").label == "DDIM η=0.5"
-    for bad in ("ddpm1", "ddim2", "plms"):
+def test_sampler_names_and_their_parameters():
+    assert parse_sampler("ddpm") == SamplerChoice("ddpm")
+    assert parse_sampler("ddim:eta=1") == SamplerChoice("ddim", (("eta", 1.0),))
+    assert parse_sampler("DDIM:eta=0.5").label == "DDIM eta=0.5" and parse_sampler("ddim:eta=0.5").key == "ddim_eta0.5"
+    choice = parse_sampler("unipc:order=3,spacing=karras")
+    assert choice.params == {"order": 3, "spacing": "karras", "thresholding": "clip"}
+    # a flag sets the parameter for every sampler that takes it; the sampler's own text wins
+    args = parse_args(["m.safetensors", "--eta", "0.3", "--thresholding", "none"])
+    assert parse_sampler("ddim", args).params == {"eta": 0.3, "spacing": "leading", "thresholding": "none"}
+    assert parse_sampler("ddim:eta=1", args).params["eta"] == 1.0
+    assert parse_sampler("ddpm", args).params == {"variance": "fixed_large", "thresholding": "none"}
+    for bad in ("ddpm:eta=1", "ddim:eta=2", "ddim:eta", "plms"):
         with pytest.raises(ValueError):
             parse_sampler(bad)
 
@@ -177,28 +184,47 @@ def small_features(images: torch.Tensor) -> torch.Tensor:
 def test_evaluate_sweeps_samplers_and_steps_and_writes_its_tables(setup, tmp_path):
     ckpt, classifier, data = setup
     args = parse_args([
-        str(ckpt), "--sweep", "--sampler", "ddpm", "ddim0", "--steps", "2", "3", "-n", "12", "--batch-size", "5",
+        str(ckpt), "--sweep", "--sampler", "ddpm", "ddim:eta=0", "--steps", "2", "3", "-n", "12", "--batch-size", "5",
         "--metrics", "fid", "classifier", "--classifier", str(classifier), "--data-root", str(data),
         "--out", str(tmp_path / "eval"), "--no-progress",
     ])  # fmt: skip
     rows, floor = evaluate(args, fid_features=small_features)
 
     assert [(r["sampler"], r["steps"], r["n"]) for r in rows] == [
-        ("DDPM", 2, 12), ("DDPM", 3, 12), ("DDIM η=0", 2, 12), ("DDIM η=0", 3, 12)
+        ("DDPM", 2, 12), ("DDPM", 3, 12), ("DDIM eta=0", 2, 12), ("DDIM eta=0", 3, 12)
     ]  # fmt: skip
     for r in [*rows, floor]:
-        assert {"fid", "cls_acc", "cls_fd", "class_tv", "min_share"} <= set(r)
+        assert {"fid", "cls_acc", "cls_fd", "cls_fd_se", "class_tv", "min_share"} <= set(r)
         assert 0 <= r["cls_acc"] <= 1 and sum(r[f"share_{k}"] for k in range(10)) == pytest.approx(1)
+        assert r["cls_fd_se"] > 0
     assert floor["n"] == 12 and all(r["seconds_per_image"] > 0 for r in rows)
 
     table = (tmp_path / "eval" / "results.md").read_text()
-    assert "| sampler | 2 steps | 3 steps |" in table and "| DDIM η=0 |" in table and "FID" in table
-    assert "Real-data floor (12 test images" in table and "N=12 per cell" in table
+    assert "| sampler | 2 steps | 3 steps |" in table and "| DDIM eta=0 |" in table and "FID" in table
+    assert "Real-data floor (12 test images" in table and "N=12 per cell" in table and " ± " in table
     with open(tmp_path / "eval" / "results.csv") as f:
         csv_rows = list(csv.DictReader(f))
-    assert [r["sampler"] for r in csv_rows] == ["DDPM", "DDPM", "DDIM η=0", "DDIM η=0", "real test images"]
+    assert [r["sampler"] for r in csv_rows] == ["DDPM", "DDPM", "DDIM eta=0", "DDIM eta=0", "real test images"]
     assert float(csv_rows[0]["fid"]) == pytest.approx(rows[0]["fid"])
-    assert (tmp_path / "eval" / "samples_ddim0_3.png").stat().st_size > 0
+    assert (tmp_path / "eval" / "samples_ddim_eta0_3.png").stat().st_size > 0
+
+
+def test_the_sampler_sweep_runs_every_sampler_at_every_nfe_and_guidance(setup, tmp_path):
+    ckpt, classifier, data = setup
+    args = parse_args([
+        str(ckpt), "--sampler-sweep", "--nfe", "2", "3", "--guidance", "1", "3", "-n", "10", "--batch-size", "10",
+        "--metrics", "classifier", "--classifier", str(classifier), "--data-root", str(data),
+        "--out", str(tmp_path / "eval"), "--no-progress",
+    ])  # fmt: skip
+    rows, _ = evaluate(args)
+    assert [(r["sampler"], r["nfe"]) for r in rows[:6]] == [
+        ("DDIM, w=1", 2), ("DDIM, w=1", 3), ("DPM-Solver++(2M), w=1", 2), ("DPM-Solver++(2M), w=1", 3),
+        ("UniPC, w=1", 2), ("UniPC, w=1", 3),
+    ]  # fmt: skip
+    assert [r["guidance"] for r in rows] == [1.0] * 6 + [3.0] * 6
+    assert rows[0]["param_thresholding"] == "clip" and (tmp_path / "eval" / "samples_unipc_3_w3.png").is_file()
+    with pytest.raises(ValueError, match="--variance: none of the samplers"):
+        evaluate(parse_args([*map(str, (ckpt, "--sampler", "ddim", "--variance", "fixed_small"))]))
 
 
 def test_the_same_seed_gives_the_same_scores_and_the_test_set_scores_itself_perfectly(setup, tmp_path):

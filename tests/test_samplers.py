@@ -1,36 +1,60 @@
 import itertools
+import json
 
 import numpy as np
 import pytest
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
 
 from conftest import tiny_unet
 from model.samplers import (
+    SAMPLERS,
+    SOLVER_SPACINGS,
+    Param,
+    Sampler,
     ddim_step,
     ddim_steps,
     ddim_timesteps,
     ddpm_step,
     ddpm_steps,
     denoise,
+    dpm_solver_pp_steps,
+    get_sampler,
     guided_eps,
     initial_noise,
     make_generator,
+    register,
     sample,
+    sampling_run,
+    solver_timesteps,
+    threshold_x0,
+    unipc_steps,
 )
 from model.schedule import NoiseSchedule, linear_betas
 
 SCHEDULE = NoiseSchedule.from_name("linear", 1000)
 
 
-X0 = torch.linspace(-1, 1, 36).reshape(1, 1, 6, 6)
+X0 = torch.linspace(-1.3, 1.3, 36).reshape(1, 1, 6, 6)  # a little outside [-1, 1], so that thresholding acts
+# Our thresholdings as diffusers' schedulers spell them: DDPMScheduler and DDIMScheduler have clip_sample;
+# the solvers only dynamic thresholding, whose s clamped to [1, ∞) is Imagen's and to [1, 1] plain clipping.
+DDPM_DDIM_THRESHOLDING = {
+    "none": {"clip_sample": False},
+    "clip": {"clip_sample": True},
+    "dynamic": {"clip_sample": False, "thresholding": True, "sample_max_value": float("inf")},
+}
+SOLVER_THRESHOLDING = {
+    "none": {},
+    "clip": {"thresholding": True, "sample_max_value": 1.0},
+    "dynamic": {"thresholding": True, "sample_max_value": float("inf")},
+}
 
 
 def fake_eps(x: torch.Tensor, t) -> torch.Tensor:
     """A deterministic stand-in for ε_θ: the true noise of x_t for a fixed image, plus an error that
     depends on x and t, so that x stays in the range of images as it does with a trained model."""
-    abar = SCHEDULE.alphas_cumprod[torch.as_tensor(t).long()].reshape(-1, *([1] * (x.ndim - 1)))
-    return (x - abar.sqrt() * X0) / (1 - abar).sqrt() + 0.1 * torch.sin(3 * x + abar)
+    abar = SCHEDULE.alphas_cumprod[torch.as_tensor(t).long()].reshape(-1, *([1] * (x.ndim - 1))).to(x.dtype)
+    return (x - abar.sqrt() * X0.to(x.dtype)) / (1 - abar).sqrt() + 0.1 * torch.sin(3 * x + abar)
 
 
 # --- timestep lists (the off-by-one bugs live here) -------------------------------------------
@@ -108,16 +132,16 @@ def test_ddpm_posterior_variance_matches_diffusers(variance):
 
 
 @pytest.mark.parametrize("variance", ["fixed_small", "fixed_large"])
-@pytest.mark.parametrize("clip", [False, True])
-def test_ddpm_every_step_matches_diffusers(variance, clip):
-    ref = float64_ddpm_reference(variance_type=variance, clip_sample=clip)
+@pytest.mark.parametrize("thresholding", ["none", "clip", "dynamic"])
+def test_ddpm_every_step_matches_diffusers(variance, thresholding):
+    ref = float64_ddpm_reference(variance_type=variance, **DDPM_DDIM_THRESHOLDING[thresholding])
     x = torch.randn(4, 1, 6, 6)
     for t in range(999, -1, -1):
         eps = fake_eps(x, t)
         noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(t), dtype=torch.float64).float()
         step = ref.step(eps.double(), t, x.double(), generator=torch.Generator().manual_seed(t))
         expected = step.prev_sample.float()
-        ours, _ = ddpm_step(SCHEDULE, x, eps, t, variance, noise, clip)
+        ours, _ = ddpm_step(SCHEDULE, x, eps, t, variance, noise, thresholding)
         assert torch.allclose(ours, expected, atol=1e-5), f"t={t}"
         x = expected
 
@@ -125,8 +149,16 @@ def test_ddpm_every_step_matches_diffusers(variance, clip):
 @pytest.mark.parametrize("spacing", ["leading", "trailing"])
 @pytest.mark.parametrize("steps", [10, 50])
 @pytest.mark.parametrize("eta", [0.0, 1.0])
-def test_ddim_every_step_matches_diffusers(spacing, steps, eta):
-    ref = DDIMScheduler(num_train_timesteps=1000, timestep_spacing=spacing, clip_sample=False, set_alpha_to_one=True)
+@pytest.mark.parametrize("thresholding", ["none", "clip", "dynamic"])
+def test_ddim_every_step_matches_diffusers(spacing, steps, eta, thresholding):
+    """Thresholded, as the server samples, against DDIMScheduler(clip_sample=True) (or its dynamic
+    thresholding) stepping with use_clipped_model_output=True: ε is recomputed from the clipped x0."""
+    ref = DDIMScheduler(
+        num_train_timesteps=1000,
+        timestep_spacing=spacing,
+        set_alpha_to_one=True,
+        **DDPM_DDIM_THRESHOLDING[thresholding],
+    )
     ref.set_timesteps(steps)
     timesteps = ddim_timesteps(1000, steps, spacing)
     x = torch.randn(4, 1, 6, 6)
@@ -134,8 +166,10 @@ def test_ddim_every_step_matches_diffusers(spacing, steps, eta):
         t_prev = timesteps[i + 1] if i + 1 < steps else -1
         eps = fake_eps(x, t)
         noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(i))
-        expected = ref.step(eps, t, x, eta=eta, generator=torch.Generator().manual_seed(i)).prev_sample
-        ours, _ = ddim_step(SCHEDULE, x, eps, t, t_prev, eta, noise)
+        expected = ref.step(
+            eps, t, x, eta=eta, use_clipped_model_output=True, generator=torch.Generator().manual_seed(i)
+        ).prev_sample
+        ours, _ = ddim_step(SCHEDULE, x, eps, t, t_prev, eta, noise, thresholding)
         assert torch.allclose(ours, expected, atol=1e-5), f"step {i}, t={t}"
         x = expected
 
@@ -157,6 +191,177 @@ def test_ddim_generator_matches_a_diffusers_loop(eta):
     assert len(got) == 20
     for a, b in zip(got, expected, strict=True):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+# --- the multistep solvers against diffusers ----------------------------------------------------
+
+
+def float64_solver_reference(scheduler_class, steps: int, spacing: str, **config):
+    """diffusers' solver with its schedule in float64. set_timesteps stores its σ in float32; they are
+    computed again here in float64, as set_timesteps computes them (its own Karras conversion included)."""
+    ref = scheduler_class(
+        num_train_timesteps=1000,
+        timestep_spacing="linspace" if spacing == "karras" else spacing,
+        use_karras_sigmas=spacing == "karras",
+        **config,
+    )
+    abar = torch.cumprod(1 - linear_betas(1000), 0)
+    ref.alphas_cumprod = abar
+    ref.set_timesteps(steps)
+    sigmas = ((1 - abar) / abar).sqrt().numpy()
+    if spacing == "karras":
+        sigmas = ref._convert_to_karras(in_sigmas=np.flip(sigmas).copy(), num_inference_steps=steps)
+    else:
+        sigmas = sigmas[ref.timesteps.numpy()]
+    ref.sigmas = torch.from_numpy(np.concatenate([sigmas, [0.0]]))
+    return ref
+
+
+def diffusers_run(ref, x_T: torch.Tensor) -> list[torch.Tensor]:
+    """x after every step of diffusers' loop, in float64."""
+    x, out = x_T.double(), []
+    for t in ref.timesteps:
+        x = ref.step(fake_eps(x, t), t, x).prev_sample
+        out.append(x)
+    return out
+
+
+def assert_runs_agree(ours: list[torch.Tensor], theirs: list[torch.Tensor], atol: float = 1e-5) -> None:
+    assert len(ours) == len(theirs)
+    for i, (a, b) in enumerate(zip(ours, theirs, strict=True)):
+        err = (a.double() - b).abs().max().item()
+        assert err < atol, f"step {i + 1}: {err:.1e}"
+
+
+@pytest.mark.parametrize("spacing", SOLVER_SPACINGS)
+@pytest.mark.parametrize("steps", [5, 10, 20])
+def test_solver_timesteps_match_diffusers(spacing, steps):
+    for scheduler_class in (DPMSolverMultistepScheduler, UniPCMultistepScheduler):
+        ref = float64_solver_reference(scheduler_class, steps, spacing)
+        timesteps, sigmas = solver_timesteps(SCHEDULE, steps, spacing)
+        assert timesteps == ref.timesteps.tolist()
+        np.testing.assert_allclose(sigmas, ref.sigmas.numpy(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("spacing", SOLVER_SPACINGS)
+@pytest.mark.parametrize("steps", [5, 10, 20])
+@pytest.mark.parametrize("thresholding", ["none", "clip", "dynamic"])
+def test_dpm_solver_pp_every_step_matches_diffusers(spacing, steps, thresholding):
+    """DPM-Solver++(2M): DPMSolverMultistepScheduler's defaults (dpmsolver++, order 2, midpoint, lower
+    order at the final step, which lands on σ = 0)."""
+    ref = float64_solver_reference(DPMSolverMultistepScheduler, steps, spacing, **SOLVER_THRESHOLDING[thresholding])
+    x_T = torch.randn(4, 1, 6, 6)
+    ours = dpm_solver_pp_steps(x_T, *solver_timesteps(SCHEDULE, steps, spacing), 2, thresholding)
+    assert_runs_agree([s.x_t for s in denoise(ours, fake_eps)], diffusers_run(ref, x_T))
+
+
+@pytest.mark.parametrize("order", [2, 3])
+@pytest.mark.parametrize("spacing", SOLVER_SPACINGS)
+@pytest.mark.parametrize("steps", [5, 10, 20])
+@pytest.mark.parametrize("thresholding", ["none", "clip", "dynamic"])
+def test_unipc_every_step_matches_diffusers(order, spacing, steps, thresholding):
+    """UniPC: UniPCMultistepScheduler's defaults (bh2, data prediction, the corrector at every step but
+    the last, lower order at the final steps)."""
+    ref = float64_solver_reference(
+        UniPCMultistepScheduler, steps, spacing, solver_order=order, **SOLVER_THRESHOLDING[thresholding]
+    )
+    # Order 3 on Karras' uneven steps extrapolates from three predictions that lie close together in
+    # λ and amplifies float32 rounding to ~4e-5: that case is compared in float64.
+    dtype = torch.float64 if (order, spacing) == (3, "karras") else torch.float32
+    x_T = torch.randn(4, 1, 6, 6)
+    ours = unipc_steps(x_T.to(dtype), *solver_timesteps(SCHEDULE, steps, spacing), order, thresholding)
+    assert_runs_agree([s.x_t for s in denoise(ours, fake_eps)], diffusers_run(ref, x_T))
+
+
+@pytest.mark.parametrize("spacing", ["leading", "trailing"])
+def test_first_order_dpm_solver_pp_is_ddim(spacing):
+    """Lu et al.: DPM-Solver++ of order 1 is DDIM (η = 0), step for step, on the same timesteps."""
+    timesteps, sigmas = solver_timesteps(SCHEDULE, 10, spacing)
+    x_T = torch.randn(2, 1, 6, 6)
+    dpm = [s.x_t for s in denoise(dpm_solver_pp_steps(x_T, timesteps, sigmas, 1, "clip"), fake_eps)]
+    ddim = [s.x_t for s in denoise(ddim_steps(SCHEDULE, x_T, timesteps, 0.0, None, "clip"), fake_eps)]
+    assert_runs_agree(dpm, [x.double() for x in ddim])
+
+
+def test_thresholding_clips_or_rescales_each_image():
+    x0 = torch.stack([torch.linspace(-3, 3, 1000), torch.linspace(-0.5, 0.5, 1000)]).view(2, 1, 10, 100)
+    assert threshold_x0(x0, "clip").abs().max() == 1
+    dynamic = threshold_x0(x0, "dynamic")
+    # the first image: |x0| above its 99.5th percentile (≈2.99) is clamped, then all of it divided by it;
+    # the second lies inside [-1, 1], where s = 1 leaves it alone
+    s = x0[0].abs().flatten().quantile(0.995)
+    torch.testing.assert_close(dynamic[0], x0[0].clamp(-s, s) / s)
+    torch.testing.assert_close(dynamic[1], x0[1])
+    assert torch.equal(threshold_x0(x0, "none"), x0)
+    with pytest.raises(ValueError, match="thresholding"):
+        threshold_x0(x0, "soft")
+
+
+# --- the sampler table ------------------------------------------------------------------------------
+
+
+def test_the_table_offers_the_four_samplers_with_their_defaults():
+    assert list(SAMPLERS) == ["ddpm", "ddim", "dpm-solver++", "unipc"]
+    assert [SAMPLERS[name].steps_for(1000) for name in SAMPLERS] == [1000, 50, 10, 10]
+    info = json.loads(json.dumps([sampler.info() for sampler in SAMPLERS.values()]))  # what GET /config sends
+    eta = next(p for p in info[1]["params"] if p["name"] == "eta")
+    assert eta == {
+        "name": "eta", "type": "number", "default": 0.0, "minimum": 0.0, "maximum": 1.0, "choices": None,
+        "description": eta["description"],
+    }  # fmt: skip
+    for entry in info:
+        assert entry["description"].endswith(".") and entry["evals_per_step"] == 1
+        for p in entry["params"]:
+            assert p["description"] and (p["choices"] is None or p["default"] in p["choices"])
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_every_sampler_driven_by_a_perfect_eps_ends_at_x0(name):
+    """With the true noise of a known x0 every sampler, at its default parameters, lands on that x0."""
+    x0 = torch.rand(3, 1, 8, 8) * 2 - 1
+    x = sample(sampling_run(name, SCHEDULE, torch.randn_like(x0), 10, make_generator(0)), oracle_eps(x0))
+    assert torch.allclose(x, x0, atol=1e-4), name
+
+
+def test_parameters_are_checked_strictly():
+    ddim = get_sampler("ddim")
+    assert ddim.resolve({}) == {"eta": 0.0, "spacing": "leading", "thresholding": "clip"}
+    assert ddim.resolve({"eta": 1}) == {"eta": 1.0, "spacing": "leading", "thresholding": "clip"}  # an int is a float
+    for bad, message in [
+        ({"eta": 1.5}, "eta must be at least 0 and at most 1"),
+        ({"eta": True}, "eta must be a finite number"),
+        ({"eta": "0.5"}, "eta must be a finite number"),
+        ({"eta": float("nan")}, "eta must be a finite number"),
+        ({"spacing": "karras"}, "spacing must be one of leading, trailing, quadratic"),
+        ({"order": 2}, "ddim has no parameter 'order'"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            ddim.resolve(bad)
+    order = get_sampler("unipc").param("order")
+    assert order.parse("3") == 3
+    with pytest.raises(ValueError, match="order must be one of 1, 2, 3"):
+        order.parse("4")
+    with pytest.raises(ValueError, match="order must be an integer"):
+        order.parse("two")
+    assert Param("fast", bool, False, "a flag").parse("yes") is True
+    with pytest.raises(ValueError, match="unknown sampler 'euler'"):
+        get_sampler("euler")
+
+
+def test_registering_a_sampler_adds_it_to_the_table():
+    extra = Sampler("ddim-trailing", "DDIM, trailing", "DDIM on trailing timesteps.",
+                    lambda schedule, x, steps, generator: ddim_steps(
+                        schedule, x, ddim_timesteps(schedule.num_timesteps, steps, "trailing")),
+                    default_steps=7)  # fmt: skip
+    try:
+        register(extra)
+        run = sampling_run("ddim-trailing", SCHEDULE, torch.randn(1, 1, 4, 4))
+        assert next(run).total == 7
+        with pytest.raises(ValueError, match="default"):
+            register(Sampler("bad", "Bad", "A bad default.", extra.make, (Param("k", int, 0, "k", minimum=1),)))
+    finally:
+        SAMPLERS.pop("ddim-trailing", None)
+        SAMPLERS.pop("bad", None)
 
 
 # --- whole runs -------------------------------------------------------------------------------

@@ -20,8 +20,9 @@ from starlette.websockets import WebSocketDisconnect
 
 from conftest import server_unet
 from model.checkpoint import save_checkpoint
-from model.samplers import ddim_timesteps
+from model.samplers import SAMPLERS, ddim_timesteps
 from model.schedule import NoiseSchedule
+from model.unet import UNet, UNetConfig
 from server.__main__ import browsable_host, parse_args, settings_from_args
 from server.app import create_app
 from server.registry import resolve_device
@@ -137,6 +138,9 @@ def test_models_lists_the_diffusion_checkpoints_and_skips_the_rest(checkpoints, 
             "timesteps": 1000,
             "schedule": "linear",
             "device": "cpu",
+            "default_sampler": None,
+            "default_steps": None,
+            "distilled": False,
         },
         {
             "name": "uncond",
@@ -149,6 +153,9 @@ def test_models_lists_the_diffusion_checkpoints_and_skips_the_rest(checkpoints, 
             "timesteps": 100,
             "schedule": "linear",
             "device": "cpu",
+            "default_sampler": None,
+            "default_steps": None,
+            "distilled": False,
         },
     ]
     skipped = " ".join(record.getMessage() for record in caplog.records)
@@ -169,6 +176,26 @@ def test_default_model_prefers_the_setting(checkpoints):
         assert client.post("/sample", json={"n": 1, "steps": 1}).json()["model"] == "uncond"
 
 
+def test_config_publishes_the_limits_the_defaults_and_the_sampler_table(checkpoints):
+    settings = {"max_n": 8, "max_steps": 500, "max_jobs": 2, "max_queue": 5, "max_jobs_per_client": 3}
+    with serve(checkpoints, **settings, default_sampler="unipc", default_steps=None) as client:
+        config = client.get("/config").json()
+        assert config["limits"] == {**settings, "max_guidance": 20.0, "max_seed": 2**53 - 1}
+        assert config["defaults"] == {"model": "cond", "sampler": "unipc", "steps": 10, "n": 8, "guidance": 3.0}
+        assert [s["name"] for s in config["samplers"]] == list(SAMPLERS)
+        assert config["samplers"] == [sampler.info() for sampler in SAMPLERS.values()]
+        unipc = next(s for s in config["samplers"] if s["name"] == "unipc")
+        assert unipc["title"] == "UniPC" and unipc["default_steps"] == 10 and unipc["evals_per_step"] == 1
+        assert {"name": "order", "type": "integer", "default": 2, "choices": [1, 2, 3]}.items() <= unipc["params"][
+            0
+        ].items()
+        # what it says a request without n or sampler gets, it gets
+        body = client.post("/sample", json={"model": "cond", "seed": 1}).json()
+        assert (body["sampler"], body["steps"], len(body["images"])) == ("unipc", 10, 8)
+    with pytest.raises(ValueError, match="unknown sampler 'euler'"):
+        Settings(_env_file=None, default_sampler="euler")
+
+
 # --- POST /sample ----------------------------------------------------------------------------
 
 
@@ -180,12 +207,12 @@ def test_sample_answers_images_and_their_grid(client):
     assert png_image(body["images"][0]).mode == "L"
     # ceil(√5) = 3 a row, 2 rows, 2 px padding around and between
     assert png_image(body["grid"]).size == (3 * 8 + 4 * 2, 2 * 8 + 3 * 2)
-    assert {key: body[key] for key in ("seed", "model", "sampler", "steps", "eta", "label", "guidance")} == {
+    assert {key: body[key] for key in ("seed", "model", "sampler", "steps", "params", "label", "guidance")} == {
         "seed": 9,
         "model": "cond",
-        "sampler": "ddim",
+        "sampler": "dpm-solver++",  # the server's default sampler, with every parameter at its default
         "steps": 4,
-        "eta": 0.0,
+        "params": {"order": 2, "spacing": "trailing", "thresholding": "clip"},
         "label": 1,
         "guidance": 3.0,  # the default guidance, with a label
     }
@@ -194,10 +221,59 @@ def test_sample_answers_images_and_their_grid(client):
 
 def test_sample_defaults(client):
     body = client.post("/sample", json={"model": "uncond", "sampler": "ddpm", "n": 1}).json()
-    assert (body["steps"], body["eta"], body["label"], body["guidance"]) == (100, None, None, None)  # all T steps
+    assert (body["steps"], body["label"], body["guidance"]) == (100, None, None)  # all T steps
+    assert body["params"] == {"variance": "fixed_large", "thresholding": "clip"}
     body = client.post("/sample", json={"model": "cond"}).json()
-    assert (body["steps"], len(body["images"])) == (50, 16)
+    assert (body["sampler"], body["steps"], len(body["images"])) == ("dpm-solver++", 10, 16)
     assert png_image(body["images"][0]).size == (8, 8)
+    body = client.post("/sample", json={"model": "cond", "sampler": "ddim", "eta": 1, "n": 1}).json()
+    assert (body["steps"], body["params"]["eta"]) == (50, 1.0)  # ddim's own default steps; 1 is a fine float
+
+
+def test_a_model_may_name_its_own_default_sampler_and_steps(checkpoints):
+    """The hook for distilled models: a request that names no sampler gets the model's; one that names
+    the model's sampler without steps gets the model's steps; any other sampler keeps its own defaults."""
+    with serve(checkpoints, default_sampler="ddim", default_steps=7) as client:
+        model = client.app.state.server.registry.models["cond"]
+        model.default_sampler, model.default_steps = "unipc", 3
+        try:
+            assert {"name": "cond", "default_sampler": "unipc", "default_steps": 3}.items() <= next(
+                m for m in client.get("/models").json() if m["name"] == "cond"
+            ).items()
+            answers = [
+                client.post("/sample", json={"model": model, "n": 1, **extra}).json()
+                for model, extra in [("cond", {}), ("cond", {"sampler": "unipc"}), ("cond", {"sampler": "ddim"}),
+                                     ("uncond", {}), ("uncond", {"sampler": "dpm-solver++"})]
+            ]  # fmt: skip
+            assert [(a["sampler"], a["steps"]) for a in answers] == [
+                ("unipc", 3), ("unipc", 3), ("ddim", 50), ("ddim", 7), ("dpm-solver++", 10)
+            ]  # fmt: skip
+        finally:
+            model.default_sampler = model.default_steps = None
+
+
+def test_a_distilled_checkpoint_is_served_by_its_own_sampler_and_steps_only(tmp_path):
+    """A student's metadata names its sampler, steps and their parameters: a request that leaves them out
+    gets them, with w as the model's input (one forward a step); any other sampler, step count or fixed
+    parameter is a clear 422."""
+    config = {**server_unet(1, 3, seed=1).config.to_dict(), "guidance_input": True, "prediction": "v"}
+    student = UNet(UNetConfig.from_dict(config))
+    sampling = {"sampler": "ddim", "steps": 2, "spacing": "trailing", "eta": 0.0}
+    save_checkpoint(tmp_path / "fast.safetensors", student, NoiseSchedule.from_name("linear"), "toy", list("abc"),
+                    sampling=sampling)  # fmt: skip
+    with serve(tmp_path) as client:
+        info = client.get("/models").json()[0]
+        assert (info["default_sampler"], info["default_steps"], info["distilled"]) == ("ddim", 2, True)
+        done = client.post("/sample", json={"model": "fast", "n": 2, "label": 1, "guidance": 4, "seed": 3}).json()
+        assert (done["sampler"], done["steps"], done["params"]["spacing"]) == ("ddim", 2, "trailing")
+        again = client.post("/sample", json={"n": 2, "label": 1, "guidance": 4, "seed": 3, "sampler": "ddim",
+                                             "steps": 2, "spacing": "trailing"}).json()  # fmt: skip
+        assert again["images"] == done["images"]
+        for wrong, field in [({"steps": 4}, "steps"), ({"sampler": "unipc"}, "sampler"),
+                             ({"spacing": "leading"}, "spacing")]:  # fmt: skip
+            answer = client.post("/sample", json={"model": "fast", "n": 1, **wrong})
+            assert answer.status_code == 422
+            assert answer.json()["detail"][0]["loc"][-1] == field and "distilled" in answer.json()["detail"][0]["msg"]
 
 
 def test_sample_as_png(client):
@@ -218,6 +294,7 @@ def test_sample_as_png(client):
         {"model": "cond", "sampler": "ddim", "steps": 5, "eta": 0.5, "label": 2, "guidance": 3.0},
         {"model": "cond", "sampler": "ddpm", "steps": 5},
         {"model": "uncond", "sampler": "ddim", "steps": 5},
+        {"model": "cond", "sampler": "unipc", "steps": 4, "order": 3, "label": 0},
     ],
 )
 def test_same_seed_same_images(client, request_body):
@@ -244,8 +321,13 @@ BAD_REQUESTS = {
     "steps zero": {"steps": 0},
     "steps over max_steps": {"steps": 1001},
     "steps over the model's T": {"model": "uncond", "steps": 101},
-    "eta negative": {"eta": -0.1},
-    "eta over 1": {"eta": 1.5},
+    "steps over the solver's T - 1": {"model": "uncond", "sampler": "dpm-solver++", "steps": 100},
+    "eta negative": {"sampler": "ddim", "eta": -0.1},
+    "eta over 1": {"sampler": "ddim", "eta": 1.5},
+    "eta as a bool": {"sampler": "ddim", "eta": False},
+    "eta of another sampler": {"sampler": "ddpm", "eta": 0.0},
+    "order not a choice": {"sampler": "unipc", "order": 4},
+    "spacing not a choice": {"sampler": "ddim", "spacing": "karras"},
     "guidance negative": {"label": 1, "guidance": -1.0},
     "guidance over max": {"label": 1, "guidance": 21.0},
     "label on an unconditional model": {"model": "uncond", "label": 0},
@@ -258,7 +340,7 @@ BAD_REQUESTS = {
     "n as a bool": {"n": True},
     "steps as a list": {"steps": [5]},
     "model as a number": {"model": 5},
-    "eta as a string": {"eta": "0.5"},
+    "eta as a string": {"sampler": "ddim", "eta": "0.5"},
     "not an object": [1, 2],
 }
 
@@ -296,6 +378,14 @@ def test_a_huge_body_is_422_before_it_is_read(client):
 def test_errors_list_every_bad_field(client):
     detail = client.post("/sample", json={"model": "cond", "n": 100, "label": 5}).json()["detail"]
     assert sorted(tuple(error["loc"]) for error in detail) == [("body", "label"), ("body", "n")]
+    body = {"model": "cond", "sampler": "ddim", "eta": 2, "order": 2, "steps": 1001}
+    detail = client.post("/sample", json=body).json()["detail"]
+    assert {error["loc"][-1]: error["msg"] for error in detail} == {
+        "eta": "eta must be at least 0 and at most 1",
+        "order": "Extra inputs are not permitted: ddim has no parameter order "
+        "(its parameters: eta, spacing, thresholding)",
+        "steps": "at most 1000 steps (ddim on a model of T = 1000 takes 1000, the server allows 1000)",
+    }
 
 
 def test_with_no_queue_over_the_job_limit_is_503_with_retry_after(checkpoints):
@@ -328,7 +418,8 @@ def test_metrics_count_requests_jobs_and_batches(client):
     assert 'ddpm_http_requests_total{method="POST",route="/sample",status="200"}' in text
     assert 'ddpm_http_requests_total{method="POST",route="/sample",status="422"}' in text
     assert 'ddpm_errors_total{kind="invalid"}' in text
-    for sample in ("ddpm_active_jobs 0.0", "ddpm_queued_jobs 0.0", "ddpm_batch_jobs_count", "ddpm_batch_images_bucket", "_per_second"):
+    samples = ("ddpm_active_jobs 0.0", "ddpm_queued_jobs 0.0", "ddpm_batch_jobs_count", "ddpm_batch_images_bucket")
+    for sample in (*samples, "_per_second"):
         assert sample in text
     steps = float(next(line.split()[1] for line in text.splitlines() if line.startswith("ddpm_denoising_steps_total")))
     assert steps >= 2
@@ -362,7 +453,7 @@ def test_ws_streams_start_every_frame_and_done(client):
         "image_size": 8,
         "channels": 1,
         "preview_size": 8,
-        "eta": 0.0,
+        "params": {"eta": 0.0, "spacing": "leading", "thresholding": "clip"},
         "label": 0,
         "guidance": 3.0,
     }
@@ -680,7 +771,12 @@ def test_an_integral_number_is_an_integer_however_it_is_written(client):
     """As in JSON Schema, whose "integer" the OpenAPI schema says: 2.0 and 2e0 are the integer 2."""
     body = client.post("/sample", json={"model": "cond", "n": 2.0, "steps": 2e0, "seed": 5.0, "label": 1.0}).json()
     assert (len(body["images"]), body["steps"], body["seed"], body["label"]) == (2, 2, 5, 1)
-    assert client.post("/sample", json={"model": "cond", "eta": 1, "steps": 2, "n": 1}).json()["eta"] == 1.0
+    assert (
+        client.post("/sample", json={"model": "cond", "sampler": "ddim", "eta": 1, "steps": 2, "n": 1}).json()[
+            "params"
+        ]["eta"]
+        == 1.0
+    )
 
 
 def test_host_names_and_patterns():

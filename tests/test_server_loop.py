@@ -95,9 +95,9 @@ def run_alone(spec: JobSpec) -> torch.Tensor:
 def test_concurrent_jobs_share_batched_forwards_and_match_their_solo_runs(loop, cond, uncond):
     specs = [
         JobSpec(cond, "ddpm", steps=12, n=2, seed=1, label=1, guidance=3.0),
-        JobSpec(cond, "ddim", steps=8, n=3, seed=2, eta=0.0),  # unconditional on a conditional model
-        JobSpec(cond, "ddim", steps=10, n=1, seed=3, eta=0.7, label=2, guidance=1.0),
-        JobSpec(uncond, "ddim", steps=6, n=2, seed=4, eta=0.0),
+        JobSpec(cond, "ddim", steps=8, n=3, seed=2, params={"eta": 0.0}),  # unconditional on a conditional model
+        JobSpec(cond, "ddim", steps=10, n=1, seed=3, params={"eta": 0.7}, label=2, guidance=1.0),
+        JobSpec(uncond, "ddim", steps=6, n=2, seed=4, params={"eta": 0.0}),
         JobSpec(uncond, "ddpm", steps=5, n=1, seed=5),
     ]
     # submitted before the loop starts, so that they all join at its first iteration
@@ -116,14 +116,30 @@ def test_concurrent_jobs_share_batched_forwards_and_match_their_solo_runs(loop, 
         torch.testing.assert_close(result.images, run_alone(spec), atol=1e-5, rtol=1e-5)
 
 
+def test_multistep_solvers_keep_their_history_when_batched_with_other_jobs(loop, cond):
+    """DPM-Solver++ and UniPC remember earlier predictions; sharing forwards with jobs of other
+    samplers and lengths must not change what they compute."""
+    specs = [
+        JobSpec(cond, "dpm-solver++", steps=6, n=2, seed=5, label=1, guidance=3.0),
+        JobSpec(cond, "unipc", steps=5, n=1, seed=6, params={"order": 3, "spacing": "karras"}),
+        JobSpec(cond, "ddim", steps=3, n=2, seed=7),
+    ]
+    recorders = [submit(loop, spec) for spec in specs]
+    loop.start()
+    for spec, recorder in zip(specs, recorders, strict=True):
+        result = recorder.wait()
+        assert isinstance(result, Finished)
+        torch.testing.assert_close(result.images, run_alone(spec), atol=1e-5, rtol=1e-5)
+
+
 def test_the_loop_computes_what_the_core_sampler_computes(loop, cond):
-    spec = JobSpec(cond, "ddim", steps=7, n=2, seed=11, eta=0.5, label=0, guidance=2.5)
+    spec = JobSpec(cond, "ddim", steps=7, n=2, seed=11, params={"eta": 0.5}, label=0, guidance=2.5)
     loop.start()
     served = submit(loop, spec).wait().images
 
     generator = make_generator(spec.seed)
     x = initial_noise((spec.n, *cond.image_shape), generator)
-    steps = ddim_steps(cond.schedule, x, ddim_timesteps(1000, spec.steps), spec.eta, generator, clip_x0=True)
+    steps = ddim_steps(cond.schedule, x, ddim_timesteps(1000, spec.steps), 0.5, generator, thresholding="clip")
     labels = torch.full((spec.n,), spec.label)
     with torch.inference_mode():
         expected = sample(steps, lambda x, t: guided_eps(cond.unet, x, t, labels, spec.guidance))
@@ -138,13 +154,13 @@ def test_ddpm_jobs_clip_x0(loop, uncond):
     generator = make_generator(spec.seed)
     x = initial_noise((1, *uncond.image_shape), generator)
     with torch.inference_mode():
-        expected = sample(ddpm_steps(uncond.schedule, x, 4, generator=generator, clip_x0=True), uncond.unet)
+        expected = sample(ddpm_steps(uncond.schedule, x, 4, generator=generator, thresholding="clip"), uncond.unet)
     torch.testing.assert_close(served, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_frames_every_k_steps_and_always_the_last(loop, uncond):
     loop.start()
-    recorder = submit(loop, JobSpec(uncond, "ddim", steps=10, n=2, seed=0, eta=0.0, every=4))
+    recorder = submit(loop, JobSpec(uncond, "ddim", steps=10, n=2, seed=0, params={"eta": 0.0}, every=4))
     finished = recorder.wait()
     frames = [event for event in recorder.events if isinstance(event, Frame)]
     assert [frame.step for frame in frames] == [4, 8, 10]
@@ -157,7 +173,7 @@ def test_a_new_job_does_not_wait_for_a_long_one(loop, cond):
     loop.start()
     long_job = submit(loop, JobSpec(cond, "ddpm", steps=1000, n=1, seed=0, every=1))
     long_job.wait_for_progress()
-    short_job = submit(loop, JobSpec(cond, "ddim", steps=5, n=1, seed=1, eta=0.0))
+    short_job = submit(loop, JobSpec(cond, "ddim", steps=5, n=1, seed=1, params={"eta": 0.0}))
     assert isinstance(short_job.wait(), Finished)
     assert not long_job.ended.is_set(), "the short job should have finished while the long one runs"
     assert loop.active_jobs == 1
@@ -218,7 +234,7 @@ def test_batched_jobs_on_cuda_match_their_solo_runs():
     loop = SamplingLoop(torch.device("cuda"), max_jobs=4)
     specs = [
         JobSpec(model, "ddpm", steps=10, n=2, seed=1, label=0, guidance=2.0),
-        JobSpec(model, "ddim", steps=6, n=3, seed=2, eta=0.3),
+        JobSpec(model, "ddim", steps=6, n=3, seed=2, params={"eta": 0.3}),
     ]
     recorders = [submit(loop, spec) for spec in specs]
     loop.start()

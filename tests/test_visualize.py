@@ -41,7 +41,7 @@ def test_a_sample_grid_has_the_size_of_its_rows_and_columns(ckpt, tmp_path):
 def test_the_denoising_process_shows_x_t_and_predicted_x0_at_the_chosen_steps(ckpt, tmp_path, layout):
     out = tmp_path / "p.png"
     main(["process", str(ckpt), "-n", "2", "--steps", "5", "--columns", "3", "--layout", layout, "--sampler", "ddpm",
-          "--clip-x0", "--out", str(out), "--scale", "1"])  # fmt: skip
+          "--thresholding", "dynamic", "--out", str(out), "--scale", "1"])  # fmt: skip
     panel = 3 * (SIZE + 1) + 1  # three columns of 28 pixels with make_grid's 1-pixel padding
     if layout == "side":  # x_t | x0, each under a band of column labels
         assert written(out).size == (2 * panel + 6, 2 * (SIZE + 1) + 1 + HEADER)
@@ -83,6 +83,24 @@ def test_the_loss_curve_of_two_runs(tmp_path):
     assert image.size == (400, 300)
     colours = {colour for _, colour in image.getcolors(1 << 18)}
     assert (31, 119, 180) in colours and (214, 39, 40) in colours  # one solid line per run
+
+
+def test_quality_against_nfe_draws_a_panel_per_guidance_and_metric(tmp_path):
+    """From model.evaluate's results.csv: one line per sampler, a panel per (w, metric)."""
+    folder = tmp_path / "mnist-solvers"
+    folder.mkdir()
+    lines = ["sampler,guidance,nfe,cls_acc,cls_fd"]
+    for w in (1, 3):
+        for name, scale in (("DDIM", 2.0), ("UniPC", 1.0)):
+            lines += [f"{name}, w={w},{w},{nfe},{1 - scale / nfe / 10},{scale * 10 / nfe}" for nfe in (4, 10, 50)]
+    lines.append("real test images,,,0.99,0.15")
+    (folder / "results.csv").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "nfe.png"
+    main(["nfe", str(folder / "results.csv"), "--out", str(out)])
+    image = written(out).convert("RGB")
+    assert image.size == (2 * 560, 2 * 340)
+    colours = {colour for _, colour in image.getcolors(1 << 18)}
+    assert (31, 119, 180) in colours and (214, 39, 40) in colours  # one line per sampler
 
 
 def test_metrics_of_a_resumed_run_keep_the_last_value_of_each_step(tmp_path):

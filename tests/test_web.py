@@ -93,12 +93,14 @@ class ServerFailed(RuntimeError):
 
 
 @contextlib.contextmanager
-def running_server(checkpoints: Path, log_path: Path, *flags: str, env: dict | None = None):
-    """`python -m server` on a free loopback port, serving web/ at /; yields its URL once /readyz says 200."""
+def running_server(checkpoints: Path, log_path: Path, *flags: str, env: dict | None = None, prelude: str = ""):
+    """`python -m server` on a free loopback port, serving web/ at /; yields its URL once /readyz says 200.
+    `prelude` is Python run in the server's process before it starts (to register a sampler, say)."""
     port = free_port()
+    command = ["-c", f"{prelude}\nfrom server.__main__ import main\nmain()"] if prelude else ["-m", "server"]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", str(port),
+            [sys.executable, *command, "--host", "127.0.0.1", "--port", str(port),
              "--checkpoints", str(checkpoints), "--device", "cpu", *flags],
             cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
@@ -241,8 +243,8 @@ def test_generate_streams_frames_to_the_end(page, tmp_path):
     thumbs[0].click()
     WebDriverWait(page, 5).until(lambda _: "step 20/20" not in view.find_element(By.CSS_SELECTOR, ".rv-step").text)
     assert "final" not in view.find_element(By.CSS_SELECTOR, ".rv-scrub-value").text
-    # the run is in the history table, with its time
-    assert "DDIM" in page.find_element(By.CSS_SELECTOR, "#history tbody tr").text
+    # the run is in the history table, with its time, by the server's default sampler
+    assert "DPM-Solver++" in page.find_element(By.CSS_SELECTOR, "#history tbody tr").text
 
 
 def test_same_seed_gives_the_same_images(page):
@@ -261,21 +263,24 @@ def test_same_seed_gives_the_same_images(page):
 
 
 def test_the_address_carries_the_settings(page, server_url):
-    page.get(server_url + "?sampler=ddpm&steps=12&n=4&seed=77&label=3&guidance=1.5")
+    page.get(server_url + "?sampler=ddpm&steps=12&n=4&seed=77&label=3&guidance=1.5&variance=fixed_small")
     WebDriverWait(page, 20).until(lambda d: d.find_element(By.ID, "generate").is_enabled())
-    assert page.find_element(By.ID, "sampler-ddpm").is_selected()
+    assert Select(page.find_element(By.ID, "sampler")).first_selected_option.get_attribute("value") == "ddpm"
+    assert Select(page.find_element(By.ID, "param-variance")).first_selected_option.text == "fixed_small"
     assert page.find_element(By.ID, "steps").get_attribute("value") == "12"
     assert page.find_element(By.ID, "seed").get_attribute("value") == "77"
     assert Select(page.find_element(By.ID, "label")).first_selected_option.get_attribute("value") == "3"
     set_value(page, "seed", "78")
     page.find_element(By.ID, "generate").click()
     assert wait_for_state(page, main_view(page), {"done", "error"}) == "done"
-    # after a run the address reproduces it, with the seed it used
-    assert page.current_url.endswith("?model=mnist&sampler=ddpm&steps=12&n=4&seed=78&label=3&guidance=1.5")
+    # after a run the address reproduces it, with the seed it used and the sampler's parameters
+    assert page.current_url.endswith(
+        "?model=mnist&sampler=ddpm&steps=12&n=4&seed=78&label=3&guidance=1.5&variance=fixed_small&thresholding=clip"
+    )
 
 
 def test_stop_cancels_a_run(page):
-    page.find_element(By.CSS_SELECTOR, 'label[for="sampler-ddpm"]').click()
+    Select(page.find_element(By.ID, "sampler")).select_by_value("ddpm")
     assert page.find_element(By.ID, "steps").get_attribute("value") == "1000"  # DDPM's default: all T steps
     set_value(page, "steps", str(SERVER_MAX_STEPS))  # a long DDPM run
     Select(page.find_element(By.ID, "every")).select_by_value("1")
@@ -293,9 +298,9 @@ def test_stop_cancels_a_run(page):
 
 
 def test_the_keyboard_alone_runs_and_stops(page):
-    page.execute_script("document.getElementById('sampler-ddim').focus()")
-    ActionChains(page).send_keys(Keys.ARROW_RIGHT).perform()  # arrow keys move between the radios
-    assert page.find_element(By.ID, "sampler-ddpm").is_selected()
+    page.execute_script("document.getElementById('sampler').focus()")
+    ActionChains(page).send_keys(Keys.HOME).perform()  # the keys move through a closed select's options
+    assert Select(page.find_element(By.ID, "sampler")).first_selected_option.get_attribute("value") == "ddpm"
     steps = page.find_element(By.ID, "steps")
     steps.clear()
     steps.send_keys(str(SERVER_MAX_STEPS), Keys.ENTER)  # Enter in a field submits the form
@@ -315,25 +320,36 @@ def test_the_keyboard_alone_runs_and_stops(page):
 
 
 def test_bad_value_shows_an_error_message(page):
-    # caught in the page: nothing is sent, the field is marked and the message says what is wrong
-    set_value(page, "steps", "0")
-    page.find_element(By.ID, "generate").click()
-    error = page.find_element(By.ID, "form-error")
-    assert "Steps must be a whole number from 1 to 1000" in error.text
-    assert page.find_element(By.ID, "steps").get_attribute("aria-invalid") == "true"
-    assert main_view(page).get_attribute("data-state") == "idle"
-
-    # refused by the server (its max_steps is below the model's T, which the page cannot know):
-    # the server's reason is shown, and the page is ready for the next run
+    # caught in the page: nothing is sent, the field is marked and the message says what is wrong; the
+    # page knows the server's max_steps (900, below the model's T) from GET /config
     set_value(page, "steps", "950")
     page.find_element(By.ID, "generate").click()
-    view = main_view(page)
-    assert wait_for_state(page, view, {"error", "done"}) == "error"
-    message = view.find_element(By.CSS_SELECTOR, ".rv-message")
-    assert "rejected" in message.text and "steps" in message.text and "900" in message.text, message.text
-    assert message.get_attribute("data-kind") == "error"
+    error = page.find_element(By.ID, "form-error")
+    assert "Steps must be a whole number from 1 to 900" in error.text
+    assert page.find_element(By.ID, "steps").get_attribute("aria-invalid") == "true"
+    assert main_view(page).get_attribute("data-state") == "idle"
+    # a sampler parameter out of its range, as GET /config gives it
+    Select(page.find_element(By.ID, "sampler")).select_by_value("ddim")
+    page.execute_script("const e = document.getElementById('param-eta'); e.max = 2; e.value = 1.5;")
+    page.find_element(By.ID, "generate").click()
+    assert "eta must be from 0 to 1" in error.text
+    assert page.find_element(By.ID, "param-eta").get_attribute("aria-invalid") == "true"
+
+    # refused by the server: its reason is read out in a sentence, and the page is ready for the next run
+    message = page.execute_async_script(
+        """
+        const done = arguments[arguments.length - 1];
+        import('./js/api.js').then((api) => api.postSample({model: 'mnist', steps: 950, n: 1}))
+          .then(() => done('accepted'), (e) => done(e.message));
+        """
+    )
+    assert "rejected" in message and "steps" in message and "900" in message, message
+    page.execute_script("document.getElementById('param-eta').value = 0.5")
+    set_value(page, "steps", "3")
+    page.find_element(By.ID, "generate").click()
+    assert wait_for_state(page, main_view(page), {"error", "done"}) == "done"
     assert error.text == ""
-    assert page.find_element(By.ID, "generate").is_enabled()
+    page.get_log("browser")  # Chromium logs the 422 as a failed resource: expected here
 
 
 def test_post_mode_and_a_lost_server_read_clearly(page, server_url):
@@ -434,21 +450,27 @@ def test_browser_math_matches_the_server(page, server_url):
         """
         const done = arguments[arguments.length - 1];
         Promise.all([import('./js/forward.js'), import('./js/frames.js'), import('./js/pixels.js'),
-                     import('./js/controls.js')]).then(([forward, frames, pixels, controls]) => {
+                     import('./js/controls.js'), import('./js/api.js')])
+          .then(async ([forward, frames, pixels, controls, api]) => {
+          const config = await api.getConfig();
           const keeper = new frames.FrameKeeper(1000, 20);
           for (let step = 10; step <= 1000; step += 10) keeper.offer({step});  // 20 slots + the latest
           const model = {name: 'm', timesteps: 1000, num_classes: 10};
-          const ok = {model: 'm', sampler: 'ddim', steps: '50', eta: '0', n: '16', seed: '', label: '',
+          const ok = {model: 'm', sampler: 'ddim', steps: '50', params: {eta: '0.3'}, n: '16', seed: '', label: '',
                       guidance: '2', every: 'auto'};
           done({
             linear: Array.from(forward.linearAlphasCumprod(1000)),
             kept: keeper.frames().map(f => f.step),
             layout16: pixels.gridLayout(122, 122, 16, 28),
             layout10: pixels.gridLayout(122, 92, 10, 28),
-            valid: controls.validateSettings(ok, model),
-            invalid: controls.validateSettings({...ok, steps: '2.5', seed: '-1', label: '10', every: 'auto'}, model)
-                       .errors.map(e => e.field),
-            ddpmEvery: controls.validateSettings({...ok, sampler: 'ddpm', steps: '1000'}, model).request.every,
+            valid: controls.validateSettings(ok, model, config),
+            invalid: controls.validateSettings(
+              {...ok, steps: '2.5', seed: '-1', label: '10', params: {eta: '2', spacing: 'karras'}}, model, config
+            ).errors.map(e => e.field),
+            ddpmEvery: controls.validateSettings({...ok, sampler: 'ddpm', steps: '900', params: {}}, model, config)
+                         .request.every,
+            counts: controls.imageCounts(64).concat(controls.imageCounts(8)),
+            solverSteps: controls.samplerSteps(config.samplers[3], model, config),
           });
         }, (e) => done({error: String(e)}));
         """
@@ -460,11 +482,13 @@ def test_browser_math_matches_the_server(page, server_url):
     assert result["layout10"] == {"columns": 4, "rows": 3, "padding": 2}
     assert result["valid"]["errors"] == []
     assert result["valid"]["request"] == {
-        "model": "m", "sampler": "ddim", "steps": 50, "eta": 0, "n": 16, "seed": None, "label": None,
-        "guidance": 2, "every": 1,
+        "model": "m", "sampler": "ddim", "steps": 50, "eta": 0.3, "spacing": "leading", "thresholding": "clip",
+        "n": 16, "seed": None, "label": None, "guidance": 2, "every": 1,
     }  # fmt: skip
-    assert sorted(result["invalid"]) == ["label", "seed", "steps"]
-    assert result["ddpmEvery"] == 10
+    assert sorted(result["invalid"]) == ["label", "param-eta", "param-spacing", "seed", "steps"]
+    assert result["ddpmEvery"] == 9
+    assert result["counts"] == [1, 4, 9, 16, 25, 36, 49, 64, 1, 4, 8]
+    assert result["solverSteps"] == 10  # unipc's own default, as the server gives it
 
 
 def test_phone_screen_has_no_sideways_scroll(page, server_url, tmp_path):
@@ -480,6 +504,80 @@ def test_phone_screen_has_no_sideways_scroll(page, server_url, tmp_path):
     overflow = page.execute_script("return document.documentElement.scrollWidth - window.innerWidth")
     assert overflow <= 0, f"after a run the page is {overflow}px wider than a phone screen"
     page.save_screenshot(str(tmp_path / "phone.png"))
+
+
+# A sampler the page has never heard of, with a parameter no other sampler has: DDIM on every
+# `stride`-th timestep of a run of steps × stride, registered in the server's process before it starts.
+EXTRA_SAMPLER = """
+from model.samplers import Param, Sampler, ddim_steps, ddim_timesteps, register
+
+
+def strided_ddim(schedule, x, steps, generator, stride=2):
+    timesteps = ddim_timesteps(schedule.num_timesteps, steps * stride, "leading")[::stride]
+    return ddim_steps(schedule, x, timesteps, thresholding="clip")
+
+
+register(Sampler("ddim-stride", "Strided DDIM", "DDIM on every stride-th timestep, registered by a test.",
+                 strided_ddim, (Param("stride", int, 2, "take every stride-th timestep", minimum=1, maximum=4),),
+                 default_steps=7))
+"""
+
+
+@pytest.fixture(scope="module")
+def extra_server_url(tmp_path_factory):
+    """A second server: one more sampler in its table, and at most 8 images a request."""
+    folder = tmp_path_factory.mktemp("checkpoints-extra")
+    make_checkpoint(folder)
+    try:
+        with running_server(folder, folder / "server.log", env={"DDPM_MAX_N": "8"}, prelude=EXTRA_SAMPLER) as url:
+            yield url
+    except ServerFailed as e:
+        pytest.fail(str(e))
+
+
+def test_the_page_offers_what_the_server_offers_without_a_change(browser, extra_server_url):
+    """Samplers, their parameters, descriptions and defaults, and the limits, all from GET /config."""
+    page = browser
+    page.get(extra_server_url + "?seed=5")
+    WebDriverWait(page, 20).until(lambda d: d.find_element(By.ID, "generate").is_enabled())
+    images = [int(o.get_attribute("value")) for o in Select(page.find_element(By.ID, "n")).options]
+    assert images == [1, 4, 8] and Select(page.find_element(By.ID, "n")).first_selected_option.text == "8"
+
+    sampler = Select(page.find_element(By.ID, "sampler"))
+    assert [o.get_attribute("value") for o in sampler.options] == [
+        "ddpm",
+        "ddim",
+        "dpm-solver++",
+        "unipc",
+        "ddim-stride",
+    ]
+    sampler.select_by_visible_text("Strided DDIM")
+    assert page.find_element(By.ID, "sampler-hint").text == "DDIM on every stride-th timestep, registered by a test."
+    assert page.find_element(By.ID, "steps").get_attribute("value") == "7"
+    stride = page.find_element(By.ID, "param-stride")
+    assert stride.get_attribute("value") == "2" and stride.get_attribute("max") == "4"
+    assert page.find_element(By.ID, "param-stride-hint").text == "take every stride-th timestep"
+
+    view = main_view(page)
+    grids = {}
+    for value in ("1", "3", "1"):
+        set_value(page, "param-stride", value)
+        set_value(page, "steps", "3")
+        page.find_element(By.ID, "generate").click()
+        assert wait_for_state(page, view, {"done", "error"}) == "done", view.text
+        grids.setdefault(value, []).append(view.find_element(By.CSS_SELECTOR, ".rv-download").get_attribute("href"))
+    # the server sampled with the stride the page sent: the same stride, the same images; another, others
+    assert grids["1"][0] == grids["1"][1] != grids["3"][0]
+    assert page.current_url.endswith("sampler=ddim-stride&steps=3&n=8&seed=5&stride=1")
+    assert "stride = 1" in page.find_element(By.CSS_SELECTOR, "#history tbody tr").text
+
+    # either side of the comparison may take it, with its own parameter control
+    fieldset = page.find_element(By.CSS_SELECTOR, '#compare-form [data-side="a"]')
+    Select(fieldset.find_element(By.NAME, "sampler")).select_by_value("ddim-stride")
+    assert fieldset.find_element(By.NAME, "steps").get_attribute("value") == "7"
+    assert fieldset.find_element(By.NAME, "stride").get_attribute("value") == "2"
+    errors = [e for e in page.get_log("browser") if e["level"] == "SEVERE" and "favicon" not in e["message"]]
+    assert not errors, errors
 
 
 # --- the README's screenshot -----------------------------------------------------------------

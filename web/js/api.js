@@ -1,4 +1,4 @@
-// The server's public contract, and nothing else: GET /models, GET /models/{name}/schedule,
+// The server's public contract, and nothing else: GET /config, GET /models, GET /models/{name}/schedule,
 // POST /sample and WS /ws/sample. Every failure becomes an ApiError whose message a visitor can read.
 //
 // URLs are relative to the page (not to "/"), so the demo also works behind a proxy under a prefix.
@@ -99,7 +99,17 @@ async function request(path, { timeoutMs = 20000, signal, ...init } = {}) {
   }
 }
 
-/** [{name, dataset, image_size, channels, num_classes, class_names, timesteps, schedule, device}] */
+/**
+ * {limits: {max_n, max_steps, max_guidance, max_seed}, defaults: {model, sampler, steps, n, guidance},
+ *  samplers: [{name, title, description, default_steps, evals_per_step,
+ *              params: [{name, type, default, minimum, maximum, choices, description}]}]}
+ */
+export function getConfig() {
+  return request("config");
+}
+
+/** [{name, dataset, image_size, channels, num_classes, class_names, timesteps, schedule, device,
+ *    default_sampler, default_steps}] */
 export function getModels() {
   return request("models");
 }
@@ -109,7 +119,7 @@ export function getSchedule(name) {
   return request(`models/${encodeURIComponent(name)}/schedule`);
 }
 
-/** One request, no frames: {images, grid, seed, model, sampler, steps, elapsed_ms}. */
+/** One request, no frames: {images, grid, seed, model, sampler, steps, params, elapsed_ms}. */
 export function postSample(req, { signal } = {}) {
   return request("sample", {
     timeoutMs: 300000, // a DDPM run can take minutes on a CPU; the server has its own limit below this

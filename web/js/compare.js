@@ -1,14 +1,22 @@
-// Side by side: two runs from the same seed at once (DDPM vs DDIM, or two step counts), with the
-// time each took. Shared settings (model, images, class, guidance, seed) come from the main form.
+// Side by side: two runs from the same seed at once (DDIM-50 against the fast default, or any two
+// samplers of the server's table with their own steps and parameters), with the time each took.
+// Shared settings (model, images, class, guidance, seed) come from the main form.
 
-import { randomSeed, validateSettings } from "./controls.js";
+import { buildParamFields } from "./params.js";
+import {
+  describeRun,
+  fillSamplerSelect,
+  findSampler,
+  maxSteps,
+  randomSeed,
+  samplerSteps,
+  validateSettings,
+} from "./controls.js";
 import { startRun } from "./runner.js";
 import { RunView } from "./run-view.js";
 
-function describe(request) {
-  const eta = request.sampler === "ddim" ? `, η = ${request.eta}` : "";
-  return `${request.sampler.toUpperCase()}, ${request.steps} steps${eta}`;
-}
+const SIDES = ["a", "b"];
+const SIDE_NAMES = { a: "Left", b: "Right" };
 
 export class Compare {
   constructor(controls, { onRunFinished } = {}) {
@@ -23,40 +31,67 @@ export class Compare {
       a: new RunView(document.getElementById("compare-view-a"), { title: "Left", placeholder: "Press Run both." }),
       b: new RunView(document.getElementById("compare-view-b"), { title: "Right", placeholder: "Press Run both." }),
     };
+    this.sides = {};
+    for (const side of SIDES) {
+      const fieldset = this.form.querySelector(`[data-side="${side}"]`);
+      this.sides[side] = {
+        fieldset,
+        sampler: fieldset.querySelector('[name="sampler"]'),
+        steps: fieldset.querySelector('[name="steps"]'),
+        params: fieldset.querySelector(".compare-params"),
+        fields: null,
+      };
+      this.sides[side].sampler.addEventListener("change", () => this.showSampler(side));
+    }
     this.runs = [];
     this.form.addEventListener("submit", (event) => {
       event.preventDefault();
       this.run();
     });
     this.stopButton.addEventListener("click", () => this.stop());
-    for (const side of ["a", "b"]) {
-      const fieldset = this.form.querySelector(`[data-side="${side}"]`);
-      const sampler = fieldset.querySelector('[name="sampler"]');
-      const syncEta = () => {
-        fieldset.querySelector('[name="eta"]').disabled = sampler.value !== "ddim";
-      };
-      sampler.addEventListener("change", syncEta);
-      syncEta();
-    }
   }
 
   get running() {
     return this.runs.length > 0;
   }
 
+  /**
+   * The samplers from GET /config. The right side starts at the server's default (the fast one), the
+   * left at the sampler with the most default steps beside it (DDIM-50 today): the comparison of a
+   * classic sampler and the fast default is the one people want.
+   */
+  setConfig(config) {
+    this.config = config;
+    const right = findSampler(config, config.defaults.sampler) ?? config.samplers[0];
+    const others = config.samplers.filter((s) => s !== right && s.default_steps != null);
+    const left = others.reduce((best, s) => (s.default_steps > (best?.default_steps ?? 0) ? s : best), null) ?? right;
+    for (const [side, sampler] of [["a", left], ["b", right]]) {
+      fillSamplerSelect(this.sides[side].sampler, config);
+      this.sides[side].sampler.value = sampler.name;
+      this.showSampler(side);
+    }
+  }
+
+  showSampler(side) {
+    const s = this.sides[side];
+    const sampler = findSampler(this.config, s.sampler.value);
+    s.steps.value = String(samplerSteps(sampler, this.controls.model, this.config));
+    s.fields = buildParamFields(s.params, sampler, { idPrefix: `compare-${side}-`, compact: true });
+  }
+
   setModel(model) {
     this.runButton.disabled = !model || this.running;
     if (!model) return;
-    for (const input of this.form.querySelectorAll('[name="steps"]')) {
-      input.max = String(model.timesteps);
-      if (Number(input.value) > model.timesteps) input.value = String(model.timesteps);
+    for (const side of SIDES) {
+      const input = this.sides[side].steps;
+      input.max = String(maxSteps(model, this.config));
+      if (Number(input.value) > Number(input.max)) input.value = input.max;
     }
   }
 
   sideValues(side) {
-    const fieldset = this.form.querySelector(`[data-side="${side}"]`);
-    const value = (name) => fieldset.querySelector(`[name="${name}"]`).value;
-    return { sampler: value("sampler"), steps: value("steps"), eta: value("eta") };
+    const s = this.sides[side];
+    return { sampler: s.sampler.value, steps: s.steps.value, params: s.fields?.read() ?? {} };
   }
 
   async run() {
@@ -67,10 +102,11 @@ export class Compare {
     const seed = base.seed.trim() === "" ? String(randomSeed()) : base.seed;
     const requests = {};
     const problems = [];
-    for (const side of ["a", "b"]) {
-      const { request, errors } = validateSettings({ ...base, ...this.sideValues(side), seed, every: "auto" }, model);
+    for (const side of SIDES) {
+      const values = { ...base, ...this.sideValues(side), seed, every: "auto" };
+      const { request, errors } = validateSettings(values, model, this.config);
       requests[side] = request;
-      problems.push(...errors.map((e) => `${side === "a" ? "Left" : "Right"}: ${e.message}`));
+      problems.push(...errors.map((e) => `${SIDE_NAMES[side]}: ${e.message}`));
     }
     if (problems.length) {
       this.error.textContent = problems.join(" ");
@@ -82,8 +118,8 @@ export class Compare {
     this.runButton.disabled = true;
     this.stopButton.disabled = false;
     if (focusOnRun) this.stopButton.focus(); // a disabled button would drop the keyboard's focus
-    for (const side of ["a", "b"]) this.views[side].el.title.textContent = describe(requests[side]);
-    const started = ["a", "b"].map((side) => {
+    for (const side of SIDES) this.views[side].el.title.textContent = describeRun(requests[side], this.config);
+    const started = SIDES.map((side) => {
       const handle = startRun(requests[side], this.views[side]);
       return { side, handle, request: requests[side] };
     });
@@ -109,7 +145,7 @@ export class Compare {
     const times = outcomes.map((o) => o.result.elapsed_ms);
     const [fast, slow] = times[0] <= times[1] ? [0, 1] : [1, 0];
     const ratio = times[slow] / Math.max(1, times[fast]);
-    const name = (i) => describe(started[i].request);
+    const name = (i) => describeRun(started[i].request, this.config);
     this.summary.textContent =
       `Seed ${seed}: ${name(0)} took ${(times[0] / 1000).toFixed(2)} s, ${name(1)} took ${(times[1] / 1000).toFixed(2)} s` +
       ` (server time, both running at once). ${name(fast)} was ${ratio.toFixed(1)}× faster.`;

@@ -1,13 +1,13 @@
-// The generate form: filling it from /models, keeping its hints honest, and turning it into a
-// request of the contract. `validateSettings` and `autoEvery` are pure, so tests can call them.
+// The generate form: filled from GET /config (the samplers and their parameters, the server's limits
+// and defaults) and GET /models, keeping its hints honest, and turning it into a request of the
+// contract. No sampler, limit or default is written here: they all come from the server.
+// `validateSettings`, `samplerSteps` and `autoEvery` are pure, so tests can call them.
 
-export const DEFAULTS = { sampler: "ddim", ddimSteps: 50, eta: 0, n: 16, guidance: 3, every: "auto" };
-export const MAX_SEED = Number.MAX_SAFE_INTEGER; // the server takes seeds below 2^53, exact in JS
-const MAX_IMAGES = 64;
-const PREFERRED_MODEL = "mnist";
-// The settings a link can carry (?model=mnist&sampler=ddim&steps=50&seed=7…), so a run can be shared.
-const LINK_FIELDS = ["model", "sampler", "steps", "eta", "n", "seed", "label", "guidance"];
-const MAX_GUIDANCE = 20;
+import { buildParamFields, describeParams, formValue, parseParam } from "./params.js";
+
+// The settings a link can carry (?model=mnist&sampler=ddim&steps=50&seed=7…), so a run can be shared;
+// the chosen sampler's own parameters (eta=0.5) come after them.
+const LINK_FIELDS = ["model", "sampler", "steps", "n", "seed", "label", "guidance"];
 
 /** About 100 frames per run at most: every step for DDIM-50, every 10th for DDPM-1000. */
 export function autoEvery(steps) {
@@ -30,34 +30,59 @@ function parseNumber(text) {
   return trimmed === "" ? Number.NaN : Number(trimmed);
 }
 
+export function findSampler(config, name) {
+  return config?.samplers.find((s) => s.name === name) ?? null;
+}
+
+/** The sampler a request for `model` gets when it names none: the model's own, else the server's. */
+export function defaultSamplerName(config, model) {
+  return model?.default_sampler ?? config.defaults.sampler;
+}
+
+/** The steps the server gives `sampler` when a request names no steps (server.validation.default_steps). */
+export function samplerSteps(sampler, model, config) {
+  if (model?.default_sampler === sampler.name && model.default_steps) return model.default_steps;
+  if (!model?.default_sampler && config.defaults.sampler === sampler.name && config.defaults.steps) {
+    return config.defaults.steps;
+  }
+  return sampler.default_steps ?? model?.timesteps ?? config.limits.max_steps;
+}
+
+/** The largest step count the form offers: the model's T and the server's limit. */
+export function maxSteps(model, config) {
+  return Math.min(model?.timesteps ?? config.limits.max_steps, config.limits.max_steps);
+}
+
 /**
- * Form values (strings, as inputs hold them) + the chosen model → {request, stream, errors}.
- * `errors` is a list of {field, message}; when it is not empty, nothing should be sent.
+ * Form values (strings, as inputs hold them; `params` name → value of the sampler's controls) + the
+ * chosen model + the server's /config → {request, stream, errors}. `errors` is a list of
+ * {field, message}; when it is not empty, nothing should be sent.
  */
-export function validateSettings(values, model) {
+export function validateSettings(values, model, config) {
   const errors = [];
-  const timesteps = model?.timesteps ?? 1000;
+  const { limits } = config;
   const request = { model: model?.name ?? values.model, sampler: values.sampler };
+  const sampler = findSampler(config, values.sampler);
 
   if (!model) errors.push({ field: "model", message: "Choose a model (the server has none loaded yet)." });
-  if (values.sampler !== "ddim" && values.sampler !== "ddpm") {
-    errors.push({ field: "sampler", message: "The sampler must be DDIM or DDPM." });
-  }
+  if (!sampler) errors.push({ field: "sampler", message: "Choose one of the server's samplers." });
 
   const steps = parseInteger(values.steps);
-  if (!Number.isInteger(steps) || steps < 1 || steps > timesteps) {
-    errors.push({ field: "steps", message: `Steps must be a whole number from 1 to ${timesteps}.` });
+  const most = maxSteps(model, config);
+  if (!Number.isInteger(steps) || steps < 1 || steps > most) {
+    errors.push({ field: "steps", message: `Steps must be a whole number from 1 to ${most}.` });
   }
   request.steps = steps;
 
-  const eta = values.sampler === "ddim" ? parseNumber(values.eta) : 1;
-  if (!(eta >= 0 && eta <= 1)) errors.push({ field: "eta", message: "η must be between 0 and 1." });
-  // DDPM always adds its full noise; sending η = 1 says so honestly to a server that reads it.
-  request.eta = eta;
+  for (const param of sampler?.params ?? []) {
+    const { value, error } = parseParam(param, values.params?.[param.name] ?? formValue(param, param.default));
+    if (error) errors.push({ field: `param-${param.name}`, message: error });
+    request[param.name] = value;
+  }
 
   const n = parseInteger(values.n);
-  if (!Number.isInteger(n) || n < 1 || n > MAX_IMAGES) {
-    errors.push({ field: "n", message: `The number of images must be from 1 to ${MAX_IMAGES}.` });
+  if (!Number.isInteger(n) || n < 1 || n > limits.max_n) {
+    errors.push({ field: "n", message: `The number of images must be from 1 to ${limits.max_n}.` });
   }
   request.n = n;
 
@@ -65,8 +90,8 @@ export function validateSettings(values, model) {
     request.seed = null;
   } else {
     const seed = parseInteger(values.seed);
-    if (!Number.isInteger(seed) || seed < 0 || seed > MAX_SEED) {
-      errors.push({ field: "seed", message: `The seed must be a whole number from 0 to ${MAX_SEED}, or empty for a random one.` });
+    if (!Number.isInteger(seed) || seed < 0 || seed > limits.max_seed) {
+      errors.push({ field: "seed", message: `The seed must be a whole number from 0 to ${limits.max_seed}, or empty for a random one.` });
     }
     request.seed = seed;
   }
@@ -83,8 +108,8 @@ export function validateSettings(values, model) {
   }
 
   const guidance = parseNumber(values.guidance);
-  if (!(guidance >= 0 && guidance <= MAX_GUIDANCE)) {
-    errors.push({ field: "guidance", message: `Guidance must be between 0 and ${MAX_GUIDANCE}.` });
+  if (!(guidance >= 0 && guidance <= limits.max_guidance)) {
+    errors.push({ field: "guidance", message: `Guidance must be between 0 and ${limits.max_guidance}.` });
   }
   // a class-conditional model without an unconditional class (a diffusers one) takes no guidance
   request.guidance = model?.guidance === false ? null : guidance;
@@ -98,6 +123,32 @@ export function validateSettings(values, model) {
   return { request, stream, errors };
 }
 
+/** A request in words: "DDIM, 50 steps" or "UniPC, 8 steps, order = 3". */
+export function describeRun(request, config) {
+  const sampler = findSampler(config, request.sampler);
+  const params = describeParams(sampler, request);
+  return `${sampler?.title ?? request.sampler}, ${request.steps} steps${params ? `, ${params}` : ""}`;
+}
+
+/** How many images a request may ask for: square grids up to the server's limit, and the limit itself. */
+export function imageCounts(maxN) {
+  const counts = [];
+  for (let side = 1; side * side <= maxN; side += 1) counts.push(side * side);
+  if (counts.at(-1) !== maxN) counts.push(maxN);
+  return counts;
+}
+
+/** Fill a <select> with the server's samplers, by title, and a tooltip of each one's description. */
+export function fillSamplerSelect(select, config) {
+  select.replaceChildren(
+    ...config.samplers.map((s) => {
+      const option = new Option(s.title, s.name);
+      option.title = s.description;
+      return option;
+    }),
+  );
+}
+
 export function describeModel(model) {
   const colour = model.channels === 1 ? "grayscale" : model.channels === 3 ? "colour" : `${model.channels} channels`;
   const classes = model.num_classes ? `${model.num_classes} classes` : "unconditional";
@@ -109,16 +160,16 @@ export class Controls {
   constructor(form) {
     this.form = form;
     this.models = [];
+    this.config = null;
     const $ = (id) => document.getElementById(id);
     this.el = {
       model: $("model"),
       modelInfo: $("model-info"),
+      sampler: $("sampler"),
+      samplerHint: $("sampler-hint"),
+      params: $("sampler-params"),
       steps: $("steps"),
       stepsHint: $("steps-hint"),
-      samplerHint: $("sampler-hint"),
-      eta: $("eta"),
-      etaValue: $("eta-value"),
-      etaField: $("eta-field"),
       n: $("n"),
       seed: $("seed"),
       seedRandom: $("seed-random"),
@@ -132,24 +183,24 @@ export class Controls {
       error: $("form-error"),
       estimate: $("estimate"),
     };
-    // Each sampler remembers its own step count: DDIM's 50 should not become DDPM's default.
-    this.stepsBySampler = { ddim: String(DEFAULTS.ddimSteps), ddpm: null };
+    // Each sampler remembers its own steps and parameters: DDIM's 50 should not become DDPM's default.
+    this.stepsBySampler = new Map();
+    this.paramsBySampler = new Map();
+    this.paramFields = null;
+    this.shownSampler = null;
     this.msPerStepImage = new Map(); // model name → measured milliseconds per (step × image)
 
-    this.el.eta.addEventListener("input", () => this.refreshHints());
     this.el.guidance.addEventListener("input", () => this.refreshHints());
     this.el.label.addEventListener("change", () => this.refreshHints());
     this.el.every.addEventListener("change", () => this.refreshHints());
     this.el.n.addEventListener("change", () => this.refreshHints());
     this.el.steps.addEventListener("input", () => {
-      this.stepsBySampler[this.sampler] = this.el.steps.value;
+      this.stepsBySampler.set(this.sampler, this.el.steps.value);
       this.clearFieldError("steps");
       this.refreshHints();
     });
     this.el.seed.addEventListener("input", () => this.clearFieldError("seed"));
-    for (const radio of form.querySelectorAll('input[name="sampler"]')) {
-      radio.addEventListener("change", () => this.onSamplerChange());
-    }
+    this.el.sampler.addEventListener("change", () => this.onSamplerChange());
     this.el.seedRandom.addEventListener("click", () => {
       this.el.seed.value = String(randomSeed());
       this.clearFieldError("seed");
@@ -159,11 +210,28 @@ export class Controls {
   }
 
   get sampler() {
-    return this.form.querySelector('input[name="sampler"]:checked').value;
+    return this.el.sampler.value;
+  }
+
+  get samplerInfo() {
+    return findSampler(this.config, this.sampler);
   }
 
   get model() {
     return this.models.find((m) => m.name === this.el.model.value) ?? null;
+  }
+
+  /** The server's GET /config: the samplers, the limits and the defaults the form offers. */
+  setConfig(config) {
+    this.config = config;
+    const { limits, defaults } = config;
+    fillSamplerSelect(this.el.sampler, config);
+    this.el.sampler.value = defaults.sampler;
+    this.el.n.replaceChildren(...imageCounts(limits.max_n).map((n) => new Option(String(n), String(n))));
+    this.el.n.value = String(defaults.n);
+    this.el.guidance.max = String(limits.max_guidance);
+    this.el.guidance.value = String(defaults.guidance);
+    this.showSampler();
   }
 
   setModels(models) {
@@ -176,8 +244,7 @@ export class Controls {
       return option;
     });
     this.el.model.replaceChildren(...options);
-    // /models does not say which model is the server's default; the server prefers "mnist", so do we.
-    if (models.some((m) => m.name === PREFERRED_MODEL)) this.el.model.value = PREFERRED_MODEL;
+    if (models.some((m) => m.name === this.config.defaults.model)) this.el.model.value = this.config.defaults.model;
     this.el.model.disabled = models.length === 0;
     if (models.length === 0) {
       const none = document.createElement("option");
@@ -195,9 +262,16 @@ export class Controls {
     const model = this.model;
     if (model) {
       this.el.modelInfo.textContent = describeModel(model);
-      this.el.steps.max = String(model.timesteps);
-      this.stepsBySampler.ddpm = String(model.timesteps);
-      if (this.sampler === "ddpm") this.el.steps.value = this.stepsBySampler.ddpm;
+      this.el.steps.max = String(maxSteps(model, this.config));
+      // A model with a sampler of its own (a distilled one) gets it, and leaving it restores the
+      // server's; step counts that depend on the model (all T, its own default) start again from it.
+      const ownDefaults = Boolean(model.default_sampler || this.lastModel?.default_sampler);
+      for (const sampler of this.config.samplers) {
+        if (ownDefaults || sampler.default_steps == null) this.stepsBySampler.delete(sampler.name);
+      }
+      if (ownDefaults) this.el.sampler.value = defaultSamplerName(this.config, model);
+      this.lastModel = model;
+      this.showSampler();
       const previous = this.el.label.value;
       const options = [new Option("any", "")];
       (model.class_names?.length ? model.class_names : [...Array(model.num_classes).keys()].map(String)).forEach(
@@ -212,34 +286,47 @@ export class Controls {
   }
 
   onSamplerChange() {
-    const sampler = this.sampler;
-    this.el.steps.value = this.stepsBySampler[sampler] ?? String(this.model?.timesteps ?? 1000);
+    this.showSampler();
     this.clearFieldError("steps");
     this.refreshHints();
   }
 
+  /** The chosen sampler's steps and parameter controls, as it last had them or at its defaults. */
+  showSampler() {
+    if (this.shownSampler && this.paramFields) this.paramsBySampler.set(this.shownSampler, this.paramFields.read());
+    const sampler = this.samplerInfo;
+    this.shownSampler = sampler?.name ?? null;
+    if (!sampler) return;
+    const steps = this.stepsBySampler.get(sampler.name) ?? String(samplerSteps(sampler, this.model, this.config));
+    this.el.steps.value = steps;
+    this.paramFields = buildParamFields(this.el.params, sampler, {
+      idPrefix: "",
+      values: this.paramsBySampler.get(sampler.name),
+      onChange: (event) => {
+        this.clearFieldError(event.target.id);
+        this.refreshHints();
+      },
+    });
+  }
+
   refreshHints() {
     const model = this.model;
-    const sampler = this.sampler;
-    const T = model?.timesteps ?? 1000;
+    const sampler = this.samplerInfo;
+    const T = model?.timesteps;
     const steps = parseInteger(this.el.steps.value);
-    this.el.etaValue.textContent = Number(this.el.eta.value).toFixed(1);
     this.el.guidanceValue.textContent = Number(this.el.guidance.value).toFixed(1);
-    this.el.etaField.classList.toggle("disabled", sampler !== "ddim");
-    this.el.eta.disabled = sampler !== "ddim";
-    this.el.samplerHint.textContent =
-      sampler === "ddim"
-        ? "DDIM: big deterministic jumps; 50 steps look close to DDPM's 1000."
-        : `DDPM: ancestral sampling with fresh noise at every step; the original walks all ${T} steps.`;
-    this.el.stepsHint.textContent =
-      sampler === "ddim"
-        ? `DDIM visits ${Number.isInteger(steps) ? steps : "S"} of the ${T} timesteps.`
-        : steps === T
-          ? `All ${T} timesteps, as in the DDPM paper.`
-          : `${Number.isInteger(steps) ? steps : "S"} of ${T} timesteps (a respaced DDPM schedule).`;
-
+    this.el.samplerHint.textContent = sampler?.description ?? "";
     const conditional = Boolean(model?.num_classes);
     const classChosen = this.el.label.value !== "";
+    if (Number.isInteger(steps) && sampler) {
+      const nfe = steps * sampler.evals_per_step;
+      const rows = conditional && classChosen && Number(this.el.guidance.value) !== 1 ? ", each of two UNet rows an image (guidance)" : "";
+      const of = T ? ` of the ${T} timesteps` : "";
+      this.el.stepsHint.textContent = `${steps} steps${of}: ${nfe} model evaluation${nfe === 1 ? "" : "s"}${rows}.`;
+    } else {
+      this.el.stepsHint.textContent = "";
+    }
+
     this.el.guidance.disabled = !conditional || !classChosen || model.guidance === false;
     this.el.guidanceHint.textContent = !conditional
       ? "This model is unconditional: no class, no guidance."
@@ -286,15 +373,19 @@ export class Controls {
       this.el.model.value = params.get("model");
       this.onModelChange();
     }
-    if (params.get("sampler") === "ddpm" || params.get("sampler") === "ddim") {
-      this.form.querySelector(`input[name="sampler"][value="${params.get("sampler")}"]`).checked = true;
+    const sampler = findSampler(this.config, params.get("sampler"));
+    if (sampler) {
+      this.el.sampler.value = sampler.name;
+      const values = {};
+      for (const p of sampler.params) if (params.has(p.name)) values[p.name] = formValue(p, params.get(p.name));
+      this.paramsBySampler.set(sampler.name, { ...this.paramsBySampler.get(sampler.name), ...values });
+      this.shownSampler = null; // what the controls hold now belongs to the sampler shown before
       this.onSamplerChange();
     }
     if (params.has("steps")) {
       this.el.steps.value = params.get("steps");
-      this.stepsBySampler[this.sampler] = this.el.steps.value;
+      this.stepsBySampler.set(this.sampler, this.el.steps.value);
     }
-    if (params.has("eta")) this.el.eta.value = params.get("eta");
     if (params.has("n") && [...this.el.n.options].some((o) => o.value === params.get("n"))) this.el.n.value = params.get("n");
     if (params.has("seed")) this.el.seed.value = params.get("seed");
     if (params.has("label") && [...this.el.label.options].some((o) => o.value === params.get("label"))) {
@@ -304,12 +395,13 @@ export class Controls {
     this.refreshHints();
   }
 
-  /** The address that reproduces a finished run: its settings and the seed it used. */
-  static linkFor(request, seed) {
+  /** The address that reproduces a finished run: its settings, its sampler's parameters and its seed. */
+  linkFor(request, seed) {
     const params = new URLSearchParams();
-    for (const field of LINK_FIELDS) {
+    const samplerParams = findSampler(this.config, request.sampler)?.params.map((p) => p.name) ?? [];
+    for (const field of [...LINK_FIELDS, ...samplerParams]) {
       const value = field === "seed" ? seed : request[field];
-      if (value == null || (field === "eta" && request.sampler !== "ddim")) continue;
+      if (value == null) continue;
       if (field === "guidance" && request.label == null) continue;
       params.set(field, String(value));
     }
@@ -322,7 +414,7 @@ export class Controls {
       model: this.el.model.value,
       sampler: this.sampler,
       steps: this.el.steps.value,
-      eta: this.el.eta.value,
+      params: this.paramFields?.read() ?? {},
       n: this.el.n.value,
       seed: this.el.seed.value,
       label: this.el.label.disabled ? "" : this.el.label.value,
@@ -333,7 +425,7 @@ export class Controls {
 
   /** Validate; show the problems beside their fields. Returns {request, stream} or null. */
   read() {
-    const { request, stream, errors } = validateSettings(this.values(), this.model);
+    const { request, stream, errors } = validateSettings(this.values(), this.model, this.config);
     for (const input of this.form.querySelectorAll("[aria-invalid]")) input.removeAttribute("aria-invalid");
     if (errors.length) {
       this.showError(errors.map((e) => e.message).join(" "));

@@ -1,15 +1,20 @@
 // "Your runs": a table of finished runs and what each cost, for comparing samplers and step counts.
 
+import { describeParams } from "./params.js";
+
 const MAX_ROWS = 12;
 
 export class RunHistory {
-  constructor(table, { onReuseSeed } = {}) {
+  /** samplerInfo(name): the sampler's entry of GET /config, for its title and parameters. */
+  constructor(table, { onReuseSeed, samplerInfo = () => null } = {}) {
     this.body = table.tBodies[0];
     this.onReuseSeed = onReuseSeed;
+    this.samplerInfo = samplerInfo;
     this.count = 0;
   }
 
   add(request, result, model) {
+    const sampler = this.samplerInfo(request.sampler);
     if (this.count === 0) this.body.replaceChildren();
     this.count += 1;
     const row = this.body.insertRow(0);
@@ -18,9 +23,9 @@ export class RunHistory {
     const className = request.label == null ? "any" : (model?.class_names?.[request.label] ?? String(request.label));
     const cells = [
       request.model,
-      request.sampler.toUpperCase(),
+      sampler?.title ?? request.sampler,
       String(request.steps),
-      request.sampler === "ddim" ? String(request.eta) : "–",
+      describeParams(sampler, request) || "defaults",
       String(request.n),
       request.label == null ? "any" : request.guidance == null ? className : `${className} (w = ${request.guidance})`,
       null, // seed: a button

@@ -1,6 +1,6 @@
 // Wiring: load the models, connect the form to the live view, and keep the other sections in step.
 
-import { getModels } from "./api.js";
+import { getConfig, getModels } from "./api.js";
 import { Compare } from "./compare.js";
 import { Controls } from "./controls.js";
 import { ForwardView } from "./forward-view.js";
@@ -21,6 +21,7 @@ const runHistory = new RunHistory(document.getElementById("history"), {
     controls.useSeed(seed);
     document.getElementById("seed").focus();
   },
+  samplerInfo: (name) => controls.config?.samplers.find((s) => s.name === name) ?? null,
 });
 const compare = new Compare(controls, { onRunFinished: (request, result) => recordRun(request, result) });
 
@@ -68,7 +69,7 @@ async function generate() {
     controls.showSeedUsed(seed);
     recordRun({ ...request, seed }, outcome.result);
     // The address bar now reproduces this run: copy it to share these exact images.
-    history.replaceState(null, "", Controls.linkFor(request, seed) + window.location.hash);
+    history.replaceState(null, "", controls.linkFor(request, seed) + window.location.hash);
     forward.setGenerated({
       images: outcome.result.images ?? [],
       frames: mainView.filmstrip,
@@ -101,7 +102,10 @@ controls.onModelChanged((model) => {
 
 async function loadModels() {
   try {
-    const models = await getModels();
+    // the server's samplers, limits and defaults first: the form is built from them
+    const [config, models] = await Promise.all([getConfig(), getModels()]);
+    controls.setConfig(config);
+    compare.setConfig(config);
     controls.setModels(models);
     controls.applyLink(window.location.search);
     if (models.length === 0) {
@@ -112,7 +116,7 @@ async function loadModels() {
       pageError.hidden = true;
     }
   } catch (error) {
-    pageError.replaceChildren(`Could not load the list of models: ${error.message} `);
+    pageError.replaceChildren(`Could not load the server's settings and models: ${error.message} `);
     const retry = document.createElement("button");
     retry.type = "button";
     retry.className = "secondary";

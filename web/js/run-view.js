@@ -214,7 +214,7 @@ export class RunView {
 
   showResult(result, gridImage) {
     const r = this.request;
-    const name = `${r.model}-${r.sampler}${r.steps}${r.sampler === "ddim" && r.eta ? `-eta${r.eta}` : ""}-seed${this.seed}`;
+    const name = `${r.model}-${r.sampler}${r.steps}-seed${this.seed}`;
     this.el.download.href = pngDataUrl(result.grid);
     this.el.download.download = `${name}.png`;
     this.el.downloadLarge.download = `${name}-large.png`;
