@@ -204,7 +204,7 @@ class SamplingLoop:
         self._queue_changed = False
         self._positions_sent_at = 0.0
         self._iteration_s: float | None = None  # measured time of one iteration (all the batch's forwards)
-        self._next_start_s: float | None = None  # when the queue's first job should start, as last estimated
+        self._next_start: tuple[float, float] | None = None  # (when, in how many s) the queue's head should start
         self._stopping = False
         self._closed = False  # no more jobs admitted; those running still run
         self._active: list[Job] = []  # touched by the loop thread only
@@ -222,8 +222,12 @@ class SamplingLoop:
             return len(self._queue)
 
     def retry_after_s(self) -> float | None:
-        """About when a place in the queue should free up (None: not measured yet)."""
-        return self._next_start_s
+        """About when a place in the queue should free up: when its first job should start, as last
+        estimated (None: not measured yet)."""
+        if self._next_start is None:
+            return None
+        estimated_at, eta = self._next_start
+        return max(0.0, eta - (time.perf_counter() - estimated_at))
 
     def submit(self, job: Job) -> None:
         """Give the job a place in the batch, or in the queue (it is then reported Queued at once)."""
@@ -396,7 +400,7 @@ class SamplingLoop:
             self._queue_changed = False
         self._positions_sent_at = now
         etas = self._etas(queued, [], joining)
-        self._next_start_s = etas[0] if etas else None
+        self._next_start = (now, etas[0]) if etas and etas[0] is not None else None
         for position, (job, eta) in enumerate(zip(queued, etas, strict=True)):
             if job.position != position:
                 job.position = position

@@ -271,9 +271,9 @@ def test_replicas_compose_matches_the_nginx_upstreams():
 
 def start_replica(executable: str, folder: Path, port: int) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DDPM_")}
+    env["DDPM_TRUSTED_PROXIES"] = "127.0.0.1"  # nginx, as in the compose file
     command = [executable, "--host", "127.0.0.1", "--port", str(port), "--checkpoints", str(folder),
-               "--device", "cpu", "--max-jobs", "1", "--trusted-proxies", "127.0.0.1",  # nginx, as in the compose file
-               "--log-level", "warning", "--env-file", os.devnull]  # fmt: skip
+               "--device", "cpu", "--max-jobs", "1", "--log-level", "warning", "--env-file", os.devnull]  # fmt: skip
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
