@@ -1,14 +1,17 @@
 """Server throughput under 1, 4, 16 and 64 concurrent WebSocket clients, each streaming its run as the
-page does (WS /ws/sample, a frame every --every steps), all batched by the server's sampling loop.
+page does (WS /ws/sample, a frame every --every steps), all batched by the server's sampling loop,
+the ones it has no place for waiting in its queue.
 
     OMP_NUM_THREADS=1 python bench/bench_clients.py           # starts a server on the CPU: 3-5 minutes here
     python bench/bench_clients.py --device cuda --n 16 --steps 50
     python bench/bench_clients.py --url http://gpu-host:8000  # a running server, e.g. `docker compose up`
 
 Each client sends --rounds requests one after the other; a row is one concurrency level: images/s
-over the wall time of all its requests, the latency of a request (request sent → done) and of its
-first frame, and how many the server refused as busy (it holds at most max_jobs runs at once; the
-server this script starts has max_jobs = the most clients). Clients and server share this machine.
+over the wall time of all its requests (and as a multiple of the first level's, one client: one run
+at a time), the wait in the server's queue (request sent → start), the time to the first frame and
+the latency of a request (request sent → done), and how many the server refused as busy (its queue
+full). The server this script starts has its default batch (max_jobs) and queue, and no per-client
+limit to speak of, since every client here has the same address. Clients and server share this machine.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--url", help="a running server; default: start one on a free loopback port")
     parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="the model a started server loads")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="of a started server")
+    parser.add_argument("--max-jobs", type=int, help="of a started server: its batch (default: the server's)")
     parser.add_argument("--clients", default="1,4,16,64", help="concurrency levels, comma-separated")
     parser.add_argument("--rounds", type=int, default=2, help="requests each client sends, one after the other")
     parser.add_argument("--sampler", default="ddim", choices=["ddim", "ddpm"])
@@ -58,8 +62,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # --- a server to measure ------------------------------------------------------------------------
 
 
-def start_server(checkpoint: Path, device: str, max_jobs: int, folder: Path) -> tuple[subprocess.Popen, str, str]:
-    """`python -m server` on a free port with the one model; returns it, its address and a note."""
+def start_server(
+    checkpoint: Path, device: str, folder: Path, max_jobs: int | None = None
+) -> tuple[subprocess.Popen, str, str]:
+    """`python -m server` on a free port with the one model and no per-client limit to speak of (every
+    client here has the same address); returns it, its address and a note."""
     if checkpoint.is_file():
         (folder / checkpoint.name).symlink_to(checkpoint.resolve())
         note = str(checkpoint.relative_to(REPO) if checkpoint.is_relative_to(REPO) else checkpoint)
@@ -73,7 +80,9 @@ def start_server(checkpoint: Path, device: str, max_jobs: int, folder: Path) -> 
         note = f"random 'tiny' model of the MNIST architecture ({checkpoint.name} was not there yet)"
     env = {key: value for key, value in os.environ.items() if not key.startswith("DDPM_")}
     command = [sys.executable, "-m", "server", "--port", "0", "--checkpoints", str(folder), "--device", device,
-               "--max-jobs", str(max_jobs), "--log-level", "warning", "--env-file", os.devnull]  # fmt: skip
+               "--max-jobs-per-client", "100000", "--log-level", "warning", "--env-file", os.devnull]  # fmt: skip
+    if max_jobs:
+        command += ["--max-jobs", str(max_jobs)]
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for line in process.stdout:
         if match := re.match(r"Open (http://\S+) in your browser", line):
@@ -88,6 +97,7 @@ def start_server(checkpoint: Path, device: str, max_jobs: int, folder: Path) -> 
 @dataclass
 class Result:
     seconds: float = 0.0
+    queue_wait: float | None = None
     first_frame: float | None = None
     frames: int = 0
     images: int = 0
@@ -101,7 +111,9 @@ async def one_request(ws_url: str, request: dict) -> Result:
         await ws.send(json.dumps(request))
         async for raw in ws:
             message = json.loads(raw)
-            if message["type"] == "frame":
+            if message["type"] == "start":
+                result.queue_wait = time.perf_counter() - started
+            elif message["type"] == "frame":
                 result.frames += 1
                 if result.first_frame is None:
                     result.first_frame = time.perf_counter() - started
@@ -130,15 +142,19 @@ async def level(ws_url: str, request: dict, clients: int, rounds: int) -> list:
     results = [r for rs in per_client for r in rs]
     done = [r for r in results if not r.refused]
     latencies = sorted(r.seconds for r in done)
+    waits = sorted(r.queue_wait for r in done if r.queue_wait is not None)
     firsts = sorted(r.first_frame for r in done if r.first_frame is not None)
     images = sum(r.images for r in done)
     return [
         clients,
         len(results),
         images / wall,
+        _quantile(waits, 0.5),
+        _quantile(waits, 0.95),
+        _quantile(firsts, 0.5),
+        _quantile(firsts, 0.95),
         _quantile(latencies, 0.5),
         _quantile(latencies, 0.95),
-        _quantile(firsts, 0.5),
         sum(r.frames for r in done) / wall,
         len(results) - len(done),
     ]
@@ -156,10 +172,12 @@ async def run(args: argparse.Namespace, url: str) -> list[list]:
     if args.label is not None:
         request["label"] = args.label
     await one_request(ws_url, {**request, "seed": 0, "every": args.every[0]})  # warm-up
-    rows = []
+    rows, first = [], {}
     for clients in args.clients:
         for every in args.every:  # side by side at each level, so that both see the same machine
-            rows.append([every, *await level(ws_url, {**request, "every": every}, clients, args.rounds)])
+            row = await level(ws_url, {**request, "every": every}, clients, args.rounds)
+            first.setdefault(every, row[2])
+            rows.append([every, *row[:3], row[2] / first[every], *row[3:]])
             print(f"  done: {clients} clients, a frame every {every} steps", file=sys.stderr, flush=True)
     return rows
 
@@ -171,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.url:
             url, note = args.url, "the running server's default model"
         else:
-            process, url, note = start_server(args.checkpoint, args.device, max(args.clients), Path(folder))
+            process, url, note = start_server(args.checkpoint, args.device, Path(folder), args.max_jobs)
         try:
             with urllib.request.urlopen(f"{url.rstrip('/')}/models", timeout=10) as response:
                 models = json.load(response)
@@ -187,7 +205,8 @@ def main(argv: list[str] | None = None) -> None:
             if process:
                 process.terminate()
                 process.wait(timeout=30)
-    header = ["frame every", "clients", "requests", "images/s", "latency p50 s", "latency p95 s", "first frame p50 s",
+    header = ["frame every", "clients", "requests", "images/s", "× first row", "queue wait p50 s",
+              "queue wait p95 s", "first frame p50 s", "first frame p95 s", "latency p50 s", "latency p95 s",
               "frames/s", "refused"]  # fmt: skip
     print()
     print(markdown_table(header, rows))

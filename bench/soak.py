@@ -120,7 +120,7 @@ async def websocket(ws_url: str, tally: Tally, rng: random.Random) -> None:
     except (OSError, TimeoutError) as e:
         tally.note(action, type(e).__name__, set())
         return
-    ends = [m for m in messages if m not in ("start", "frame")]
+    ends = [m for m in messages if m not in ("queued", "start", "frame")]
     answer = f"{ends[-1] if ends else 'nothing'} + {code}"
     expected = {
         "ws run": {"done + 1000", "error + 1013"},
@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.url:
             url, pid, note = args.url.rstrip("/"), args.pid, "a running server"
         else:
-            process, url, note = start_server(args.checkpoint, args.device, max(8, args.clients), Path(folder))
+            process, url, note = start_server(args.checkpoint, args.device, Path(folder))
             pid = process.pid
         try:
             tally, memory, metrics = asyncio.run(soak(url, pid, args))

@@ -32,7 +32,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--device", help="auto (default: cuda if available, else cpu), cpu, cuda or cuda:N")
     parser.add_argument("--default-model", help="model used when a request names none")
     parser.add_argument("--threads", dest="torch_threads", type=int, help="PyTorch CPU threads (default: one per core)")
-    parser.add_argument("--max-jobs", type=int, help="most jobs sampling at once (default 8)")
+    parser.add_argument("--max-jobs", type=int, help="most jobs sampling at once, the batch (default 8)")
+    parser.add_argument("--max-queue", type=int, help="most jobs waiting for a place; more are refused (default 256)")
+    parser.add_argument(
+        "--max-jobs-per-client", type=int, help="most jobs running or waiting per client address (default 4)"
+    )
+    parser.add_argument(
+        "--trusted-proxies",
+        help="comma-separated addresses or networks of proxies whose X-Forwarded-For is believed (default: none)",
+    )
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="default info")
     parser.add_argument("--env-file", default=".env", help="file of DDPM_* settings (default .env, if present)")
     return parser
@@ -103,6 +111,7 @@ def main(argv: list[str] | None = None) -> None:
         # limit, far above it, only bounds the memory a message can take before the app sees it
         ws_max_size=max(WS_TRANSPORT_MAX_BYTES, 4 * settings.max_body_bytes),
         timeout_keep_alive=settings.keep_alive_timeout_s,
+        proxy_headers=False,  # the app applies X-Forwarded-For from settings.trusted_proxies only (server.app)
         timeout_graceful_shutdown=SHUTDOWN_BACKSTOP_S,
     )
     try:

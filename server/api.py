@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from server import images
+from server.jobs import client_address
 from server.loop import Finished
 from server.metrics import CONTENT_TYPE
 from server.parsing import parse_request, require_json
@@ -77,19 +78,23 @@ async def model_schedule(name: str, state: State):
     responses={
         200: {"content": {"image/png": {}}, "description": "JSON, or the grid as a PNG with `Accept: image/png`"},
         422: {"model": Error, "description": "Invalid request"},
+        429: {"model": Error, "description": "This client already has max_jobs_per_client runs going or waiting"},
         503: {
             "model": Error,
-            "description": "All sampling places are taken, or the server is shutting down: "
-            "retry after Retry-After seconds",
+            "description": "The queue is full, or the server is shutting down: retry after Retry-After seconds",
         },
-        504: {"model": Error, "description": "Sampling took longer than the server's request timeout"},
+        504: {
+            "model": Error,
+            "description": "No sampling place came free, or sampling took longer, within the request timeout",
+        },
     },
     tags=["sampling"],
     summary="Sample n images",
 )
 async def sample(request: Request, state: State):
     """Runs DDPM or DDIM and answers with every image and their grid, as base64 PNGs; the same seed
-    and parameters give the same images. With `Accept: image/png` the answer is the grid itself,
+    and parameters give the same images. A request that finds the sampling batch full waits its
+    turn in the server's queue (at most the request timeout). With `Accept: image/png` the answer is the grid itself,
     with its seed in the `X-Seed` header."""
     require_json(request.headers.get("content-type"))
     body = parse_request(SampleRequest, await request.body(), state.settings.max_body_bytes, loc=("body",))
@@ -99,7 +104,7 @@ async def sample(request: Request, state: State):
         raise InvalidRequest([{**error, "loc": ["body", *error["loc"]]} for error in e.errors]) from None
 
     with state.jobs.client():
-        event = await state.jobs.run_to_end(spec, lambda: _wait_for_disconnect(request))
+        event = await state.jobs.run_to_end(spec, client_address(request), lambda: _wait_for_disconnect(request))
     if not isinstance(event, Finished):  # the client left, and its job was cancelled
         return Response(status_code=CLIENT_CLOSED_REQUEST)
 
@@ -124,7 +129,7 @@ async def sample(request: Request, state: State):
 
 @router.get("/metrics", response_class=PlainTextResponse, tags=["health"], summary="Prometheus metrics")
 async def metrics(state: State):
-    return PlainTextResponse(state.metrics.render(), media_type=CONTENT_TYPE)
+    return Response(state.metrics.render(), media_type=CONTENT_TYPE)
 
 
 async def _wait_for_disconnect(request: Request) -> None:

@@ -2,7 +2,8 @@
 documentation (served from a Python package, so that it works offline) and the lifespan that loads
 the models and runs the sampling loop.
 
-The middleware, from the outside in: RequestMetrics counts every answer under its route;
+The middleware, from the outside in: ProxyHeadersMiddleware (uvicorn's), when trusted_proxies are
+set, takes the client's address from their X-Forwarded-For; RequestMetrics counts every answer under its route;
 SecurityHeaders adds nosniff, no framing and a Content-Security-Policy to each; HostCheck refuses a
 Host header this server does not answer to (DNS rebinding); CORS, when configured; MethodCheck
 answers OPTIONS and wrong methods on the API's routes (the UI's mount at / would otherwise); and
@@ -34,6 +35,7 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.requests import ClientDisconnect
 from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from server import api, config, ws
 from server.jobs import POLICY_VIOLATION, JobBridge, Refused
@@ -54,15 +56,18 @@ sampling loop per device, which advances all running jobs with one batched UNet 
 
 **WebSocket `/ws/sample`** streams the denoising as it happens. Send one JSON message with the
 fields of `POST /sample` plus `"every": k` (stream every k-th step; the last one always is) and
-optionally `"preview_size"`. The server answers with JSON text messages: `{"type": "start", "total",
+optionally `"preview_size"`. The server answers with JSON text messages: while the run waits for a
+place in the batch, `{"type": "queued", "position", "eta_s"}` (runs ahead of it, and about how many
+seconds until it starts), at once and whenever the position changes; then `{"type": "start", "total",
 "seed", "model", "sampler", "steps", "params", "n", "every", "image_size", "channels", "preview_size",
 "label", "guidance"}`, then for each streamed step `{"type": "frame", "step", "total", "t", "x_t",
 "x0"}` (base64 PNG grids of the samples and of the predicted x_0, each image at most `preview_size`
 pixels a side), then `{"type": "done", "grid", "images", "seed", "model", "sampler", "steps",
 "elapsed_ms"}` (full size) and a normal close (1000). Send `{"type": "cancel"}` at any time to stop:
 the answer is `{"type": "cancelled", "step"}` and a normal close. An invalid request is answered with
-`{"type": "error", "detail"}` and close code 1008; a full server with an error and 1013; a server
-shutting down with an error and 1001. Frames may be skipped for a client that reads more slowly
+`{"type": "error", "kind", "detail"}` and close code 1008; a full queue with kind "busy" and 1013; a
+client that already has its most runs with kind "client_limit" and 1008; a server shutting down with
+kind "shutdown" and 1001. Frames may be skipped for a client that reads more slowly
 than the images are made. See docs/api.md.
 
 The bounds in this schema are the server's settings and the loosest over its models; each model's
@@ -104,18 +109,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             torch.set_num_threads(settings.torch_threads)
         registry = ModelRegistry.load(settings.checkpoint_dir, device, settings.default_model)
         metrics.models.set(len(registry.models))
-        loop = SamplingLoop(device, settings.max_jobs, metrics)
+        loop = SamplingLoop(device, settings.max_jobs, metrics, settings.max_queue)
         loop.start()
         encoder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="png")
-        jobs = JobBridge(loop, metrics, settings.request_timeout_s)
+        jobs = JobBridge(loop, metrics, settings.request_timeout_s, settings.max_jobs_per_client)
         app.state.server = ServerState(settings, registry, loop, jobs, metrics, encoder)
         served = ", ".join(registry.models) or "no models"
         log.info(
-            "serving %s on %s (default %s), at most %d jobs at once, %d PyTorch CPU threads",
+            "serving %s on %s (default %s), at most %d jobs at once and %d waiting, %d PyTorch CPU threads",
             served,
             device,
             registry.default,
             settings.max_jobs,
+            settings.max_queue,
             torch.get_num_threads(),
         )
         try:
@@ -150,7 +156,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.openapi = openapi
 
     async def refused(request: Request, exc: Refused):
-        metrics.errors.inc(kind=exc.kind)
+        metrics.errors.labels(kind=exc.kind).inc()
         return exc.response()
 
     async def invalid(request: Request, exc: InvalidRequest | RequestValidationError):
@@ -180,6 +186,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(HostCheck, allowed=trusted_hosts(settings), metrics=metrics)
     app.add_middleware(SecurityHeaders)
     app.add_middleware(RequestMetrics, routes=routes, metrics=metrics)
+    if settings.trusted_proxies:  # the client's address as the proxy saw it, for the per-client limit and the logs
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
 
     # The UI last: a mount at / would otherwise shadow the API routes.
     if settings.web_dir is not None and settings.web_dir.is_dir():
@@ -312,7 +320,7 @@ class HostCheck:
         if scope["type"] not in ("http", "websocket") or host_allowed(Headers(scope=scope).get("host"), self.allowed):
             await self.app(scope, receive, send)
         elif scope["type"] == "websocket":
-            self.metrics.ws_sessions.inc(outcome="forbidden")
+            self.metrics.ws_sessions.labels(outcome="forbidden").inc()
             await send({"type": "websocket.close", "code": POLICY_VIOLATION, "reason": ""})
         else:
             await PlainTextResponse("Invalid host header", status_code=400)(scope, receive, send)
@@ -389,7 +397,7 @@ class BodyLimit:
         too_long = Refused("invalid", [error("too_long", f"the request body is larger than {self.max_bytes} bytes")])
         declared = Headers(scope=scope).get("content-length", "")
         if declared.isdigit() and int(declared) > self.max_bytes:
-            self.metrics.errors.inc(kind="invalid")
+            self.metrics.errors.labels(kind="invalid").inc()
             await too_long.response()(scope, receive, send)
             return
         received = 0
@@ -432,4 +440,4 @@ class RequestMetrics:
             route, _ = api_route(self.routes, scope)
             name = route.path if isinstance(route, Route) else "other"  # "other": the UI's files, or no route
             method = scope["method"] if scope["method"] in KNOWN_METHODS else "other"
-            self.metrics.requests.inc(method=method, route=name, status=str(status))
+            self.metrics.requests.labels(method=method, route=name, status=str(status)).inc()

@@ -24,6 +24,9 @@ async def server_config(state: Annotated[ServerState, Depends(get_state)]) -> Se
             "max_steps": settings.max_steps,
             "max_guidance": settings.max_guidance,
             "max_seed": MAX_SEED,
+            "max_jobs": settings.max_jobs,
+            "max_queue": settings.max_queue,
+            "max_jobs_per_client": settings.max_jobs_per_client,
         },
         defaults={
             "model": state.registry.default,

@@ -8,6 +8,13 @@ Jobs join and leave between iterations, so a new user starts at the next iterati
 waiting for someone else's 1000 DDPM steps. Each job draws its noise from its own torch.Generator,
 so its images depend on its seed only, not on what shares the batch.
 
+Admission: at most `max_jobs` jobs are in the running batch; up to `max_queue` more wait in a FIFO
+queue and join the batch as places free up, in order. A queued job is told its position (how many
+wait ahead of it) and an estimate of its wait, at once and whenever the position changes (at most
+every POSITION_INTERVAL_S); only a full queue refuses a job. The estimate plays the queue forward
+on the measured time of one iteration of the loop: each place frees when its job's remaining steps
+are taken, and the next queued job takes it.
+
 The loop never waits for a client: it reports what happens to a job through the job's `report`
 callback (called on the loop thread; it must only hand the event over, e.g. with
 call_soon_threadsafe), and the server encodes and sends from there.
@@ -15,10 +22,12 @@ call_soon_threadsafe), and the server encodes and sends from there.
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -31,9 +40,12 @@ from server.registry import LoadedModel
 
 log = logging.getLogger(__name__)
 
+POSITION_INTERVAL_S = 0.25  # a queued job hears of its new position at most this often
+ITERATION_SMOOTHING = 0.2  # weight of the latest iteration in the measured time of one
+
 
 class LoopFull(Exception):
-    """Every place in the loop is taken; try again later."""
+    """The batch and the queue are full; try again later."""
 
 
 class LoopClosed(LoopFull):
@@ -57,6 +69,22 @@ class JobSpec:
 
 
 # --- what the loop reports about a job ----------------------------------------------------------
+
+
+@dataclass
+class Queued:
+    """The job waits for a place: `position` jobs wait ahead of it; it should start in about
+    `eta_s` seconds (None until the loop has measured an iteration)."""
+
+    position: int
+    eta_s: float | None
+
+
+@dataclass
+class Started:
+    """The job has a place in the batch and its first step is next."""
+
+    waited_s: float
 
 
 @dataclass
@@ -87,7 +115,7 @@ class Failed:
     detail: str
 
 
-Event = Frame | Finished | Cancelled | Failed
+Event = Queued | Started | Frame | Finished | Cancelled | Failed
 
 
 class Job:
@@ -99,7 +127,11 @@ class Job:
         self.report = report
         self.timeout_s = timeout_s
         self._cancelled = threading.Event()
+        self._loop: SamplingLoop | None = None  # set by submit: cancelling a queued job withdraws it
+        self.submitted_at = 0.0
         self.started_at = 0.0
+        self.position: int | None = None  # in the queue, as last reported; None once started
+        self.framed = False  # a frame has been reported
         # set on the loop thread by start()
         self.steps: StepGenerator | None = None
         self.step = None
@@ -107,8 +139,11 @@ class Job:
         self.guidance: torch.Tensor | None = None
 
     def cancel(self) -> None:
-        """Ask the loop to drop this job; it does so before its next step. Safe from any thread."""
+        """Ask the loop to drop this job: at once if it waits in the queue, else before its next
+        step. Safe from any thread."""
         self._cancelled.set()
+        if self._loop is not None:
+            self._loop.withdraw(self)
 
     @property
     def cancelled(self) -> bool:
@@ -148,55 +183,109 @@ class Job:
     def timed_out(self, now: float) -> bool:
         return now - self.started_at > self.timeout_s
 
+    def remaining_steps(self) -> int:
+        return self.spec.steps if self.step is None else self.step.total - self.step.index
+
 
 class SamplingLoop:
-    """The sampling thread of one device. `submit` jobs from any thread; at most `max_jobs` hold a
-    place at once (queued or running), so overload is refused instead of queued without bound."""
+    """The sampling thread of one device. `submit` jobs from any thread: at most `max_jobs` run at
+    once (the batch) and at most `max_queue` more wait their turn; a job beyond that is refused."""
 
-    def __init__(self, device: torch.device, max_jobs: int, metrics: Metrics | None = None):
+    def __init__(self, device: torch.device, max_jobs: int, metrics: Metrics | None = None, max_queue: int = 0):
         self.device = device
         self.max_jobs = max_jobs
+        self.max_queue = max_queue
         self.metrics = metrics or Metrics()
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._incoming: list[Job] = []
-        self._places = 0  # jobs submitted and not yet reported finished, cancelled or failed
+        self._queue: deque[Job] = deque()  # waiting for a place in the batch, first come first served
+        self._running = 0  # jobs given a place in the batch and not yet reported finished, cancelled or failed
+        self._queue_changed = False
+        self._positions_sent_at = 0.0
+        self._iteration_s: float | None = None  # measured time of one iteration (all the batch's forwards)
+        self._next_start: tuple[float, float] | None = None  # (when, in how many s) the queue's head should start
         self._stopping = False
-        self._closed = False  # no more jobs admitted; those admitted still run
+        self._closed = False  # no more jobs admitted; those running still run
         self._active: list[Job] = []  # touched by the loop thread only
         self._thread = threading.Thread(target=self._run, name=f"sampling-{device}", daemon=True)
 
     @property
     def active_jobs(self) -> int:
+        """Jobs running or waiting."""
         with self._lock:
-            return self._places
+            return self._running + len(self._queue)
+
+    @property
+    def queued_jobs(self) -> int:
+        with self._lock:
+            return len(self._queue)
+
+    def retry_after_s(self) -> float | None:
+        """About when a place in the queue should free up: when its first job should start, as last
+        estimated (None: not measured yet)."""
+        if self._next_start is None:
+            return None
+        estimated_at, eta = self._next_start
+        return max(0.0, eta - (time.perf_counter() - estimated_at))
 
     def submit(self, job: Job) -> None:
+        """Give the job a place in the batch, or in the queue (it is then reported Queued at once)."""
+        job.submitted_at = time.perf_counter()
+        job._loop = self
         with self._lock:
             if self._closed:
                 raise LoopClosed("the server is shutting down")
-            if self._places >= self.max_jobs:
-                raise LoopFull(f"all {self.max_jobs} sampling places are taken")
-            self._places += 1
-            self._incoming.append(job)
-            self.metrics.active_jobs.set(self._places)
-            self._wake.notify()
+            if self._running < self.max_jobs:
+                self._running += 1
+                self._incoming.append(job)
+                self._wake.notify()
+            elif len(self._queue) < self.max_queue:
+                job.position = len(self._queue)
+                self._queue.append(job)
+            else:
+                raise LoopFull(f"the {self.max_jobs} sampling places and the queue's {self.max_queue} are taken")
+            self._count()
+            queued = job.position is not None
+            eta = self._etas([job], [*self._queue][: job.position], self._incoming)[0] if queued else None
+        if queued:
+            self._report(job, Queued(job.position, eta))
+
+    def withdraw(self, job: Job) -> None:
+        """Remove a cancelled job from the queue at once (a running job leaves before its next step)."""
+        with self._lock:
+            if job not in self._queue:
+                return
+            self._queue.remove(job)
+            self._queue_changed = True
+            self._count()
+        self._end(job, Cancelled(0))
 
     def start(self) -> None:
         self._thread.start()
 
     def close(self) -> None:
-        """Admit no more jobs (submit raises LoopClosed); the jobs admitted run on."""
+        """Admit no more jobs (submit raises LoopClosed); the jobs running run on, the queued ones
+        are failed with "shutdown" (they would not start within a shutdown's grace period)."""
         with self._lock:
             self._closed = True
+            queued, self._queue = list(self._queue), deque()
+            self._count()
+        for job in queued:
+            self._end(job, Failed("shutdown", "the server is shutting down"))
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop after the current iteration; jobs still running are reported Failed("shutdown")."""
+        self.close()
         with self._lock:
-            self._closed = self._stopping = True
+            self._stopping = True
             self._wake.notify()
         if self._thread.is_alive():
             self._thread.join(timeout_s)
+
+    def _count(self) -> None:  # with the lock held
+        self.metrics.active_jobs.set(self._running)
+        self.metrics.queued_jobs.set(len(self._queue))
 
     # --- the loop thread ---
 
@@ -209,11 +298,17 @@ class SamplingLoop:
                     if self._stopping:
                         break
                     joining, self._incoming = self._incoming, []
+                began = time.perf_counter()
                 for job in joining:
                     self._join(job)
                 self._retire_stopped_jobs()
                 for model_jobs in _by_model(self._active).values():
                     self._advance(model_jobs)
+                if self._active:
+                    elapsed = time.perf_counter() - began
+                    last = self._iteration_s
+                    self._iteration_s = elapsed if last is None else last + ITERATION_SMOOTHING * (elapsed - last)
+                self._send_positions()
         with self._lock:
             leftover, self._incoming = self._active + self._incoming, []
         self._active = []
@@ -227,7 +322,11 @@ class SamplingLoop:
             log.exception("job %d could not start", job.id)
             self._leave(job, Failed("error", f"could not start sampling: {e}"))
             return
+        waited = job.started_at - job.submitted_at
+        self.metrics.queue_wait.observe(waited)
+        job.position = None
         self._active.append(job)
+        self._report(job, Started(waited))
 
     def _retire_stopped_jobs(self) -> None:
         now = time.perf_counter()
@@ -245,6 +344,7 @@ class SamplingLoop:
         t = torch.cat([torch.full((job.spec.n,), job.step.t, device=model.device) for job in jobs])
         labels = torch.cat([job.labels for job in jobs]) if model.num_classes else None
         guidance = torch.cat([job.guidance for job in jobs])
+        began = time.perf_counter()
         try:
             eps = guided_eps(model.unet, x, t, labels, guidance)
         except Exception as e:  # out of memory, most likely: fail these jobs, keep serving
@@ -252,6 +352,7 @@ class SamplingLoop:
             for job in jobs:
                 self._leave(job, Failed("error", f"the model failed: {e}"))
             return
+        self.metrics.forward_seconds.observe(time.perf_counter() - began)  # eps is on the CPU, or awaited below
         self.metrics.batch_jobs.observe(len(jobs))
         guided_rows = 0 if labels is None else int(((labels != model.unet.null_label) & (guidance != 1)).sum())
         self.metrics.batch_images.observe(len(x) + guided_rows)
@@ -264,19 +365,63 @@ class SamplingLoop:
                 self._leave(job, Failed("error", f"sampling failed: {e}"))
                 continue
             for event in events:
+                if isinstance(event, Frame) and not job.framed:
+                    job.framed = True
+                    self.metrics.first_frame.observe(time.perf_counter() - job.submitted_at)
                 if isinstance(event, Finished):
                     self._leave(job, event)
                 else:
                     self._report(job, event)
 
     def _leave(self, job: Job, event: Finished | Cancelled | Failed) -> None:
+        """A job of the batch ends: its place goes to the first job of the queue."""
         if job in self._active:
             self._active.remove(job)
         with self._lock:
-            self._places -= 1
-            self.metrics.active_jobs.set(self._places)
-        self.metrics.jobs.inc(outcome=type(event).__name__.lower())
+            self._running -= 1
+            if self._queue and not self._closed:
+                self._incoming.append(self._queue.popleft())
+                self._running += 1
+                self._queue_changed = True
+            self._count()
+        self._end(job, event)
+
+    def _end(self, job: Job, event: Finished | Cancelled | Failed) -> None:
+        self.metrics.jobs.labels(outcome=type(event).__name__.lower()).inc()
         self._report(job, event)
+
+    def _send_positions(self) -> None:
+        """Tell each queued job whose position changed where it stands, at most every POSITION_INTERVAL_S."""
+        now = time.perf_counter()
+        if not self._queue_changed or now - self._positions_sent_at < POSITION_INTERVAL_S:
+            return
+        with self._lock:
+            queued, joining = list(self._queue), list(self._incoming)
+            self._queue_changed = False
+        self._positions_sent_at = now
+        etas = self._etas(queued, [], joining)
+        self._next_start = (now, etas[0]) if etas and etas[0] is not None else None
+        for position, (job, eta) in enumerate(zip(queued, etas, strict=True)):
+            if job.position != position:
+                job.position = position
+                self._report(job, Queued(position, eta))
+
+    def _etas(self, queued: list[Job], ahead: list[Job], joining: list[Job]) -> list[float | None]:
+        """When each of `queued` (behind `ahead`) should start: the queue played forward on the
+        measured iteration time, each place of the batch freeing when its job has taken its
+        remaining steps, for the next job of the queue to take it."""
+        if self._iteration_s is None:
+            return [None] * len(queued)
+        # submit reads the active list from another thread: a stale copy only puts the estimate a step off
+        running = [job.remaining_steps() for job in [*list(self._active), *joining]]
+        frees = sorted(running)[: self.max_jobs] + [0] * max(0, self.max_jobs - len(running))
+        heapq.heapify(frees)
+        etas = []
+        for job in [*ahead, *queued]:
+            start = heapq.heappop(frees)
+            heapq.heappush(frees, start + job.spec.steps)
+            etas.append(start * self._iteration_s)
+        return etas[len(ahead) :]
 
     def _report(self, job: Job, event: Event) -> None:
         try:

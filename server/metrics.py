@@ -1,101 +1,23 @@
-"""The server's counters, in the Prometheus text exposition format (version 0.0.4).
+"""The server's metrics, kept and exposed by prometheus_client.
 
-A few dozen lines instead of a dependency: the server needs counters, gauges and histograms with
-labels, updated from the sampling thread and the event loop alike (hence the lock), nothing more.
+Each Metrics has its own CollectorRegistry (a test may run several apps in one process), updated
+from the sampling thread and the event loop alike (prometheus_client's metrics are thread-safe).
 """
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections import deque
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4  # what generate_latest writes
+disable_created_metrics()  # no *_created series: a scrape's time series are the ones below
 
-class _Metric:
-    kind = ""
-
-    def __init__(self, registry: Metrics, name: str, help: str, labels: tuple[str, ...] = ()):
-        self.name, self.help, self.labels = name, help, labels
-        self._lock = registry.lock
-        registry.all.append(self)
-
-    def _key(self, labels: dict[str, str]) -> tuple[str, ...]:
-        if set(labels) != set(self.labels):
-            raise ValueError(f"{self.name} takes labels {self.labels}, got {sorted(labels)}")
-        return tuple(str(labels[name]) for name in self.labels)
-
-    def _label_text(self, key: tuple[str, ...], extra: str = "") -> str:
-        pairs = [f'{name}="{_escape(value)}"' for name, value in zip(self.labels, key, strict=True)]
-        if extra:
-            pairs.append(extra)
-        return "{" + ",".join(pairs) + "}" if pairs else ""
-
-    def render(self) -> list[str]:
-        return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}", *self._samples()]
-
-    def _samples(self) -> list[str]:
-        raise NotImplementedError
-
-
-class Counter(_Metric):
-    kind = "counter"
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._values: dict[tuple[str, ...], float] = {} if self.labels else {(): 0.0}
-
-    def inc(self, amount: float = 1.0, **labels: str) -> None:
-        key = self._key(labels)
-        with self._lock:
-            self._values[key] = self._values.get(key, 0.0) + amount
-
-    def value(self, **labels: str) -> float:
-        with self._lock:
-            return self._values.get(self._key(labels), 0.0)
-
-    def _samples(self) -> list[str]:
-        with self._lock:
-            return [f"{self.name}{self._label_text(key)} {_number(v)}" for key, v in sorted(self._values.items())]
-
-
-class Gauge(Counter):
-    kind = "gauge"
-
-    def set(self, value: float, **labels: str) -> None:
-        key = self._key(labels)
-        with self._lock:
-            self._values[key] = value
-
-
-class Histogram(_Metric):
-    kind = "histogram"
-
-    def __init__(self, *args, buckets: tuple[float, ...], **kwargs):
-        super().__init__(*args, **kwargs)
-        self.buckets = (*sorted(buckets), math.inf)
-        self._counts = [0] * len(self.buckets)
-        self._sum = 0.0
-
-    def observe(self, value: float) -> None:
-        with self._lock:
-            self._counts[next(i for i, upper in enumerate(self.buckets) if value <= upper)] += 1
-            self._sum += value
-
-    def count_above(self, value: float) -> int:
-        """How many observations exceeded `value` (a bucket bound)."""
-        with self._lock:
-            return sum(c for upper, c in zip(self.buckets, self._counts, strict=True) if upper > value)
-
-    def _samples(self) -> list[str]:
-        with self._lock:
-            lines, cumulative = [], 0
-            for upper, count in zip(self.buckets, self._counts, strict=True):
-                cumulative += count
-                lines.append(f'{self.name}_bucket{{le="{_number(upper)}"}} {cumulative}')
-            return [*lines, f"{self.name}_sum {_number(self._sum)}", f"{self.name}_count {cumulative}"]
+# waits and latencies of a demo on a CPU (seconds) to a GPU (milliseconds)
+SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
 class Rate:
@@ -123,50 +45,58 @@ class Metrics:
     """Everything /metrics reports."""
 
     def __init__(self):
-        self.lock = threading.Lock()
-        self.all: list[_Metric] = []
+        self.registry = r = CollectorRegistry()
         self.requests = Counter(
-            self, "ddpm_http_requests_total", "HTTP requests by route and status", ("method", "route", "status")
+            "ddpm_http_requests", "HTTP requests by route and status", ("method", "route", "status"), registry=r
         )
         self.ws_sessions = Counter(
-            self, "ddpm_ws_sessions_total", "WebSocket sampling sessions by outcome", ("outcome",)
+            "ddpm_ws_sessions", "WebSocket sampling sessions by outcome", ("outcome",), registry=r
         )
-        self.errors = Counter(self, "ddpm_errors_total", "Refused or failed sampling requests by kind", ("kind",))
-        self.models = Gauge(self, "ddpm_models_loaded", "Models being served")
-        self.active_jobs = Gauge(self, "ddpm_active_jobs", "Sampling jobs holding a place in the loop")
-        self.jobs = Counter(self, "ddpm_jobs_total", "Sampling jobs that left the loop, by outcome", ("outcome",))
+        self.errors = Counter("ddpm_errors", "Refused or failed sampling requests by kind", ("kind",), registry=r)
+        self.models = Gauge("ddpm_models_loaded", "Models being served", registry=r)
+        self.active_jobs = Gauge("ddpm_active_jobs", "Jobs in the running batch of the sampling loop", registry=r)
+        self.queued_jobs = Gauge("ddpm_queued_jobs", "Jobs waiting in the queue for a place in the batch", registry=r)
+        self.jobs = Counter("ddpm_jobs", "Sampling jobs that left the loop, by outcome", ("outcome",), registry=r)
+        self.queue_wait = Histogram(
+            "ddpm_queue_wait_seconds", "From a job's submission to its start", buckets=SECONDS, registry=r
+        )
+        self.first_frame = Histogram(
+            "ddpm_time_to_first_frame_seconds",
+            "From a streamed job's submission to its first frame",
+            buckets=SECONDS,
+            registry=r,
+        )
+        self.forward_seconds = Histogram(
+            "ddpm_forward_seconds", "Latency of one batched UNet forward", buckets=SECONDS, registry=r
+        )
         self.batch_jobs = Histogram(
-            self, "ddpm_batch_jobs", "Jobs advanced by one batched UNet forward", buckets=(1, 2, 4, 8, 16, 32, 64)
+            "ddpm_batch_jobs",
+            "Jobs advanced by one batched UNet forward",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=r,
         )
         self.batch_images = Histogram(
-            self,
             "ddpm_batch_images",
-            "Images in one batched UNet forward (guided rows count twice)",
+            "Rows of one batched UNet forward: its images, guided ones counting twice",
             buckets=(1, 4, 16, 64, 256, 1024, 4096),
+            registry=r,
         )
-        self.denoising_steps = Counter(self, "ddpm_denoising_steps_total", "Denoising steps taken, one per job")
-        self.steps_per_second = Gauge(
-            self, "ddpm_denoising_steps_per_second", "Denoising steps per second over the last 10 s"
-        )
-        self.frames_dropped = Counter(
-            self, "ddpm_ws_frames_dropped_total", "Frames replaced by a newer one before a slow client read them"
-        )
+        self.denoising_steps = Counter("ddpm_denoising_steps", "Denoising steps taken, one per job", registry=r)
         self.step_rate = Rate()
+        Gauge(
+            "ddpm_denoising_steps_per_second", "Denoising steps per second over the last 10 s", registry=r
+        ).set_function(self.step_rate.per_second)
+        self.frames_dropped = Counter(
+            "ddpm_ws_frames_dropped", "Frames replaced by a newer one before a slow client read them", registry=r
+        )
 
     def record_steps(self, count: int) -> None:
         self.denoising_steps.inc(count)
         self.step_rate.add(count)
 
-    def render(self) -> str:
-        self.steps_per_second.set(self.step_rate.per_second())
-        return "\n".join(line for metric in self.all for line in metric.render()) + "\n"
+    def value(self, name: str, **labels: str) -> float:
+        """A sample's current value (0 if it has none yet), e.g. value("ddpm_jobs_total", outcome="cancelled")."""
+        return self.registry.get_sample_value(name, labels) or 0.0
 
-
-def _number(value: float) -> str:
-    if value == math.inf:
-        return "+Inf"
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", r"\\").replace('"', r"\"").replace("\n", r"\n")
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

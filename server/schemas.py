@@ -147,6 +147,11 @@ class Limits(BaseModel):
     max_steps: int = Field(description="Most steps a request (a model allows at most its T).")
     max_guidance: float = Field(description="Largest guidance weight; the smallest is 0.")
     max_seed: int = Field(description="Largest seed (2⁵³ − 1, exact in JavaScript).")
+    max_jobs: int = Field(description="Runs sampled at once (the batch); more wait in the queue.")
+    max_queue: int = Field(description="Runs that may wait for a place; beyond, a run is refused as busy.")
+    max_jobs_per_client: int = Field(
+        description="Runs one client (one address) may have running or waiting; beyond, it is refused."
+    )
 
 
 class Defaults(BaseModel):
@@ -224,6 +229,14 @@ class DoneMessage(BaseModel):
     elapsed_ms: float
 
 
+class QueuedMessage(BaseModel):
+    type: Literal["queued"] = "queued"
+    position: int = Field(description="How many runs wait ahead of this one (0: it starts next).")
+    eta_s: float | None = Field(
+        description="About how many seconds until it starts, from the server's measured rate (null: not measured yet)."
+    )
+
+
 class CancelledMessage(BaseModel):
     type: Literal["cancelled"] = "cancelled"
     step: int = Field(description="The steps taken before the job stopped.")
@@ -231,4 +244,8 @@ class CancelledMessage(BaseModel):
 
 class ErrorMessage(BaseModel):
     type: Literal["error"] = "error"
+    kind: str = Field(
+        description="What ended the run: invalid, busy (the queue is full), client_limit (this client has its "
+        "most runs), shutdown, timeout or error (server.jobs.FAILURES)"
+    )
     detail: str | list[dict]

@@ -33,7 +33,18 @@ class Settings(BaseSettings):
 
     max_n: int = Field(64, ge=1, description="most images per request")
     max_steps: int = Field(1000, ge=1, description="most denoising steps per request")
-    max_jobs: int = Field(8, ge=1, description="most jobs sampling at once; more are refused with 503")
+    max_jobs: int = Field(8, ge=1, description="most jobs sampling at once (the batch); more wait in the queue")
+    max_queue: int = Field(
+        256, ge=0, description="most jobs waiting for a place in the batch; more are refused (503 / close 1013)"
+    )
+    max_jobs_per_client: int = Field(
+        4, ge=1, description="most jobs running or waiting per client address; more are refused (429 / close 1008)"
+    )
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="addresses or networks (10.0.0.0/8) of proxies whose X-Forwarded-For names the client; "
+        "from any other peer the header is ignored",
+    )
     max_guidance: float = Field(20.0, ge=1)
     default_guidance: float = Field(3.0, ge=0, description="classifier-free guidance w when a label is given")
     default_sampler: str = Field(
@@ -80,7 +91,7 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown sampler {value!r}; choose one of {', '.join(SAMPLERS)}")
         return value
 
-    @field_validator("cors_origins", "allowed_hosts", mode="before")
+    @field_validator("cors_origins", "allowed_hosts", "trusted_proxies", mode="before")
     @classmethod
     def split_list(cls, value):
         """A comma-separated string (the natural form of an environment variable) or a list."""

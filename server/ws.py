@@ -1,7 +1,8 @@
 """WS /ws/sample: one sampling run per connection, every (k-th) x_t streamed as it is computed.
 
-The client sends one request message; the server answers start, frames, and done (or cancelled,
-or error) and closes. While the job runs, a listener task reads the client's messages (cancel, or
+The client sends one request message; the server answers queued (while the job waits for a place
+in the batch, whenever its position changes), start, frames, and done (or cancelled, or error) and
+closes. While the job runs, a listener task reads the client's messages (cancel, or
 the socket closing) and a sender task drains the connection's Outbox, encoding PNGs in the
 encoder pool. A slow client only loses frames of its own: the Outbox keeps the newest, and a send
 that takes longer than ws_send_timeout_s drops the client.
@@ -24,10 +25,17 @@ from pydantic import BaseModel
 from starlette.websockets import WebSocketDisconnect
 
 from server import images
-from server.jobs import NORMAL, POLICY_VIOLATION, Outbox, Refused
-from server.loop import Cancelled, Event, Failed, Finished, Frame, Job, JobSpec
+from server.jobs import NORMAL, POLICY_VIOLATION, Outbox, Refused, client_address
+from server.loop import Cancelled, Event, Failed, Finished, Frame, Job, JobSpec, Queued, Started
 from server.parsing import error, parse_json, parse_request
-from server.schemas import CancelledMessage, DoneMessage, FrameMessage, StartMessage, StreamRequest
+from server.schemas import (
+    CancelledMessage,
+    DoneMessage,
+    FrameMessage,
+    QueuedMessage,
+    StartMessage,
+    StreamRequest,
+)
 from server.state import ServerState, get_state
 from server.validation import InvalidRequest, resolve
 
@@ -60,12 +68,12 @@ def origin_allowed(origin: str | None, host: str | None, allowed: list[str]) -> 
 async def ws_sample(websocket: WebSocket):
     state = get_state(websocket)
     if not origin_allowed(websocket.headers.get("origin"), websocket.headers.get("host"), state.settings.cors_origins):
-        state.metrics.ws_sessions.inc(outcome="forbidden")
+        state.metrics.ws_sessions.labels(outcome="forbidden").inc()
         await websocket.close(POLICY_VIOLATION)  # before accept(): the handshake is refused with 403
         return
     with state.jobs.client():
         outcome = await _session(websocket, state)
-    state.metrics.ws_sessions.inc(outcome=outcome)
+    state.metrics.ws_sessions.labels(outcome=outcome).inc()
 
 
 async def _session(websocket: WebSocket, state: ServerState) -> str:
@@ -83,7 +91,7 @@ async def _session(websocket: WebSocket, state: ServerState) -> str:
         refused = Refused.of(e)
         if refused.kind == "error":
             log.exception("a WebSocket session failed")
-        state.metrics.errors.inc(kind=refused.kind)
+        state.metrics.errors.labels(kind=refused.kind).inc()
         await _close_with_error(websocket, refused, state)
         return refused.kind
 
@@ -114,8 +122,7 @@ async def _read_request(websocket: WebSocket, state: ServerState) -> JobSpec:
 
 async def _stream(websocket: WebSocket, state: ServerState, spec: JobSpec) -> str:
     outbox = Outbox(state.settings.ws_frame_buffer, on_drop=state.metrics.frames_dropped.inc)
-    job = state.jobs.submit(spec, outbox)
-    outbox.put(_start_message(spec))
+    job = state.jobs.submit(spec, outbox, client_address(websocket))
     sender = asyncio.create_task(_send(websocket, outbox, spec, state))
     listener = asyncio.create_task(_listen(websocket, job, outbox, state))
     for task in (sender, listener):
@@ -199,6 +206,10 @@ async def _render(item: Event | BaseModel, spec: JobSpec, state: ServerState) ->
         )
     if isinstance(item, Cancelled):
         return CancelledMessage(step=item.step)
+    if isinstance(item, Queued):
+        return QueuedMessage(position=item.position, eta_s=None if item.eta_s is None else round(item.eta_s, 1))
+    if isinstance(item, Started):
+        return _start_message(spec)
     return item
 
 
@@ -233,7 +244,7 @@ def _start_message(spec: JobSpec) -> StartMessage:
 
 async def _close_with_error(websocket: WebSocket, refused: Refused, state: ServerState) -> None:
     try:
-        await _send_text(websocket, json.dumps({"type": "error", **refused.body()}), state)
+        await _send_text(websocket, json.dumps({"type": "error", "kind": refused.kind, **refused.body()}), state)
     except ClientGone:
         return
     await _close(websocket, refused.failure.close_code, state)

@@ -264,10 +264,14 @@ def test_replicas_compose_matches_the_nginx_upstreams():
     upstreams = re.findall(r"^\s*server (\S+):8000", NGINX_CONF.read_text(), re.MULTILINE)
     assert upstreams == replicas
     assert services["lb"]["volumes"] == [f"{NGINX_CONF}:/etc/nginx/conf.d/default.conf:ro"]
+    # the replicas believe the X-Forwarded-For of nginx, and of nothing else
+    lb_address = services["lb"]["networks"]["backend"]["ipv4_address"]
+    assert {services[name]["environment"]["DDPM_TRUSTED_PROXIES"] for name in replicas} == {lb_address}
 
 
 def start_replica(executable: str, folder: Path, port: int) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DDPM_")}
+    env["DDPM_TRUSTED_PROXIES"] = "127.0.0.1"  # nginx, as in the compose file
     command = [executable, "--host", "127.0.0.1", "--port", str(port), "--checkpoints", str(folder),
                "--device", "cpu", "--max-jobs", "1", "--log-level", "warning", "--env-file", os.devnull]  # fmt: skip
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

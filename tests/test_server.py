@@ -177,9 +177,10 @@ def test_default_model_prefers_the_setting(checkpoints):
 
 
 def test_config_publishes_the_limits_the_defaults_and_the_sampler_table(checkpoints):
-    with serve(checkpoints, max_n=8, max_steps=500, default_sampler="unipc", default_steps=None) as client:
+    settings = {"max_n": 8, "max_steps": 500, "max_jobs": 2, "max_queue": 5, "max_jobs_per_client": 3}
+    with serve(checkpoints, **settings, default_sampler="unipc", default_steps=None) as client:
         config = client.get("/config").json()
-        assert config["limits"] == {"max_n": 8, "max_steps": 500, "max_guidance": 20.0, "max_seed": 2**53 - 1}
+        assert config["limits"] == {**settings, "max_guidance": 20.0, "max_seed": 2**53 - 1}
         assert config["defaults"] == {"model": "cond", "sampler": "unipc", "steps": 10, "n": 8, "guidance": 3.0}
         assert [s["name"] for s in config["samplers"]] == list(SAMPLERS)
         assert config["samplers"] == [sampler.info() for sampler in SAMPLERS.values()]
@@ -387,8 +388,8 @@ def test_errors_list_every_bad_field(client):
     }
 
 
-def test_over_the_job_limit_is_503_with_retry_after(checkpoints):
-    with serve(checkpoints, max_jobs=1) as client, client.websocket_connect("/ws/sample") as ws:
+def test_with_no_queue_over_the_job_limit_is_503_with_retry_after(checkpoints):
+    with serve(checkpoints, max_jobs=1, max_queue=0) as client, client.websocket_connect("/ws/sample") as ws:
         ws.send_json({"model": "cond", "sampler": "ddpm", "steps": 1000, "n": 1})
         assert ws.receive_json()["type"] == "start"
         response = client.post("/sample", json={"n": 1, "steps": 1})
@@ -417,7 +418,8 @@ def test_metrics_count_requests_jobs_and_batches(client):
     assert 'ddpm_http_requests_total{method="POST",route="/sample",status="200"}' in text
     assert 'ddpm_http_requests_total{method="POST",route="/sample",status="422"}' in text
     assert 'ddpm_errors_total{kind="invalid"}' in text
-    for sample in ("ddpm_active_jobs 0", "ddpm_batch_jobs_count", "ddpm_batch_images_bucket", "_per_second"):
+    samples = ("ddpm_active_jobs 0.0", "ddpm_queued_jobs 0.0", "ddpm_batch_jobs_count", "ddpm_batch_images_bucket")
+    for sample in (*samples, "_per_second"):
         assert sample in text
     steps = float(next(line.split()[1] for line in text.splitlines() if line.startswith("ddpm_denoising_steps_total")))
     assert steps >= 2
@@ -493,13 +495,13 @@ def test_ws_cancel_stops_the_job(client):
 
 
 def test_ws_disconnect_mid_stream_ends_the_job(client):
-    cancelled_before = client.app.state.server.metrics.jobs.value(outcome="cancelled")
+    cancelled_before = client.app.state.server.metrics.value("ddpm_jobs_total", outcome="cancelled")
     with client.websocket_connect("/ws/sample") as ws:
         ws.send_json({"model": "cond", "sampler": "ddpm", "steps": 1000, "n": 2})
         assert ws.receive_json()["type"] == "start"
         assert ws.receive_json()["type"] == "frame"
     wait_until_idle(client)
-    assert client.app.state.server.metrics.jobs.value(outcome="cancelled") == cancelled_before + 1
+    assert client.app.state.server.metrics.value("ddpm_jobs_total", outcome="cancelled") == cancelled_before + 1
     assert client.get("/healthz").status_code == 200
     assert client.post("/sample", json={"n": 1, "steps": 2}).status_code == 200
 
@@ -731,13 +733,13 @@ def test_an_unexpected_exception_in_a_ws_session_is_an_error_and_1011(client, mo
         raise RuntimeError("a bug")
 
     monkeypatch.setattr("server.ws.resolve", broken)
-    errors_before = client.app.state.server.metrics.ws_sessions.value(outcome="error")
+    errors_before = client.app.state.server.metrics.value("ddpm_ws_sessions_total", outcome="error")
     with client.websocket_connect("/ws/sample") as ws:
         ws.send_json({"n": 1})
         message = ws.receive_json()
         expect_close(ws, 1011)
     assert message["type"] == "error" and "a bug" not in message["detail"]
-    assert client.app.state.server.metrics.ws_sessions.value(outcome="error") == errors_before + 1
+    assert client.app.state.server.metrics.value("ddpm_ws_sessions_total", outcome="error") == errors_before + 1
 
 
 def test_the_failure_table_gives_each_kind_one_status_and_one_close_code():
@@ -747,6 +749,7 @@ def test_the_failure_table_gives_each_kind_one_status_and_one_close_code():
     assert table == {
         "invalid": (422, 1008),
         "busy": (503, 1013),
+        "client_limit": (429, 1008),
         "shutdown": (503, 1001),
         "timeout": (504, 1011),
         "error": (500, 1011),

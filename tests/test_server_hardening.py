@@ -7,6 +7,7 @@ readers and SIGTERM are dealt with within their set times."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import re
@@ -149,6 +150,23 @@ def test_ws_binary_request_is_an_error_and_1008(server):
         ws.send(b'{"model": "\xff\xfe"}')
         messages, code = receive_until_closed(ws)
     assert [message["type"] for message in messages] == ["error"] and code == 1008
+
+
+def test_a_forged_forwarded_for_does_not_escape_the_per_client_limit(server):
+    """uvicorn on its own believes X-Forwarded-For from 127.0.0.1; this server trusts only its
+    trusted_proxies (none here), so five runs that each claim another address are still one client's."""
+    with contextlib.ExitStack() as stack:
+        sockets = []
+        for i in range(5):  # the default limit is 4
+            ws = stack.enter_context(connect(server.ws_url, additional_headers={"X-Forwarded-For": f"203.0.113.{i}"}))
+            ws.send(json.dumps({"model": "digits", "sampler": "ddpm", "steps": 1000, "n": 1, "every": 1000}))
+            sockets.append(ws)
+        assert all(json.loads(ws.recv(timeout=30))["type"] == "start" for ws in sockets[:4])
+        messages, code = receive_until_closed(sockets[4])
+        assert [message.get("kind") for message in messages] == ["client_limit"] and code == 1008
+        for ws in sockets[:4]:
+            ws.send(json.dumps({"type": "cancel"}))
+            assert receive_until_closed(ws)[0][-1]["type"] == "cancelled"
 
 
 def test_no_server_error_was_answered(server):

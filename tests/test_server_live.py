@@ -124,7 +124,7 @@ def test_a_client_that_leaves_frees_its_place(server):
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         metrics = httpx.get(url + "/metrics").text
-        if re.search(r"^ddpm_active_jobs 0$", metrics, re.MULTILINE):
+        if re.search(r"^ddpm_active_jobs 0.0$", metrics, re.MULTILINE):
             break
         time.sleep(0.05)
-    assert re.search(r'^ddpm_jobs_total\{outcome="cancelled"\} 1$', metrics, re.MULTILINE), metrics
+    assert re.search(r'^ddpm_jobs_total\{outcome="cancelled"\} 1.0$', metrics, re.MULTILINE), metrics

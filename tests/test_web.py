@@ -26,6 +26,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SERVER_MAX_STEPS = 900  # below the model's T = 1000, so the page can send a value only the server refuses
 SERVER_MAX_JOBS = 3  # few, so that a test can fill them all
+SERVER_MAX_QUEUE = 2  # and the queue
 
 pytestmark = pytest.mark.browser
 
@@ -144,7 +145,8 @@ def start_chromium(binary: str, driver_path: str, profile: Path, size: tuple[int
 def server_url(tmp_path_factory):
     folder = tmp_path_factory.mktemp("checkpoints")
     make_checkpoint(folder)
-    flags = ("--max-jobs", str(SERVER_MAX_JOBS))
+    # every run of these tests comes from one address: the per-client limit must let them fill the server
+    flags = ("--max-jobs", str(SERVER_MAX_JOBS), "--max-queue", str(SERVER_MAX_QUEUE), "--max-jobs-per-client", "20")
     try:
         with running_server(
             folder, folder / "server.log", *flags, env={"DDPM_MAX_STEPS": str(SERVER_MAX_STEPS)}
@@ -377,31 +379,48 @@ def test_post_mode_and_a_lost_server_read_clearly(page, server_url):
     page.get_log("browser")  # the failed connections are logged by Chromium: expected here
 
 
-def test_busy_server_reads_clearly(page):
+def test_a_waiting_run_and_a_full_server_read_clearly(page):
     # Take every sampling place with long runs opened from the page's own API module, then ask for one more.
+    hog = "{model: 'mnist', sampler: 'ddpm', steps: 900, n: 1, every: 100}"
     started = page.execute_async_script(
-        """
+        f"""
         const [places, done] = arguments;
-        import('./js/api.js').then((api) => {
+        import('./js/api.js').then((api) => {{
           let started = 0;
-          window.hogs = Array.from({length: places}, () => api.streamSample(
-            {model: 'mnist', sampler: 'ddpm', steps: 900, n: 1, every: 100},
-            {onStart: () => { if (++started === places) done(started); }, onError: (e) => done(e.message)}));
-        });
+          window.hogs = Array.from({{length: places}}, () => api.streamSample({hog},
+            {{onStart: () => {{ if (++started === places) done(started); }}, onError: (e) => done(e.message)}}));
+        }});
         """,
         SERVER_MAX_JOBS,
     )
     assert started == SERVER_MAX_JOBS, started
     view = main_view(page)
+    message = view.find_element(By.CSS_SELECTOR, ".rv-message")
     try:
-        page.find_element(By.ID, "generate").click()  # streamed
+        page.find_element(By.ID, "generate").click()  # streamed: it waits in the server's queue
+        WebDriverWait(page, 30).until(lambda _: message.text.startswith("Waiting: next in line"))
+        assert view.get_attribute("data-queue-position") == "0" and view.get_attribute("data-state") == "running"
+        page.find_element(By.ID, "stop").click()
+        assert wait_for_state(page, view, {"cancelled", "error", "done"}) == "cancelled"
+        queued = page.execute_async_script(
+            f"""
+            const [places, done] = arguments;
+            import('./js/api.js').then((api) => {{
+              let queued = 0;
+              for (let i = 0; i < places; i++) window.hogs.push(api.streamSample({hog},
+                {{onQueued: () => {{ if (++queued === places) done(queued); }}, onError: (e) => done(e.message)}}));
+            }});
+            """,
+            SERVER_MAX_QUEUE,
+        )
+        assert queued == SERVER_MAX_QUEUE, queued  # the queue is full now
+        page.find_element(By.ID, "generate").click()
         assert wait_for_state(page, view, {"error", "done"}) == "error"
-        assert "The server is busy" in view.find_element(By.CSS_SELECTOR, ".rv-message").text
+        assert "The server is full" in message.text, message.text
         Select(page.find_element(By.ID, "every")).select_by_value("off")  # POST /sample: 503 and Retry-After
         page.find_element(By.ID, "generate").click()
         assert wait_for_state(page, view, {"error", "done"}) == "error"
-        message = view.find_element(By.CSS_SELECTOR, ".rv-message").text
-        assert "The server is busy" in message and "Try again in" in message, message
+        assert "The server is full" in message.text and "Try again in" in message.text, message.text
     finally:
         page.execute_script("window.hogs.forEach((hog) => hog.cancel())")
     page.get_log("browser")  # Chromium logs the 503 as a failed resource: expected here

@@ -10,7 +10,9 @@ export class ApiError extends Error {
     this.name = "ApiError";
     this.status = status; // HTTP status, or null for network/WebSocket failures
     this.retryAfter = retryAfter; // seconds, from a 503's Retry-After header
-    this.kind = kind; // "server" | "input" | "busy" | "network" | "connect" (a WebSocket that never opened)
+    // "server" | "input" | "busy" (the server's queue is full) | "limit" (this browser has its most runs)
+    // | "network" | "connect" (a WebSocket that never opened)
+    this.kind = kind;
   }
 }
 
@@ -45,10 +47,13 @@ async function errorFromResponse(response) {
   } catch {
     detail = response.statusText;
   }
+  if (response.status === 429) {
+    return new ApiError(limitMessage(detail), { status: 429, kind: "limit" });
+  }
   if (response.status === 503) {
     const retryAfter = Number.parseInt(response.headers.get("Retry-After") ?? "", 10);
     const wait = Number.isFinite(retryAfter) ? ` Try again in ${retryAfter} s.` : " Try again in a moment.";
-    return new ApiError(`The server is busy${detail ? ` (${detail})` : ""}.${wait}`, {
+    return new ApiError(`The server is full${detail ? ` (${detail})` : ""}.${wait}`, {
       status: 503,
       retryAfter: Number.isFinite(retryAfter) ? retryAfter : null,
       kind: "busy",
@@ -130,11 +135,19 @@ export function postSample(req, { signal } = {}) {
   });
 }
 
-/** An error the stream reported, worded by what its close code means. */
-function streamError(detail, code) {
+function limitMessage(detail) {
+  return (
+    "This browser already has as many runs going or waiting as the server allows" +
+    `${detail ? ` (${detail})` : ""}. Wait for one to finish, or stop one, then try again.`
+  );
+}
+
+/** An error the stream reported, worded by its kind (server.jobs.FAILURES) or else its close code. */
+function streamError(detail, code, kind = null) {
   const text = detail || "no reason given";
-  if (code === 1013 || /busy|places are taken|too many/i.test(text)) {
-    return new ApiError(`The server is busy (${text}). Try again in a few seconds.`, { kind: "busy" });
+  if (kind === "client_limit") return new ApiError(limitMessage(detail), { kind: "limit" });
+  if (kind === "busy" || code === 1013) {
+    return new ApiError(`The server is full (${text}). Try again in a few seconds.`, { kind: "busy" });
   }
   if (code === 1011) return new ApiError(`Sampling failed on the server: ${text}`, { kind: "server" });
   if (code === 1001) return new ApiError(`The server is shutting down: ${text}`, { kind: "server" });
@@ -144,7 +157,9 @@ function streamError(detail, code) {
 /**
  * Stream one sampling run over WS /ws/sample.
  *
- * handlers: onStart(msg), onFrame(msg), onDone(msg), onCancelled(msg), onError(ApiError),
+ * handlers: onQueued(msg) — {position, eta_s} while the run waits for a place on the server, at first
+ *           and whenever its position changes —, onStart(msg), onFrame(msg), onDone(msg),
+ *           onCancelled(msg), onError(ApiError),
  *           onStall(secondsSilent) — called when the server has said nothing for a while, so the
  *           page can say so instead of hanging silently.
  * Exactly one of onDone / onCancelled / onError is called, once.
@@ -163,6 +178,7 @@ export function streamSample(req, handlers, { stallMs = 15000, cancelGraceMs = 5
   let cancelTimer = null;
   let silentSince = performance.now();
   let pendingError = null; // the detail of an "error" message, until the close code arrives
+  let pendingKind = null; // and its kind
   let errorTimer = null;
 
   const finish = (kind, payload) => {
@@ -203,6 +219,9 @@ export function streamSample(req, handlers, { stallMs = 15000, cancelGraceMs = 5
       return;
     }
     switch (msg.type) {
+      case "queued":
+        handlers.onQueued?.(msg);
+        break;
       case "start":
         total = msg.total;
         handlers.onStart?.(msg);
@@ -221,7 +240,8 @@ export function streamSample(req, handlers, { stallMs = 15000, cancelGraceMs = 5
         // The close code that follows says why (1008 bad input, 1013 busy, 1011 failed): wait for it
         // briefly, but never for long.
         pendingError = describeDetail(msg.detail) || "unknown error";
-        errorTimer = setTimeout(() => finish("error", streamError(pendingError, null)), 1500);
+        pendingKind = msg.kind ?? null;
+        errorTimer = setTimeout(() => finish("error", streamError(pendingError, null, pendingKind)), 1500);
         break;
       default:
         break; // unknown message types are ignored, so the server can add some later
@@ -235,7 +255,7 @@ export function streamSample(req, handlers, { stallMs = 15000, cancelGraceMs = 5
   socket.onclose = (event) => {
     if (finished) return;
     if (pendingError != null || event.code === 1008 || event.code === 1011 || event.code === 1013 || event.code === 1001) {
-      finish("error", streamError(pendingError ?? event.reason, event.code));
+      finish("error", streamError(pendingError ?? event.reason, event.code, pendingKind));
     } else if (!opened) {
       finish("error", new ApiError("Cannot reach the server (the live stream did not connect).", { kind: "connect" }));
     } else {

@@ -2,7 +2,8 @@
 // a filmstrip to scrub back through. It only displays; runner.js feeds it what the server says.
 //
 // For tests and for anyone curious, the panel's state is mirrored in data-* attributes:
-//   data-state (idle|running|stopping|done|cancelled|error), data-step, data-total, data-frames-drawn.
+//   data-state (idle|running|stopping|done|cancelled|error), data-step, data-total, data-frames-drawn,
+//   and data-queue-position while the run waits for a place on the server.
 
 import { FrameKeeper } from "./frames.js";
 import { clearCanvas, decodePng, drawCrisp, gridLayout, pngDataUrl } from "./pixels.js";
@@ -79,6 +80,8 @@ export class RunView {
     this.filmstrip = [];
     this.result = null;
     this.startMessage = null;
+    this.queue = null; // {position, until}: waiting for a place on the server, about until then
+    delete this.root.dataset.queuePosition;
     this.imageSize = null; // of the final images, once decoded
     this.root.classList.remove("zoomable");
     this.root.dataset.framesDrawn = "0";
@@ -112,6 +115,25 @@ export class RunView {
   tick() {
     if (this.startedAt == null) return;
     this.el.elapsed.textContent = formatSeconds(performance.now() - this.startedAt);
+    this.showQueue();
+  }
+
+  /** {type:"queued", position, eta_s}: the run waits for a place; the estimate counts down in between. */
+  queued(msg) {
+    const until = msg.eta_s == null ? null : performance.now() + msg.eta_s * 1000;
+    this.queue = { position: msg.position, until };
+    this.root.dataset.queuePosition = String(msg.position);
+    this.showQueue();
+  }
+
+  showQueue() {
+    if (!this.queue || this.state !== "running") return;
+    const { position, until } = this.queue;
+    const ahead = position === 0 ? "next in line" : `${position} ahead`;
+    const seconds = until == null ? null : Math.ceil((until - performance.now()) / 1000);
+    const wait = seconds == null ? "" : seconds > 0 ? `, about ${seconds} s` : ", any moment now";
+    const text = `Waiting: ${ahead}${wait}. The server is sampling other runs.`;
+    if (this.el.message.textContent !== text) this.message(text);
   }
 
   message(text, kind = "info") {
@@ -123,6 +145,8 @@ export class RunView {
 
   /** {type:"start", total, seed, every, image_size, ...} */
   start(msg) {
+    this.queue = null;
+    delete this.root.dataset.queuePosition;
     this.total = msg.total;
     this.seed = msg.seed;
     this.startMessage = msg;
@@ -171,7 +195,7 @@ export class RunView {
   }
 
   stall(seconds) {
-    if (this.state === "running") {
+    if (this.state === "running" && !this.queue) {
       this.message(`No word from the server for ${seconds} s; it may be busy with other runs. Press Stop to give up.`, "warn");
     }
   }

@@ -42,6 +42,7 @@ export function startRun(request, view, { stream = true } = {}) {
     view.begin(request, { streaming: true });
     let started = false;
     const handle = streamSample(request, {
+      onQueued: (msg) => view.queued(msg),
       onStart: (msg) => {
         started = true;
         view.start(msg);
