@@ -1,6 +1,7 @@
 """What the command-line tools share: the help format, and the sampler flags derived from the table."""
 
 import argparse
+import json
 
 from model.samplers import SAMPLERS, Sampler
 
@@ -50,3 +51,17 @@ def unused_sampler_flags(args: argparse.Namespace, samplers: list[Sampler]) -> l
         for key, value in vars(args).items()
         if key.startswith("param_") and value is not None and key.removeprefix("param_") not in taken
     ]
+
+
+def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse argv where `--config FILE.json` (keys: the options' dest names) supplies defaults that the
+    command line overrides; an unknown key in the file is an error."""
+    args, _ = parser.parse_known_args(argv)
+    if args.config:
+        known = {a.dest for a in parser._actions}
+        values = json.loads(args.config.read_text())
+        unknown = set(values) - known
+        if unknown:
+            parser.error(f"{args.config}: unknown options {sorted(unknown)}")
+        parser.set_defaults(**values)
+    return parser.parse_args(argv)

@@ -19,7 +19,6 @@ in its metadata.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 from pathlib import Path
@@ -27,7 +26,7 @@ from pathlib import Path
 import torch
 
 from model.checkpoint import Checkpoint, EpsilonFromV, atomic_write, load_checkpoint, save_checkpoint
-from model.cli import HelpFormatter
+from model.cli import HelpFormatter, parse_with_config
 from model.data import load_dataset
 from model.samplers import ddim_steps, ddim_timesteps, guided_eps, initial_noise, make_generator, sample
 from model.schedule import NoiseSchedule, _at
@@ -81,15 +80,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--ckpt-every", type=int, default=100)
     g.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
 
-    args, _ = p.parse_known_args(argv)
-    if args.config:
-        known = {a.dest for a in p._actions}
-        values = json.loads(args.config.read_text())
-        unknown = set(values) - known
-        if unknown:
-            p.error(f"{args.config}: unknown options {sorted(unknown)}")
-        p.set_defaults(**values)
-    args = p.parse_args(argv)
+    args = parse_with_config(p, argv)
     if args.teacher is None:
         p.error("--teacher is required (on the command line or in --config)")
     ratio = args.teacher_steps // args.final_steps

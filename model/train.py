@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
 from model.checkpoint import atomic_write, save_checkpoint
-from model.cli import HelpFormatter
+from model.cli import HelpFormatter, parse_with_config
 from model.data import DATASETS, load_dataset
 from model.samplers import ddim_steps, ddim_timesteps, denoise, guided_eps, initial_noise, make_generator
 from model.schedule import SCHEDULES, NoiseSchedule
@@ -92,15 +92,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--ckpt-every", type=int, default=1000)
     g.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
 
-    args, _ = p.parse_known_args(argv)
-    if args.config:
-        known = {a.dest for a in p._actions}
-        values = json.loads(args.config.read_text())
-        unknown = set(values) - known
-        if unknown:
-            p.error(f"{args.config}: unknown options {sorted(unknown)}")
-        p.set_defaults(**values)
-    return p.parse_args(argv)
+    return parse_with_config(p, argv)
 
 
 # --- pieces of the loop ------------------------------------------------------------------------
