@@ -37,6 +37,7 @@ from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
+from model.samplers import SAMPLERS
 from server import api, config, ws
 from server.jobs import POLICY_VIOLATION, JobBridge, Refused
 from server.loop import SamplingLoop
@@ -262,7 +263,35 @@ def api_schema(app: FastAPI, settings: Settings, registry: ModelRegistry | None)
         fields["model"]["anyOf"] = [{"type": "string", "enum": names}, {"type": "null"}]
         path = schema["paths"]["/models/{name}/schedule"]["get"]
         next(p for p in path["parameters"] if p["name"] == "name")["schema"]["enum"] = names
+    schema["components"]["schemas"]["SampleRequest"] = by_sampler(request)
     return schema
+
+
+def by_sampler(request: dict) -> dict:
+    """The request schema as one variant per sampler of the table, each with that sampler's own
+    parameters and nothing else (a variant without "sampler" takes none): a request the schema allows
+    is one the server accepts."""
+    fields = {k: v for k, v in request["properties"].items() if k != "sampler"}
+    variants = [
+        {"type": "object", "properties": {**fields, "sampler": {"type": "null"}}, "additionalProperties": False}
+    ]
+    for sampler in SAMPLERS.values():
+        params = {}
+        for param in sampler.params:
+            info = param.info()
+            params[param.name] = {
+                k: v
+                for k, v in {"type": info["type"], "default": info["default"], "minimum": info["minimum"],
+                             "maximum": info["maximum"], "enum": info["choices"],
+                             "description": info["description"]}.items()
+                if v is not None
+            }  # fmt: skip
+        properties = {**fields, "sampler": {"const": sampler.name, "description": sampler.description}, **params}
+        variants.append(
+            {"type": "object", "properties": properties, "required": ["sampler"], "additionalProperties": False}
+        )
+    return {"title": request.get("title", "SampleRequest"), "description": request.get("description", ""),
+            "anyOf": variants}  # fmt: skip
 
 
 def _bound(field: dict, **limits) -> None:
