@@ -692,7 +692,12 @@ def test_a_body_that_is_not_json_is_422(client):
 def test_the_openapi_schema_has_the_servers_limits(checkpoints):
     with serve(checkpoints, max_n=8, max_steps=30, max_guidance=5.0) as client:
         schema = client.get("/openapi.json").json()
-    fields = schema["components"]["schemas"]["SampleRequest"]["properties"]
+    variants = schema["components"]["schemas"]["SampleRequest"]["anyOf"]
+    # one variant a sampler (and one naming none), each with that sampler's parameters only
+    assert [v["properties"]["sampler"].get("const") for v in variants] == [None, *SAMPLERS]
+    assert all(v["additionalProperties"] is False for v in variants)
+    assert set(variants[2]["properties"]) - set(variants[0]["properties"]) == {p.name for p in SAMPLERS["ddim"].params}
+    fields = variants[0]["properties"]
     assert fields["n"]["maximum"] == 8
     assert fields["steps"]["anyOf"][0]["maximum"] == 30
     assert fields["guidance"]["anyOf"][0]["maximum"] == 5.0
