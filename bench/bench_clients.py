@@ -135,29 +135,29 @@ async def client(ws_url: str, request: dict, rounds: int, seed: int) -> list[Res
     return [await one_request(ws_url, {**request, "seed": seed + i}) for i in range(rounds)]
 
 
-async def level(ws_url: str, request: dict, clients: int, rounds: int) -> list:
+async def level(ws_url: str, request: dict, clients: int, rounds: int) -> dict:
+    """`clients` clients, each sending `rounds` requests one after another: the figures by name."""
     started = time.perf_counter()
     per_client = await asyncio.gather(*(client(ws_url, request, rounds, 1000 * c) for c in range(clients)))
     wall = time.perf_counter() - started
     results = [r for rs in per_client for r in rs]
     done = [r for r in results if not r.refused]
-    latencies = sorted(r.seconds for r in done)
     waits = sorted(r.queue_wait for r in done if r.queue_wait is not None)
     firsts = sorted(r.first_frame for r in done if r.first_frame is not None)
-    images = sum(r.images for r in done)
-    return [
-        clients,
-        len(results),
-        images / wall,
-        _quantile(waits, 0.5),
-        _quantile(waits, 0.95),
-        _quantile(firsts, 0.5),
-        _quantile(firsts, 0.95),
-        _quantile(latencies, 0.5),
-        _quantile(latencies, 0.95),
-        sum(r.frames for r in done) / wall,
-        len(results) - len(done),
-    ]
+    latencies = sorted(r.seconds for r in done)
+    return {
+        "clients": clients,
+        "requests": len(results),
+        "images_per_s": sum(r.images for r in done) / wall,
+        "queue_wait_p50_s": _quantile(waits, 0.5),
+        "queue_wait_p95_s": _quantile(waits, 0.95),
+        "first_frame_p50_s": _quantile(firsts, 0.5),
+        "first_frame_p95_s": _quantile(firsts, 0.95),
+        "latency_p50_s": _quantile(latencies, 0.5),
+        "latency_p95_s": _quantile(latencies, 0.95),
+        "frames_per_s": sum(r.frames for r in done) / wall,
+        "refused": len(results) - len(done),
+    }
 
 
 def _quantile(values: list[float], q: float) -> float | str:
@@ -176,8 +176,8 @@ async def run(args: argparse.Namespace, url: str) -> list[list]:
     for clients in args.clients:
         for every in args.every:  # side by side at each level, so that both see the same machine
             row = await level(ws_url, {**request, "every": every}, clients, args.rounds)
-            first.setdefault(every, row[2])
-            rows.append([every, *row[:3], row[2] / first[every], *row[3:]])
+            first.setdefault(every, row["images_per_s"])
+            rows.append([every, *list(row.values())[:3], row["images_per_s"] / first[every], *list(row.values())[3:]])
             print(f"  done: {clients} clients, a frame every {every} steps", file=sys.stderr, flush=True)
     return rows
 

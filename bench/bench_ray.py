@@ -111,7 +111,7 @@ def side_by_side(args: argparse.Namespace, folder: Path) -> None:
             process, urls[name] = start(command, name)
             processes.append(process)
 
-        async def measure() -> dict[str, list[list]]:
+        async def measure() -> dict[str, list[dict]]:
             rows = {name: [] for name in contenders}
             for name in contenders:  # warm-up: the first requests of a process pay for lazy initialisation
                 await level(ws_url(urls[name]), request, args.clients, 1)
@@ -129,10 +129,11 @@ def side_by_side(args: argparse.Namespace, folder: Path) -> None:
               "first frame p50 s", "refused"]  # fmt: skip
     rows = []
     for name, levels in results.items():
-        rates = [row[2] for row in levels]
+        rates = [row["images_per_s"] for row in levels]
         rows.append([name, args.clients, statistics.median(rates), " / ".join(f"{r:.1f}" for r in rates),
-                     statistics.median(row[3] for row in levels), statistics.median(row[5] for row in levels),
-                     sum(row[7] for row in levels)])  # fmt: skip
+                     statistics.median(row["latency_p50_s"] for row in levels),
+                     statistics.median(row["first_frame_p50_s"] for row in levels),
+                     sum(row["refused"] for row in levels)])  # fmt: skip
     print()
     print(markdown_table(header, rows))
 

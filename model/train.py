@@ -391,7 +391,8 @@ def train(args: argparse.Namespace) -> Path:
     state_path = guard_run_folder(args.out, args.resume)
     info = DATASETS[args.dataset]
     dataset = load_dataset(args.dataset, args.data_root, train=True, image_size=args.image_size, download=args.download)
-    num_classes = len(info.class_names) if args.conditional else 0
+    class_names = list(info.class_names) if args.conditional else []  # an unconditional model names no classes
+    num_classes = len(class_names)
     if args.epochs:
         args.steps = max(1, round(args.epochs * (len(dataset) // args.batch_size)))
 
@@ -428,7 +429,7 @@ def train(args: argparse.Namespace) -> Path:
             state.save(state_path, rt)
             if rt.rank == 0:
                 save_checkpoint(args.out / "model.safetensors", state.ema.module, schedule, args.dataset,
-                                list(info.class_names), step, ema=True)  # fmt: skip
+                                class_names, step, ema=True)  # fmt: skip
         if rt.rank == 0 and args.sample_every and (step % args.sample_every == 0 or step == args.steps):
             save_samples(state.ema.module, schedule, args.out / "samples", step, rt.device)
 

@@ -65,12 +65,14 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def cluster(checkpoints):
-    """`python -m server.ray` with the command line README gives, plus --threads 1; stopped with SIGTERM."""
+    """`python -m server.ray` with the command line README gives, plus --threads 1 and room for 8 jobs per
+    client (every test client is 127.0.0.1); stopped with SIGTERM."""
     requires_ray()
     port = free_port()
     command = [sys.executable, "-m", "server.ray", "--replicas", "2", "--host", "127.0.0.1", "--port", str(port),
                "--device", "cpu", "--checkpoints", str(checkpoints),
-               "--threads", "1", "--no-dashboard", "--log-level", "warning", "--env-file", os.devnull]  # fmt: skip
+               "--threads", "1", "--no-dashboard", "--log-level", "warning", "--env-file", os.devnull,
+               "--max-jobs-per-client", "8"]  # fmt: skip
     env = {key: value for key, value in os.environ.items() if not key.startswith(("DDPM_", "RAY_"))}
     env["RAY_metrics_report_interval_ms"] = "1000"  # Ray exports metrics every 10 s by default
     env["RAY_AUTH_MODE"] = "disabled"  # so that this process can join as a driver without the token file
@@ -147,9 +149,11 @@ async def ws_run(url: str, request: dict, on_frame=None) -> tuple[str, list[dict
 
 
 def plain_server_runs(checkpoints: Path, requests: list[dict]) -> list[dict]:
-    """The done messages the plain server (in this process, one torch thread as each replica) gives."""
+    """The done messages the plain server (in this process, one torch thread as each replica) gives;
+    it allows the Host that TestClient sends."""
     threads = torch.get_num_threads()
-    settings = Settings(_env_file=None, checkpoint_dir=checkpoints, device="cpu", torch_threads=1, web_dir=None)
+    settings = Settings(_env_file=None, checkpoint_dir=checkpoints, device="cpu", torch_threads=1, web_dir=None,
+                        allowed_hosts=["testserver"])  # fmt: skip
     try:
         with TestClient(create_app(settings)) as client:
             done = []
@@ -218,7 +222,7 @@ def test_the_proxy_middleware_ends_an_orphaned_websocket_with_an_error_and_1011(
 
     sent = asyncio.run(run(replica_died))
     assert [m["type"] for m in sent] == ["websocket.accept", "websocket.send", "websocket.send", "websocket.close"]
-    assert json.loads(sent[2]["text"]) == {"type": "error", "detail": REPLICA_LOST}
+    assert json.loads(sent[2]["text"]) == {"type": "error", "kind": "error", "detail": REPLICA_LOST}
     assert sent[3]["code"] == INTERNAL_ERROR == 1011
     assert [m["type"] for m in asyncio.run(run(replica_closed))] == ["websocket.accept", "websocket.close"]
     assert [m["type"] for m in asyncio.run(run(client_left))] == ["websocket.accept"]
@@ -327,7 +331,7 @@ def test_eight_concurrent_websocket_runs_give_the_plain_servers_images_on_both_r
         return await asyncio.gather(*(ws_run(cluster.ws_url, request) for request in requests))
 
     runs = asyncio.run(asyncio.wait_for(all_runs(), RUN_TIMEOUT_S * 2))
-    assert [messages[-1]["type"] for _, messages, _ in runs] == ["done"] * 8
+    assert [messages[-1]["type"] for _, messages, _ in runs] == ["done"] * 8, [m[-1] for _, m, _ in runs]
     assert [code for _, _, code in runs] == [1000] * 8
     expected = plain_server_runs(checkpoints, requests)
     for (_, messages, _), done in zip(runs, expected, strict=True):
@@ -388,7 +392,7 @@ def test_a_killed_replica_ends_its_runs_cleanly_and_the_rest_serve_on(cluster, r
 
     killed, (replica, messages, code) = asyncio.run(scenario())
     assert replica == killed
-    assert messages[-1] == {"type": "error", "detail": REPLICA_LOST}
+    assert messages[-1] == {"type": "error", "kind": "error", "detail": REPLICA_LOST}
     assert code == 1011
     assert messages[-2]["type"] == "frame" and messages[-2]["step"] < 1000  # it was cut short
 

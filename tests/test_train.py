@@ -16,6 +16,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from conftest import REPO
 from model.checkpoint import load_checkpoint
+from model.distill import parse_args as distill_args
 from model.train import EpochBatches, bias_corrected_ema, lr_factor, main, parse_args
 
 TINY_MODEL = ["--base-channels", "8", "--channel-mults", "1", "2", "--attention-resolutions", "4", "--dropout", "0"]
@@ -70,6 +71,14 @@ def test_a_short_run_writes_a_loadable_checkpoint_and_its_files(shapes, tmp_path
     assert (run / "samples" / "strip_0000006.png").stat().st_size > 0
     assert json.loads((run / "config.json").read_text())["steps"] == 6
     assert not list(run.glob(".*.tmp")), "a temporary file was left behind"
+
+
+def test_an_unconditional_run_on_labeled_data_names_no_classes(tmp_path):
+    argv = ["--dataset", "synthetic", "--no-conditional", "--image-size", "8", *TINY_MODEL, "--batch-size", "4",
+            "--steps", "1", "--sample-every", "0", "--no-progress", "--out", str(tmp_path / "run")]  # fmt: skip
+    main(argv)
+    ckpt = load_checkpoint(tmp_path / "run" / "model.safetensors")
+    assert (ckpt.config.num_classes, ckpt.class_names) == (0, [])
 
 
 def test_a_few_hundred_steps_drive_the_loss_down(shapes, tmp_path):
@@ -143,8 +152,15 @@ def test_config_file_values_are_defaults_that_flags_override(tmp_path):
 
 
 def test_the_shipped_configs_are_valid_options():
-    for cfg in (REPO / "checkpoints" / "configs").glob("*.json"):
-        assert parse_args(["--config", str(cfg)]).dataset in cfg.name
+    """Each shipped config is a training run's or, naming a teacher, a distillation's."""
+    configs = sorted((REPO / "checkpoints" / "configs").glob("*.json"))
+    for cfg in configs:
+        if "teacher" in json.loads(cfg.read_text()):
+            args = distill_args(["--config", str(cfg), "--out", "runs/x"])
+            assert (REPO / args.teacher).exists() and args.teacher.stem in cfg.name
+        else:
+            assert parse_args(["--config", str(cfg)]).dataset in cfg.name
+    assert len(configs) == 4
 
 
 def test_batches_are_a_function_of_the_step_and_split_across_processes():

@@ -146,7 +146,7 @@ async def copy_metrics_to_ray(metrics: Metrics, interval_s: float = METRICS_COPY
     ray_<name> and tags it with the replica, deployment and application)."""
     gauges: dict[str, Gauge] = {}
     while True:
-        for family in text_string_to_metric_families(metrics.render()):
+        for family in text_string_to_metric_families(metrics.render().decode()):
             for sample in family.samples:
                 gauge = gauges.get(sample.name)
                 if gauge is None:

@@ -13,7 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.schemas import ErrorMessage
 
-INTERNAL_ERROR = 1011  # RFC 6455; the close code the server gives a job that failed (server/ws.py)
+INTERNAL_ERROR = 1011  # RFC 6455; what server.jobs.FAILURES["error"] closes with (not imported: it loads torch)
 REPLICA_LOST = "the replica running this job stopped before it ended; start it again"
 
 
@@ -46,7 +46,8 @@ class EndWebSocketsOfLostReplicas:
 
         await self.app(scope, watched_receive, watched_send)
         if accepted and not ended:
-            await send({"type": "websocket.send", "text": ErrorMessage(detail=REPLICA_LOST).model_dump_json()})
+            lost = ErrorMessage(kind="error", detail=REPLICA_LOST)
+            await send({"type": "websocket.send", "text": lost.model_dump_json()})
             await send({"type": "websocket.close", "code": INTERNAL_ERROR})
 
 
