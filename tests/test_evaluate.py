@@ -1,3 +1,4 @@
+import copy
 import csv
 import os
 import struct
@@ -84,6 +85,14 @@ def test_the_real_inception_weights_load_exactly_and_tell_images_apart():
     out = InceptionFeatures(network)(images)
     assert out.shape == (3, 2048) and (out >= 0).all()  # pool3 follows a ReLU
     assert (out[0] - out[1]).norm() > 0.1 * out[0].norm() and (out[0] - out[2]).norm() > 0.1 * out[0].norm()
+
+
+def test_the_features_are_pytorch_fids_own_network_in_its_own_layout():
+    network = build_inception(None)
+    images = torch.randint(0, 256, (2, 3, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        plain = copy.deepcopy(network)(images.float() / 255)[0].flatten(1)
+    torch.testing.assert_close(InceptionFeatures(network)(images), plain, rtol=1e-4, atol=1e-4)
 
 
 def test_missing_inception_weights_stop_with_one_message_saying_where_to_put_them(tmp_path, monkeypatch):
