@@ -589,6 +589,9 @@ def evaluate(args: argparse.Namespace, fid_features: FeatureFn | None = None) ->
         )
     print("\n".join(header[2:]))
     rows = read_rows(out / "results.csv") if args.resume else []
+    if stale := [r for r in rows if (r["n"], r.get("seed", args.seed)) != (args.num_samples, args.seed)]:
+        print(f"--resume: sampling {len(stale)} cells again (their N or seed differs from this run's)", file=sys.stderr)
+        rows = [r for r in rows if r not in stale]
     done = {(r["sampler"], r["steps"]) for r in rows}
     several_w = conditional and len(args.guidance) > 1
     for guidance in args.guidance if conditional else [1.0]:
@@ -613,6 +616,7 @@ def evaluate(args: argparse.Namespace, fid_features: FeatureFn | None = None) ->
                 "steps": steps,
                 "nfe": steps * choice.sampler.evals_per_step,
                 "n": args.num_samples,
+                "seed": args.seed,
                 "seconds_per_image": samples.seconds / args.num_samples,
             }
             for judge in judges:

@@ -244,6 +244,8 @@ def test_a_sweep_resumes_where_it_stopped(setup, tmp_path):
     rows, _ = evaluate(parse_args([*common, "--nfe", "2", "3", "--resume"]))
     assert [(r["sampler"], r["steps"]) for r in rows] == [("DDIM", 2), ("UniPC", 2), ("DDIM", 3), ("UniPC", 3)]
     assert rows[0]["cls_fd"] == pytest.approx(first[0]["cls_fd"]) and rows[0]["param_eta"] == 0.0  # read back
+    other_n, _ = evaluate(parse_args([*common, "-n", "4", "--nfe", "2", "--resume"]))  # not mixed with N=6
+    assert [(r["sampler"], r["n"]) for r in other_n] == [("DDIM", 4), ("UniPC", 4)]
 
 
 def test_the_same_seed_gives_the_same_scores_and_the_test_set_scores_itself_perfectly(setup, tmp_path):
