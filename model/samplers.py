@@ -532,6 +532,9 @@ THRESHOLDING = Param(
     "how each step keeps the predicted x0 in [-1, 1]: clip it, Imagen's dynamic thresholding, or not at all",
     choices=THRESHOLDINGS,
 )
+SOLVER_SPACING = Param(
+    "spacing", str, "trailing", "which timesteps: linspace, leading, trailing, or Karras σ", choices=SOLVER_SPACINGS
+)
 
 
 def _ddpm(schedule, x, steps, generator, variance="fixed_large", thresholding="clip") -> StepGenerator:
@@ -609,13 +612,7 @@ register(
         _dpm_solver_pp,
         (
             Param("order", int, 2, "1 is DDIM; 2 extrapolates from the last two predictions", choices=(1, 2)),
-            Param(
-                "spacing",
-                str,
-                "trailing",
-                "which timesteps: linspace, leading, trailing, or Karras σ",
-                choices=SOLVER_SPACINGS,
-            ),
+            SOLVER_SPACING,
             THRESHOLDING,
         ),
         default_steps=10,
@@ -631,13 +628,7 @@ register(
         _unipc,
         (
             Param("order", int, 2, "how many past predictions each step extrapolates from", choices=(1, 2, 3)),
-            Param(
-                "spacing",
-                str,
-                "trailing",
-                "which timesteps: linspace, leading, trailing, or Karras σ",
-                choices=SOLVER_SPACINGS,
-            ),
+            SOLVER_SPACING,
             THRESHOLDING,
         ),
         default_steps=10,

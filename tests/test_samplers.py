@@ -35,6 +35,12 @@ from model.schedule import NoiseSchedule, linear_betas
 SCHEDULE = NoiseSchedule.from_name("linear", 1000)
 
 
+@pytest.fixture(autouse=True)
+def same_noise_whatever_ran_before():
+    """Every test draws its x_T from the same seed, so that a tolerance holds in any selection and order."""
+    torch.manual_seed(0)
+
+
 X0 = torch.linspace(-1.3, 1.3, 36).reshape(1, 1, 6, 6)  # a little outside [-1, 1], so that thresholding acts
 # Our thresholdings as diffusers' schedulers spell them: DDPMScheduler and DDIMScheduler have clip_sample;
 # the solvers only dynamic thresholding, whose s clamped to [1, ∞) is Imagen's and to [1, 1] plain clipping.
@@ -265,9 +271,9 @@ def test_unipc_every_step_matches_diffusers(order, spacing, steps, thresholding)
     ref = float64_solver_reference(
         UniPCMultistepScheduler, steps, spacing, solver_order=order, **SOLVER_THRESHOLDING[thresholding]
     )
-    # Order 3 on Karras' uneven steps extrapolates from three predictions that lie close together in
-    # λ and amplifies float32 rounding to ~4e-5: that case is compared in float64.
-    dtype = torch.float64 if (order, spacing) == (3, "karras") else torch.float32
+    # On Karras' uneven steps the predictor-corrector extrapolates from predictions that lie close
+    # together in λ and amplifies float32 rounding (order 2: ~1e-5, order 3: ~4e-5): compared in float64.
+    dtype = torch.float64 if spacing == "karras" else torch.float32
     x_T = torch.randn(4, 1, 6, 6)
     ours = unipc_steps(x_T.to(dtype), *solver_timesteps(SCHEDULE, steps, spacing), order, thresholding)
     assert_runs_agree([s.x_t for s in denoise(ours, fake_eps)], diffusers_run(ref, x_T))
