@@ -2,11 +2,13 @@
 
 import { getConfig, getModels } from "./api.js";
 import { Compare } from "./compare.js";
-import { Controls } from "./controls.js";
+import { Controls, validateSettings } from "./controls.js";
+import { Examples } from "./examples.js";
 import { ForwardView } from "./forward-view.js";
 import { RunHistory } from "./history.js";
 import { startRun } from "./runner.js";
 import { RunView } from "./run-view.js";
+import { Share } from "./share.js";
 
 const form = document.getElementById("generate-form");
 const generateButton = document.getElementById("generate");
@@ -23,13 +25,35 @@ const runHistory = new RunHistory(document.getElementById("history"), {
   },
   samplerInfo: (name) => controls.config?.samplers.find((s) => s.name === name) ?? null,
 });
-const compare = new Compare(controls, { onRunFinished: (request, result) => recordRun(request, result) });
+const examples = new Examples(controls, { onRunFinished: (request, result) => recordRun(request, result) });
+const compare = new Compare(controls, { onRunFinished: (request, result, how) => recordRun(request, result, how) });
 
 let currentRun = null;
+let lastRun = null; // {request, seed} of the run the live view shows
 
-function recordRun(request, result) {
-  runHistory.add(request, result, controls.models.find((m) => m.name === request.model));
-  if (result.elapsed_ms != null) controls.recordTiming(request.model, request.steps, request.n, result.elapsed_ms);
+/** Two requests that differ at most in their seed and streaming give the same images for one seed. */
+function sameSettings(a, b) {
+  const settings = ({ seed, every, ...rest }) => JSON.stringify(rest);
+  return settings(a) === settings(b);
+}
+
+const share = new Share({
+  // The form's settings; with an empty seed box, the seed of the run on screen if the form still matches it.
+  current() {
+    if (!controls.config) return null;
+    const { request, errors } = validateSettings(controls.values(), controls.model, controls.config);
+    if (errors.length) return null;
+    const shown = request.seed == null && lastRun && sameSettings(lastRun.request, request) ? lastRun.seed : null;
+    return { request, seed: request.seed ?? shown };
+  },
+  linkFor: (request, seed) => controls.linkFor(request, seed),
+});
+for (const type of ["input", "change"]) form.addEventListener(type, () => share.refresh());
+
+function recordRun(request, result, { sideBySide = false } = {}) {
+  runHistory.add(request, result, controls.models.find((m) => m.name === request.model), { sideBySide });
+  // two runs sharing the server each run slower than one alone: no measure of its speed
+  if (result.elapsed_ms != null && !sideBySide) controls.recordTiming(request, result.elapsed_ms);
 }
 
 function setRunning(running) {
@@ -57,7 +81,7 @@ async function generate() {
   const settings = controls.read();
   if (!settings) return;
   const { request, stream } = settings;
-  const run = startRun(request, mainView, { stream });
+  const run = startRun(request, mainView, { stream, estimateS: controls.estimateFor(request)?.seconds ?? null });
   currentRun = run;
   setRunning(true);
   bringIntoView(mainView.root);
@@ -68,6 +92,8 @@ async function generate() {
     const seed = outcome.result.seed ?? mainView.seed;
     controls.showSeedUsed(seed);
     recordRun({ ...request, seed }, outcome.result);
+    lastRun = { request, seed };
+    share.refresh();
     // The address bar now reproduces this run: copy it to share these exact images.
     history.replaceState(null, "", controls.linkFor(request, seed) + window.location.hash);
     forward.setGenerated({
@@ -88,15 +114,17 @@ form.addEventListener("submit", (event) => {
 });
 stopButton.addEventListener("click", () => currentRun?.stop());
 document.addEventListener("keydown", (event) => {
-  if (event.key === "Escape" && (currentRun || compare.running)) {
+  if (event.key === "Escape" && (currentRun || compare.running || examples.running)) {
     currentRun?.stop();
     compare.stop();
+    examples.stop();
   }
 });
 
 controls.onModelChanged((model) => {
   setRunning(Boolean(currentRun));
   compare.setModel(model);
+  examples.setModel(model);
   forward.setModel(model);
 });
 
@@ -108,6 +136,7 @@ async function loadModels() {
     compare.setConfig(config);
     controls.setModels(models);
     controls.applyLink(window.location.search);
+    share.refresh();
     if (models.length === 0) {
       pageError.textContent =
         "The server has no models loaded. Put a checkpoint (.safetensors) in its checkpoints folder and restart it.";
