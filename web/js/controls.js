@@ -5,10 +5,11 @@
 
 import { formatDuration, rowsOf, SpeedBook } from "./estimate.js";
 import { buildParamFields, describeParams, formValue, parseParam } from "./params.js";
+import { base64Bytes } from "./start-image.js";
 
 // The settings a link can carry (?model=mnist&sampler=ddim&steps=50&seed=7…), so a run can be shared;
 // the chosen sampler's own parameters (eta=0.5) come after them.
-const LINK_FIELDS = ["model", "sampler", "steps", "n", "seed", "label", "guidance"];
+const LINK_FIELDS = ["model", "sampler", "steps", "n", "seed", "label", "guidance", "interpolate_to"];
 
 const ESTIMATE_SOURCES = {
   server: "the server's measured speed for this model",
@@ -120,6 +121,28 @@ export function validateSettings(values, model, config) {
   // a class-conditional model without an unconditional class (a diffusers one) takes no guidance
   request.guidance = model?.guidance === false ? null : guidance;
 
+  // A starting image (SDEdit; with a mask, inpainting), as start-image.js holds it.
+  if (values.start?.init_image !== undefined) {
+    const { init_image: image, strength: strengthText, mask } = values.start;
+    if (!image) errors.push({ field: "use-start-image", message: "Choose the image to start from." });
+    else if (base64Bytes(image) > limits.max_init_image_bytes) {
+      errors.push({ field: "use-start-image", message: `The starting image is over the server's ${limits.max_init_image_bytes} bytes.` });
+    }
+    const strength = parseNumber(strengthText);
+    if (!(strength > 0 && strength <= 1)) errors.push({ field: "strength", message: "Strength must be above 0 and at most 1." });
+    Object.assign(request, { init_image: image, strength }, mask ? { mask } : {});
+  }
+
+  if (String(values.interpolate_to ?? "").trim() !== "") {
+    const to = parseInteger(values.interpolate_to);
+    if (!Number.isInteger(to) || to < 0 || to > limits.max_seed) {
+      errors.push({ field: "interpolate_to", message: `The seed to interpolate to must be a whole number from 0 to ${limits.max_seed}.` });
+    }
+    if (request.seed == null) errors.push({ field: "seed", message: "Interpolation needs a seed to start from." });
+    if (n < 2) errors.push({ field: "n", message: "Interpolation needs at least 2 images (a row from one seed to the other)." });
+    request.interpolate_to = to;
+  }
+
   const stream = values.every !== "off";
   if (stream) {
     const every = values.every === "auto" || values.every == null ? autoEvery(steps || 1) : parseInteger(values.every);
@@ -189,6 +212,8 @@ export class Controls {
       error: $("form-error"),
       estimate: $("estimate"),
       linkNotice: $("link-notice"),
+      interpolate: $("interpolate_to"),
+      interpolateField: $("interpolate-field"),
     };
     // Each sampler remembers its own steps and parameters: DDIM's 50 should not become DDPM's default.
     this.stepsBySampler = new Map();
@@ -207,6 +232,7 @@ export class Controls {
       this.refreshHints();
     });
     this.el.seed.addEventListener("input", () => this.clearFieldError("seed"));
+    this.el.interpolate.addEventListener("input", () => this.clearFieldError("interpolate_to"));
     this.el.sampler.addEventListener("change", () => this.onSamplerChange());
     this.el.seedRandom.addEventListener("click", () => {
       this.el.seed.value = String(randomSeed());
@@ -238,6 +264,8 @@ export class Controls {
     this.el.n.value = String(defaults.n);
     this.el.guidance.max = String(limits.max_guidance);
     this.el.guidance.value = String(defaults.guidance);
+    // A server that takes starting images also takes branches and interpolation (one release of the API).
+    this.el.interpolateField.hidden = limits.max_init_image_bytes == null;
     this.showSampler();
   }
 
@@ -399,7 +427,7 @@ export class Controls {
     // Typed values and the sampler's parameters: checked as the form checks them before they are
     // put in (a slider would silently clamp eta=3 to its maximum).
     const sampler = this.samplerInfo;
-    const typed = { steps: this.el.steps, seed: this.el.seed, guidance: this.el.guidance };
+    const typed = { steps: this.el.steps, seed: this.el.seed, guidance: this.el.guidance, interpolate_to: this.el.interpolate };
     const linked = this.values();
     for (const name of Object.keys(typed)) if (params.has(name)) linked[name] = params.get(name);
     for (const p of sampler.params) if (params.has(p.name)) linked.params[p.name] = formValue(p, params.get(p.name));
@@ -446,6 +474,8 @@ export class Controls {
       label: this.el.label.disabled ? "" : this.el.label.value,
       guidance: this.el.guidance.value,
       every: data.get("every"),
+      interpolate_to: this.el.interpolateField.hidden ? "" : this.el.interpolate.value,
+      start: this.startImage?.values() ?? {},
     };
   }
 

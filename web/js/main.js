@@ -2,13 +2,14 @@
 
 import { getConfig, getModels } from "./api.js";
 import { Compare } from "./compare.js";
-import { Controls, validateSettings } from "./controls.js";
+import { Controls, describeRun, validateSettings } from "./controls.js";
 import { Examples } from "./examples.js";
 import { ForwardView } from "./forward-view.js";
 import { RunHistory } from "./history.js";
 import { startRun } from "./runner.js";
 import { RunView } from "./run-view.js";
 import { Share } from "./share.js";
+import { StartImage } from "./start-image.js";
 
 const form = document.getElementById("generate-form");
 const generateButton = document.getElementById("generate");
@@ -16,8 +17,12 @@ const stopButton = document.getElementById("stop");
 const pageError = document.getElementById("page-error");
 
 const controls = new Controls(form);
-const mainView = new RunView(document.getElementById("main-view"), { title: "Live view" });
+const mainView = new RunView(document.getElementById("main-view"), { title: "Live view", onBranch: (step) => chooseBranch(step) });
+const branchViews = document.getElementById("branch-views");
+const branchNotice = document.getElementById("branch-notice");
 const forward = new ForwardView();
+const startImage = new StartImage({ forwardImage: () => forward.x0, onChange: () => share.refresh() });
+controls.startImage = startImage;
 const runHistory = new RunHistory(document.getElementById("history"), {
   onReuseSeed: (seed) => {
     controls.useSeed(seed);
@@ -30,6 +35,36 @@ const compare = new Compare(controls, { onRunFinished: (request, result, how) =>
 
 let currentRun = null;
 let lastRun = null; // {request, seed} of the run the live view shows
+let branch = null; // {from, at_step}: the next run continues lastRun from that step
+
+/** "Branch from this step": the next Generate replays the run on screen to `step`, then goes on with the form's settings. */
+function chooseBranch(step) {
+  branch = { from: { ...lastRun.request, seed: lastRun.seed }, at_step: step };
+  branchNotice.replaceChildren(
+    `Generate now branches the run with seed ${lastRun.seed} at step ${step}: change the sampler, steps, class or guidance, or keep them to get the same images. `,
+  );
+  const cancel = document.createElement("button");
+  cancel.type = "button";
+  cancel.className = "link-button";
+  cancel.textContent = "Cancel the branch";
+  cancel.addEventListener("click", () => {
+    branch = null;
+    branchNotice.hidden = true;
+  });
+  branchNotice.append(cancel);
+  branchNotice.hidden = false;
+  generateButton.focus();
+}
+
+/**
+ * A branch request: the form's sampler, steps, parameters, class and guidance, from the original's
+ * start (its model, images and seed; its starting image and interpolation are inherited, so left out).
+ */
+function branchRequest(request) {
+  const { init_image, strength, mask, interpolate_to, ...settings } = request;
+  const { from, at_step } = branch;
+  return { ...settings, model: from.model, n: from.n, seed: from.seed, branch: { from, at_step } };
+}
 
 /** Two requests that differ at most in their seed and streaming give the same images for one seed. */
 function sameSettings(a, b) {
@@ -80,6 +115,10 @@ async function generate() {
   if (currentRun) return;
   const settings = controls.read();
   if (!settings) return;
+  if (branch) {
+    runBranch(branchRequest(settings.request));
+    return;
+  }
   const { request, stream } = settings;
   const run = startRun(request, mainView, { stream, estimateS: controls.estimateFor(request)?.seconds ?? null });
   currentRun = run;
@@ -108,6 +147,22 @@ async function generate() {
   }
 }
 
+/** A branch runs into a view of its own, beside the original (which stays in the live view). */
+async function runBranch(request) {
+  const box = document.createElement("div");
+  branchViews.prepend(box);
+  const title = `Branch at step ${request.branch.at_step}: ${describeRun(request, controls.config)}`;
+  const view = new RunView(box, { title });
+  const run = startRun(request, view, { estimateS: controls.estimateFor(request)?.seconds ?? null });
+  currentRun = run;
+  setRunning(true);
+  bringIntoView(view.root);
+  const outcome = await run.finished;
+  currentRun = null;
+  setRunning(false);
+  if (outcome.status === "done") recordRun(request, outcome.result);
+}
+
 form.addEventListener("submit", (event) => {
   event.preventDefault();
   generate();
@@ -126,6 +181,9 @@ controls.onModelChanged((model) => {
   compare.setModel(model);
   examples.setModel(model);
   forward.setModel(model);
+  startImage.setModel(model);
+  branch = null; // a branch belongs to a run of the model shown before
+  branchNotice.hidden = true;
 });
 
 async function loadModels() {
@@ -134,6 +192,7 @@ async function loadModels() {
     const [config, models] = await Promise.all([getConfig(), getModels()]);
     controls.setConfig(config);
     compare.setConfig(config);
+    startImage.setConfig(config);
     controls.setModels(models);
     controls.applyLink(window.location.search);
     share.refresh();

@@ -21,8 +21,11 @@ function formatSeconds(ms) {
 }
 
 export class RunView {
-  /** container: an element to fill with a clone of #run-view-template. */
-  constructor(container, { title = "Live view", placeholder = null } = {}) {
+  /**
+   * container: an element to fill with a clone of #run-view-template. onBranch(step): offered as
+   * "Branch from this step" under the filmstrip of a finished run, with the step of the frame shown.
+   */
+  constructor(container, { title = "Live view", placeholder = null, onBranch = null } = {}) {
     const template = document.getElementById("run-view-template");
     this.root = template.content.firstElementChild.cloneNode(true);
     container.replaceChildren(this.root);
@@ -54,7 +57,10 @@ export class RunView {
       scrub: $(".rv-scrub"),
       scrubValue: $(".rv-scrub-value"),
       thumbs: $(".rv-thumbs"),
+      branch: $(".rv-branch"),
     };
+    this.onBranch = onBranch;
+    this.el.branch.addEventListener("click", () => this.onBranch?.(this.filmstrip[Number(this.el.scrub.value)].step));
     this.el.title.textContent = title;
     if (placeholder) this.root.querySelector(".rv-placeholder span").textContent = placeholder;
     this.el.showX0.addEventListener("change", () => {
@@ -121,6 +127,7 @@ export class RunView {
     if (!streaming) this.samplingSince = this.startedAt; // no start message comes
     this.el.result.hidden = true;
     this.el.filmstrip.hidden = true;
+    this.el.branch.hidden = true;
     this.el.thumbs.replaceChildren();
     this.el.progress.max = request.steps;
     this.el.progress.removeAttribute("value"); // indeterminate until the first frame
@@ -268,6 +275,7 @@ export class RunView {
     this.showResult(result, grid);
     this.buildFilmstrip(result);
     this.state = "done";
+    this.el.branch.hidden = !this.onBranch; // a branch replays a finished run
     if (result.images?.length) {
       this.imageSize = (await decodePng(result.images[0])).width;
       this.root.classList.toggle("zoomable", this.state === "done");
