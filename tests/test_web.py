@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import json
 import os
 import shutil
 import socket
@@ -223,7 +224,7 @@ def canvas_std(driver, selector: str) -> float:
     )
 
 
-def test_generate_streams_frames_to_the_end(page, tmp_path):
+def test_generate_streams_frames_to_the_end(page, server_url, tmp_path):
     set_value(page, "steps", "20")
     Select(page.find_element(By.ID, "n")).select_by_value("4")
     view = main_view(page)
@@ -260,9 +261,11 @@ def test_generate_streams_frames_to_the_end(page, tmp_path):
     assert "guess at step" in view.find_element(By.CSS_SELECTOR, ".rv-x0-caption").text
     # the run is in the history table, with its time, by the server's default sampler
     assert "DPM-Solver++" in page.find_element(By.CSS_SELECTOR, "#history tbody tr").text
-    # and the next run's time is estimated from it
+    # the next run's time is estimated: from the server's measured speed if it publishes one, else from this run
     estimate = page.find_element(By.ID, "estimate").text
-    assert estimate.startswith("Estimated time: ") and "earlier runs" in estimate, estimate
+    published = httpx.get(server_url + "models").json()[0].get("seconds_per_row") is not None
+    assert estimate.startswith("Estimated time: "), estimate
+    assert ("the server's measured speed" if published else "your earlier runs") in estimate, estimate
 
     # each image on its own, and the run as a video
     each = view.find_elements(By.CSS_SELECTOR, ".rv-each-links a")
@@ -697,6 +700,144 @@ def phone_checks(page, server_url, tmp_path):
         "return box.top >= 0 && box.bottom <= innerHeight"
     )
     page.save_screenshot(str(tmp_path / "phone.png"))
+
+
+# --- starting images, branches, interpolation (docs/api.md: init_image, strength, mask, branch, interpolate_to) ---
+
+
+@pytest.fixture
+def editing(page, server_url):
+    """The page, on a server that takes starting images, branches and interpolation."""
+    if "max_init_image_bytes" not in httpx.get(server_url + "config").json()["limits"]:
+        pytest.skip("this server has no init_image, branch or interpolate_to yet (docs/api.md)")
+    return page
+
+
+def choose(driver, sampler: str, steps: int, n: int, seed: int) -> None:
+    Select(driver.find_element(By.ID, "sampler")).select_by_value(sampler)
+    set_value(driver, "steps", str(steps))
+    Select(driver.find_element(By.ID, "n")).select_by_value(str(n))
+    set_value(driver, "seed", str(seed))
+
+
+def images_of(view) -> list[str]:
+    """A finished run's images, base64, from its per-image download links."""
+    return [a.get_attribute("href").split(",", 1)[1] for a in view.find_elements(By.CSS_SELECTOR, ".rv-each-links a")]
+
+
+def pixels(png_base64: str):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(png_base64))).convert("L"), dtype=np.int16)
+
+
+def sent_body(driver) -> dict:
+    """The request the page would send now, as its "Use this from code" box writes it for curl."""
+    curl = driver.execute_script("return document.getElementById('code-curl').textContent")
+    return json.loads(curl.split(" -d '", 1)[1].split("' \\", 1)[0])
+
+
+def test_a_branch_with_unchanged_settings_gives_the_same_images(editing):
+    page = editing
+    choose(page, "ddim", 10, 4, 5)
+    view = main_view(page)
+    page.find_element(By.ID, "generate").click()
+    assert wait_for_state(page, view, {"done", "error"}) == "done", view.text
+    thumbs = view.find_elements(By.CSS_SELECTOR, ".rv-thumb")
+    thumbs[-1].send_keys(Keys.HOME, Keys.ARROW_RIGHT, Keys.ARROW_RIGHT)  # the third frame: step 3
+    step = int(view.find_element(By.CSS_SELECTOR, ".rv-scrub-value").text.split("/")[0].split()[-1])
+    assert 0 < step < 10
+    view.find_element(By.CSS_SELECTOR, ".rv-branch").click()
+    assert f"at step {step}" in page.find_element(By.ID, "branch-notice").text
+    page.find_element(By.ID, "generate").click()
+    branch = page.find_element(By.CSS_SELECTOR, "#branch-views .run-view")
+    assert wait_for_state(page, branch, {"done", "error"}) == "done", branch.text
+    assert f"Branch at step {step}: DDIM, 10 steps" in branch.find_element(By.CSS_SELECTOR, ".rv-title").text
+    assert images_of(branch) == images_of(view)
+    # with other settings from that step on, other images from the same start
+    set_value(page, "steps", "12")
+    page.find_element(By.ID, "generate").click()
+    other = page.find_element(By.CSS_SELECTOR, "#branch-views .run-view")  # the newest comes first
+    assert wait_for_state(page, other, {"done", "error"}) == "done", other.text
+    assert images_of(other) != images_of(view)
+
+
+def test_sdedit_and_inpainting_start_from_the_drawing(editing, server_url):
+    page = editing
+    choose(page, "ddim", 10, 1, 9)
+    page.find_element(By.ID, "use-start-image").click()  # the forward section's x0: a typed "3"
+    WebDriverWait(page, 5).until(lambda d: "forward-process image" in d.find_element(By.ID, "start-image-status").text)
+    view = main_view(page)
+
+    def run_at(strength: str) -> list[str]:
+        page.execute_script(
+            "const box = document.getElementById('strength');"
+            "box.value = arguments[0]; box.dispatchEvent(new Event('input'))",
+            strength,
+        )
+        page.find_element(By.ID, "generate").click()
+        assert wait_for_state(page, view, {"done", "error"}) == "done", view.text
+        return images_of(view)
+
+    # strength 1 forgets the drawing: the plain run from the same seed
+    body = sent_body(page)
+    assert body["strength"] == 0.5 and len(body["init_image"]) > 100 and "mask" not in body
+    drawing = pixels(body["init_image"])
+    assert drawing.shape == (28, 28) and drawing.std() > 20
+    forgotten = run_at("1")
+    plain = {k: v for k, v in sent_body(page).items() if k not in ("init_image", "strength")}
+    assert forgotten == httpx.post(server_url + "sample", json=plain, timeout=60).json()["images"]
+    # a small strength stays close to the drawing
+    close = pixels(run_at("0.1")[0])
+    assert abs(close - drawing).mean() < 0.5 * abs(pixels(forgotten[0]) - drawing).mean()
+
+    # inpainting: paint the left half; the right half keeps the drawing to within quantisation
+    page.find_element(By.ID, "paint-mask").click()
+    mask = page.find_element(By.ID, "mask-canvas")
+    width = mask.rect["width"]
+    actions = (
+        ActionChains(page).move_to_element_with_offset(mask, int(-width * 0.4), int(-width * 0.45)).click_and_hold()
+    )
+    for _ in range(9):
+        actions.move_by_offset(0, int(width * 0.1)).move_by_offset(int(width * 0.3), 0).move_by_offset(
+            int(-width * 0.3), 0
+        )
+    actions.release().perform()
+    WebDriverWait(page, 5).until(lambda _: int(mask.get_attribute("data-painted") or 0) > 100)
+    body = sent_body(page)
+    painted = pixels(body["mask"]) >= 128
+    assert painted[:, :10].mean() > 0.8 and not painted[:, 16:].any()
+    result = pixels(run_at("1")[0])
+    kept = ~painted
+    assert abs(result[kept] - drawing[kept]).max() <= 2
+    assert abs(result[painted] - drawing[painted]).mean() > 10  # and the painted part was redone
+
+
+def test_interpolation_runs_from_one_seed_to_the_other(editing, server_url):
+    """At a phone's size: the row's ends are the two seeds' own runs."""
+    page = editing
+    page.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride", {"width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": True}
+    )
+    try:
+        page.get(server_url)
+        WebDriverWait(page, 20).until(lambda d: d.find_element(By.ID, "generate").is_enabled())
+        choose(page, "ddim", 10, 4, 3)
+        set_value(page, "interpolate_to", "8")
+        page.find_element(By.ID, "generate").click()
+        view = main_view(page)
+        assert wait_for_state(page, view, {"done", "error"}) == "done", view.text
+        row = images_of(view)
+        single = {k: v for k, v in sent_body(page).items() if k != "interpolate_to"} | {"n": 1}
+        for seed, image in ((3, row[0]), (8, row[-1])):
+            alone = httpx.post(server_url + "sample", json=single | {"seed": seed}, timeout=60).json()["images"][0]
+            assert image == alone, seed
+        assert "&interpolate_to=8&" in page.current_url
+    finally:
+        page.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
 
 
 # A sampler the page has never heard of, with a parameter no other sampler has: DDIM on every
