@@ -151,7 +151,7 @@ export class StartImage {
     this.onChange?.();
   }
 
-  /** Paint with a round brush a tenth of the image wide, in the overlay's own (enlarged) pixels. */
+  /** Paint with a round brush a fifth of the image wide, in the overlay's own (enlarged) pixels. */
   onPointer(event) {
     if (!this.el.paint.checked) return;
     if (event.type === "pointerdown") {
@@ -161,18 +161,27 @@ export class StartImage {
     if (!this.painting) return;
     if (event.type === "pointerup" || event.type === "pointercancel" || event.type === "pointerleave") {
       this.painting = false;
+      this.lastPoint = null;
       this.storeMask();
       return;
     }
     event.preventDefault();
     const rect = this.el.mask.getBoundingClientRect();
-    const x = ((event.clientX - rect.left) * this.el.mask.width) / rect.width;
-    const y = ((event.clientY - rect.top) * this.el.mask.height) / rect.height;
+    const point = [
+      ((event.clientX - rect.left) * this.el.mask.width) / rect.width,
+      ((event.clientY - rect.top) * this.el.mask.height) / rect.height,
+    ];
+    // a stroke from the last point, not a dot per event: a fast finger sends few of them
+    const from = event.type === "pointerdown" ? point : (this.lastPoint ?? point);
     const ctx = this.el.mask.getContext("2d");
-    ctx.fillStyle = "rgb(255 0 0 / 100%)";
+    ctx.strokeStyle = "rgb(255 0 0)";
+    ctx.lineWidth = this.el.mask.width / 5;
+    ctx.lineCap = ctx.lineJoin = "round";
     ctx.beginPath();
-    ctx.arc(x, y, this.el.mask.width / 10, 0, 2 * Math.PI);
-    ctx.fill();
+    ctx.moveTo(...from);
+    ctx.lineTo(...point);
+    ctx.stroke();
+    this.lastPoint = point;
   }
 
   /** The overlay as the server reads a mask: the model's size, white where painted, black elsewhere. */
