@@ -246,6 +246,10 @@ def test_generate_streams_frames_to_the_end(page, server_url, tmp_path):
     page.save_screenshot(str(tmp_path / "generated.png"))
     assert (tmp_path / "generated.png").stat().st_size > 10_000
 
+    # a finished run can be branched where the server takes branches (with starting images), else not
+    editing = "max_init_image_bytes" in httpx.get(server_url + "config").json()["limits"]
+    assert view.find_element(By.CSS_SELECTOR, ".rv-branch").is_displayed() == editing
+    assert page.find_element(By.ID, "start-image").is_displayed() == editing
     # the run is over: the right panel no longer calls its image a guess
     assert "final images" in view.find_element(By.CSS_SELECTOR, ".rv-x0-caption").text
     # the filmstrip is one Tab stop, and the arrow keys move through it

@@ -17,7 +17,7 @@ const stopButton = document.getElementById("stop");
 const pageError = document.getElementById("page-error");
 
 const controls = new Controls(form);
-const mainView = new RunView(document.getElementById("main-view"), { title: "Live view", onBranch: (step) => chooseBranch(step) });
+const mainView = new RunView(document.getElementById("main-view"), { title: "Live view" });
 const branchViews = document.getElementById("branch-views");
 const branchNotice = document.getElementById("branch-notice");
 const forward = new ForwardView();
@@ -193,6 +193,8 @@ async function loadModels() {
     controls.setConfig(config);
     compare.setConfig(config);
     startImage.setConfig(config);
+    // A server that takes starting images takes branches too (one release of the API).
+    mainView.onBranch = config.limits.max_init_image_bytes == null ? null : chooseBranch;
     controls.setModels(models);
     controls.applyLink(window.location.search);
     share.refresh();
