@@ -126,6 +126,8 @@ def test_not_ready_without_models(tmp_path):
 def test_models_lists_the_diffusion_checkpoints_and_skips_the_rest(checkpoints, caplog):
     with caplog.at_level("WARNING", logger="server.registry"), serve(checkpoints) as client:
         models = client.get("/models").json()
+    for model in models:  # measured at load: a time, different each run
+        assert 0 < model.pop("seconds_per_row") < 10
     assert models == [
         {
             "name": "cond",
@@ -180,7 +182,13 @@ def test_config_publishes_the_limits_the_defaults_and_the_sampler_table(checkpoi
     settings = {"max_n": 8, "max_steps": 500, "max_jobs": 2, "max_queue": 5, "max_jobs_per_client": 3}
     with serve(checkpoints, **settings, default_sampler="unipc", default_steps=None) as client:
         config = client.get("/config").json()
-        assert config["limits"] == {**settings, "max_guidance": 20.0, "max_seed": 2**53 - 1}
+        assert config["limits"] == {
+            **settings,
+            "max_guidance": 20.0,
+            "max_seed": 2**53 - 1,
+            "max_init_image_bytes": 262_144,
+        }
+        assert config["load"] == {"iteration_s": None, "active_jobs": 0, "queued_jobs": 0}  # nothing has run yet
         assert config["defaults"] == {"model": "cond", "sampler": "unipc", "steps": 10, "n": 8, "guidance": 3.0}
         assert [s["name"] for s in config["samplers"]] == list(SAMPLERS)
         assert config["samplers"] == [sampler.info() for sampler in SAMPLERS.values()]
@@ -444,6 +452,7 @@ def test_ws_streams_start_every_frame_and_done(client):
     assert start == {
         "type": "start",
         "total": 6,
+        "at_step": 0,
         "seed": 4,
         "model": "cond",
         "sampler": "ddim",
