@@ -549,7 +549,8 @@ def test_side_by_side_runs_both_from_one_seed(page):
     # both shared the server: "Your runs" says so beside their times, and the estimate is not made from them
     rows = page.find_elements(By.CSS_SELECTOR, "#history tbody tr.shared-time")
     assert len(rows) == 2 and all("(side by side)" in row.text for row in rows)
-    assert page.find_element(By.ID, "estimate").text == ""
+    assert page.execute_script("return localStorage.getItem('ddpm-demo.seconds-per-row')") is None
+    assert "earlier runs" not in page.find_element(By.ID, "estimate").text
     assert page.execute_script("return document.documentElement.scrollWidth <= window.innerWidth"), "sideways scroll"
 
 
