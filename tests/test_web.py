@@ -580,8 +580,9 @@ def test_browser_math_matches_the_server(page, server_url):
         """
         const done = arguments[arguments.length - 1];
         Promise.all([import('./js/forward.js'), import('./js/frames.js'), import('./js/pixels.js'),
-                     import('./js/controls.js'), import('./js/api.js'), import('./js/estimate.js')])
-          .then(async ([forward, frames, pixels, controls, api, estimate]) => {
+                     import('./js/controls.js'), import('./js/api.js'), import('./js/estimate.js'),
+                     import('./js/start-image.js')])
+          .then(async ([forward, frames, pixels, controls, api, estimate, start]) => {
           const config = await api.getConfig();
           const keeper = new frames.FrameKeeper(1000, 20);
           for (let step = 10; step <= 1000; step += 10) keeper.offer({step});  // 20 slots + the latest
@@ -602,6 +603,19 @@ def test_browser_math_matches_the_server(page, server_url):
             counts: controls.imageCounts(64).concat(controls.imageCounts(8)),
             solverSteps: controls.samplerSteps(config.samplers[3], model, config),
             closeWords: [1006, 1012, 4000].map(api.closeReason),
+            // a 60×40 colour picture made a 28×28 grey one: centred, cropped square, r = g = b
+            started: await (async () => {
+              const picture = document.createElement('canvas');
+              picture.width = 60; picture.height = 40;
+              const ctx = picture.getContext('2d');
+              ctx.fillStyle = 'rgb(200 0 0)'; ctx.fillRect(0, 0, 60, 40);
+              ctx.fillStyle = 'rgb(0 0 255)'; ctx.fillRect(0, 0, 10, 40);  // left of the square crop
+              const made = start.toModelCanvas(picture, 28, 1);
+              const {data} = made.getContext('2d').getImageData(0, 0, 28, 28);
+              const png = await start.canvasPng(made);
+              return {size: [made.width, made.height], pixel: Array.from(data.slice(0, 3)),
+                      bytes: start.base64Bytes(png) === atob(png).length};
+            })(),
             rows: [estimate.rowsOf({steps: 10, n: 4, label: 3, guidance: 3}, {evals_per_step: 1}, model),
                    estimate.rowsOf({steps: 10, n: 4, label: 3, guidance: 1}, {evals_per_step: 1}, model),
                    estimate.rowsOf({steps: 10, n: 4, label: null, guidance: 3}, {evals_per_step: 2}, model)],
@@ -639,6 +653,7 @@ def test_browser_math_matches_the_server(page, server_url):
     assert result["solverSteps"] == 10  # unipc's own default, as the server gives it
     assert result["closeWords"] == ["the connection dropped without a word from the server", "the server is restarting",
                                     "it closed unexpectedly"]  # fmt: skip
+    assert result["started"] == {"size": [28, 28], "pixel": [67, 67, 67], "bytes": True}
     assert result["rows"] == [80, 40, 80]  # guidance doubles the rows; at w = 1 it costs nothing
     estimates = result["estimates"]
     assert estimates["before"] is None
