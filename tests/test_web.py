@@ -760,7 +760,7 @@ def sent_body(driver) -> dict:
     return json.loads(curl.split(" -d '", 1)[1].split("' \\", 1)[0])
 
 
-def test_a_branch_with_unchanged_settings_gives_the_same_images(editing):
+def test_a_branch_with_unchanged_settings_gives_the_same_images(editing, tmp_path):
     page = editing
     choose(page, "ddim", 10, 4, 5)
     view = main_view(page)
@@ -777,12 +777,15 @@ def test_a_branch_with_unchanged_settings_gives_the_same_images(editing):
     assert wait_for_state(page, branch, {"done", "error"}) == "done", branch.text
     assert f"Branch at step {step}: DDIM, 10 steps" in branch.find_element(By.CSS_SELECTOR, ".rv-title").text
     assert images_of(branch) == images_of(view)
+    # beside the original, level with it
+    assert branch.rect["x"] > view.rect["x"] + view.rect["width"] and abs(branch.rect["y"] - view.rect["y"]) < 50
     # with other settings from that step on, other images from the same start
     set_value(page, "steps", "12")
     page.find_element(By.ID, "generate").click()
     other = page.find_element(By.CSS_SELECTOR, "#branch-views .run-view")  # the newest comes first
     assert wait_for_state(page, other, {"done", "error"}) == "done", other.text
     assert images_of(other) != images_of(view)
+    page.save_screenshot(str(tmp_path / "branches.png"))
 
 
 def test_sdedit_and_inpainting_start_from_the_drawing(editing, server_url):
