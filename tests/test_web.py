@@ -618,7 +618,9 @@ def test_browser_math_matches_the_server(page, server_url):
             })(),
             rows: [estimate.rowsOf({steps: 10, n: 4, label: 3, guidance: 3}, {evals_per_step: 1}, model),
                    estimate.rowsOf({steps: 10, n: 4, label: 3, guidance: 1}, {evals_per_step: 1}, model),
-                   estimate.rowsOf({steps: 10, n: 4, label: null, guidance: 3}, {evals_per_step: 2}, model)],
+                   estimate.rowsOf({steps: 10, n: 4, label: null, guidance: 3}, {evals_per_step: 2}, model),
+                   estimate.rowsOf({steps: 10, n: 1, init_image: 'png', strength: 0.3}, {evals_per_step: 1}, model),
+                   estimate.rowsOf({steps: 10, n: 1, branch: {at_step: 4}}, {evals_per_step: 1}, model)],
             estimates: (() => {
               const stored = {};
               const storage = {getItem: (k) => stored[k] ?? null, setItem: (k, v) => { stored[k] = v; }};
@@ -654,7 +656,8 @@ def test_browser_math_matches_the_server(page, server_url):
     assert result["closeWords"] == ["the connection dropped without a word from the server", "the server is restarting",
                                     "it closed unexpectedly"]  # fmt: skip
     assert result["started"] == {"size": [28, 28], "pixel": [67, 67, 67], "bytes": True}
-    assert result["rows"] == [80, 40, 80]  # guidance doubles the rows; at w = 1 it costs nothing
+    # guidance doubles the rows (at w = 1 it costs nothing); SDEdit at 0.3 takes 3 of 10 steps; a branch replays 4
+    assert result["rows"] == [80, 40, 80, 3, 14]
     estimates = result["estimates"]
     assert estimates["before"] is None
     assert estimates["measured"] == {"seconds": pytest.approx(0.8), "source": "measured"}

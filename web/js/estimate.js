@@ -8,10 +8,20 @@
 
 const STORAGE_KEY = "ddpm-demo.seconds-per-row";
 
+/**
+ * The steps a run takes (docs/api.md): SDEdit takes the last ceil(steps × strength) of its grid
+ * (the product rounded to 9 digits first, as the server does: 10 × 0.3 is 3), and a branch replays
+ * its at_step steps of the original first.
+ */
+export function stepsTaken(request) {
+  const strength = request.init_image ? (request.strength ?? 1) : 1;
+  return Math.ceil(Number((request.steps * strength).toFixed(9))) + (request.branch?.at_step ?? 0);
+}
+
 /** UNet rows a request costs. */
 export function rowsOf(request, sampler, model) {
   const guided = Boolean(model?.num_classes) && request.label != null && request.guidance != null && request.guidance !== 1;
-  return request.steps * (sampler?.evals_per_step ?? 1) * request.n * (guided ? 2 : 1);
+  return stepsTaken(request) * (sampler?.evals_per_step ?? 1) * request.n * (guided ? 2 : 1);
 }
 
 /** "under a second", "about 4 s", "about 2.5 min". */
