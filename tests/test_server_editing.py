@@ -152,6 +152,8 @@ def test_an_unchanged_branch_is_the_original_run(client, name):
     assert sample(client, {**original, "branch": {"from": original, "at_step": 3}})["images"] == final
     settings = {k: v for k, v in original.items() if k not in ("model", "n", "seed", "init_image", "mask", "strength")}
     assert sample(client, {**settings, "branch": {"from": original, "at_step": 0}})["images"] == final
+    as_streamed = {**original, "every": 3, "preview_size": 8}  # the WebSocket's request, as the page keeps it
+    assert sample(client, {**settings, "branch": {"from": as_streamed, "at_step": 2}})["images"] == final
 
 
 def test_a_branch_with_another_label_changes_only_what_follows(client):
