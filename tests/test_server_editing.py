@@ -290,3 +290,22 @@ def test_config_publishes_the_image_limit_and_models_their_time_per_row(client):
     assert all(0 < model["seconds_per_row"] < 10 for model in client.get("/models").json())
     sample(client, BASE)
     assert client.get("/config").json()["load"]["iteration_s"] > 0
+
+
+JUNK = [
+    {"init_image": []}, {"init_image": {"a": 1}}, {"init_image": True}, {"init_image": ""},
+    {"init_image": "data:image/png;base64,"},
+    {"mask": 1, "init_image": IMAGE}, {"strength": None, "init_image": IMAGE}, {"strength": True, "init_image": IMAGE},
+    {"branch": "x"}, {"branch": []}, {"branch": {"from": "x", "at_step": 0}}, {"branch": {"from": {}, "at_step": "1"}},
+    {"branch": {"from": {"seed": 1, "branch": {"from": {"seed": 2}, "at_step": 99}}, "at_step": 0}},
+    {"branch": {"from": {**BASE, "model": "nope"}, "at_step": 0}},
+    {"branch": {"from": BASE, "at_step": 1}, "model": "rgb"},
+    {"interpolate_to": 1.5}, {"interpolate_to": "3"}, {"interpolate_to": 2**60}, {"interpolate_to": None, "n": 1},
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("fields", JUNK, ids=range(len(JUNK)))
+def test_junk_in_the_new_fields_is_a_4xx_never_a_500(client, fields):
+    response = post(client, {**BASE, **fields})
+    assert response.status_code in (200, 422), response.text
+    assert response.status_code == 200 or response.json()["detail"]
