@@ -309,3 +309,18 @@ def test_junk_in_the_new_fields_is_a_4xx_never_a_500(client, fields):
     response = post(client, {**BASE, **fields})
     assert response.status_code in (200, 422), response.text
     assert response.status_code == 200 or response.json()["detail"]
+
+
+def test_an_sdedit_stream_takes_the_last_steps_of_the_grid(client):
+    messages = stream(client, {**BASE, "init_image": IMAGE, "strength": 0.3})
+    frames = [m for m in messages if m["type"] == "frame"]
+    grid = SAMPLERS["ddim"].timesteps(NoiseSchedule.from_name("linear", 50), 10, {"spacing": "leading"})
+    assert (messages[0]["total"], messages[0]["at_step"], messages[0]["steps"]) == (3, 0, 10)
+    assert [(m["step"], m["t"]) for m in frames] == [(1, grid[-2]), (2, grid[-1]), (3, -1)]
+
+
+def test_an_interpolation_combines_with_sdedit_and_inpainting(client):
+    edit = {**BASE, "init_image": IMAGE, "strength": 0.6, "mask": png_b64(half_mask())}
+    row = sample(client, {**edit, "n": 3, "interpolate_to": 9})["images"]
+    assert row[0] == sample(client, {**edit, "n": 1})["images"][0]
+    assert row[-1] == sample(client, {**edit, "n": 1, "seed": 9})["images"][0]
