@@ -61,7 +61,7 @@ optionally `"preview_size"`. The server answers with JSON text messages: while t
 place in the batch, `{"type": "queued", "position", "eta_s"}` (runs ahead of it, and about how many
 seconds until it starts), at once and whenever the position changes; then `{"type": "start", "total",
 "seed", "model", "sampler", "steps", "params", "n", "every", "image_size", "channels", "preview_size",
-"label", "guidance"}`, then for each streamed step `{"type": "frame", "step", "total", "t", "x_t",
+"label", "guidance", "at_step"}`, then for each streamed step `{"type": "frame", "step", "total", "t", "x_t",
 "x0"}` (base64 PNG grids of the samples and of the predicted x_0, each image at most `preview_size`
 pixels a side), then `{"type": "done", "grid", "images", "seed", "model", "sampler", "steps",
 "elapsed_ms"}` (full size) and a normal close (1000). Send `{"type": "cancel"}` at any time to stop:

@@ -73,6 +73,7 @@ class JobSpec:
     mask: torch.Tensor | None = None  # (1, H, W), True where the image is repainted (inpainting)
     interpolate_to: int | None = None  # the images are a row from seed's x_T to this seed's (slerp)
     branch: BranchSpec | None = None  # replay this run to a step, then go on with this spec's settings
+    total: int | None = None  # the steps the run takes, replayed ones included (None: steps)
 
     def root(self) -> JobSpec:
         """The run a chain of branches starts from."""
@@ -250,7 +251,7 @@ class Job:
         return now - self.started_at > self.timeout_s
 
     def remaining_steps(self) -> int:
-        return self.spec.steps if self.step is None else self.step.total - self.step.index
+        return (self.spec.total or self.spec.steps) if self.step is None else self.step.total - self.step.index
 
 
 class SamplingLoop:
@@ -491,7 +492,7 @@ class SamplingLoop:
         etas = []
         for job in [*ahead, *queued]:
             start = heapq.heappop(frees)
-            heapq.heappush(frees, start + job.spec.steps)
+            heapq.heappush(frees, start + (job.spec.total or job.spec.steps))
             etas.append(start * self._iteration_s)
         return etas[len(ahead) :]
 

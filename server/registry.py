@@ -180,7 +180,7 @@ def warm_up(model: LoadedModel) -> None:
         labels = torch.zeros(TIMING_ROWS, dtype=torch.long, device=model.device) if model.num_classes else None
         _synchronize(model.device)
         began = time.perf_counter()
-        model.unet(x, t, labels)  # unguided: one row each
+        guided_eps(model.unet, x, t, labels, 1.0)  # unguided, as the loop calls it: one row each
         _synchronize(model.device)
         model.seconds_per_row = (time.perf_counter() - began) / TIMING_ROWS
 

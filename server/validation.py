@@ -164,7 +164,8 @@ def _editing(request: SampleRequest, spec: JobSpec, sampler: Sampler, settings: 
         raise InvalidRequest(errors)
     init = None if image is None else image * 2 - 1
     strength = request.strength if image is not None else 1.0
-    return replace(spec, init_image=init, strength=strength, mask=mask, interpolate_to=request.interpolate_to)
+    spec = replace(spec, init_image=init, strength=strength, mask=mask, interpolate_to=request.interpolate_to)
+    return replace(spec, total=steps_taken(spec))
 
 
 BRANCH_INHERITS = ("model", "n", "seed", "init_image", "strength", "mask", "interpolate_to")
@@ -193,7 +194,7 @@ def _branch(request: SampleRequest, spec: JobSpec, origin: JobSpec) -> JobSpec:
         errors.append(_error("sampler", "unsupported", message, spec.sampler))
     if errors:
         raise InvalidRequest(errors)
-    return replace(
+    spec = replace(
         spec,
         n=origin.n,
         seed=origin.seed,
@@ -203,6 +204,7 @@ def _branch(request: SampleRequest, spec: JobSpec, origin: JobSpec) -> JobSpec:
         interpolate_to=origin.interpolate_to,
         branch=BranchSpec(origin, at_step),
     )
+    return replace(spec, total=steps_taken(spec))
 
 
 def run_timesteps(spec: JobSpec) -> list[int]:

@@ -37,7 +37,7 @@ from server.schemas import (
     StreamRequest,
 )
 from server.state import ServerState, get_state
-from server.validation import InvalidRequest, resolve, steps_taken
+from server.validation import InvalidRequest, resolve
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +229,7 @@ def _encode_frame(frame: Frame) -> tuple[str, str]:
 def _start_message(spec: JobSpec) -> StartMessage:
     channels, image_size, _ = spec.model.image_shape
     return StartMessage(
-        total=steps_taken(spec),
+        total=spec.total or spec.steps,
         at_step=0 if spec.branch is None else spec.branch.at_step,
         seed=spec.seed,
         model=spec.model.name,

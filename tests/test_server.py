@@ -371,16 +371,20 @@ def test_malformed_bodies_are_422(client, content):
 
 
 def test_a_huge_body_is_422_before_it_is_read(client):
-    huge = json.dumps({"model": "cond", "padding": "x" * 100_000}).encode()
+    # over request_bytes: max_body_bytes and room for 4 images of max_init_image_bytes (1.4 MB by default)
+    huge = json.dumps({"model": "cond", "padding": "x" * 2_000_000}).encode()
     response = client.post("/sample", content=huge, headers={"Content-Type": "application/json"})
-    assert response.status_code == 422 and "larger than" in response.text
+    assert response.status_code == 422 and "request body is larger than" in response.text
 
     def chunks():  # no Content-Length: the limit applies while the body streams in
         yield huge[:10_000]
         yield huge[10_000:]
 
     response = client.post("/sample", content=chunks(), headers={"Content-Type": "application/json"})
-    assert response.status_code == 422 and "larger than" in response.text
+    assert response.status_code == 422 and "request body is larger than" in response.text
+    # under it, the request without its images must still fit in max_body_bytes
+    response = client.post("/sample", json={"model": "cond", "padding": "x" * 100_000})
+    assert response.status_code == 422 and "larger than 16384 bytes, besides its images" in response.text
 
 
 def test_errors_list_every_bad_field(client):

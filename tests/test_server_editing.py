@@ -152,6 +152,8 @@ def test_an_unchanged_branch_is_the_original_run(client, name):
     assert sample(client, {**original, "branch": {"from": original, "at_step": 3}})["images"] == final
     settings = {k: v for k, v in original.items() if k not in ("model", "n", "seed", "init_image", "mask", "strength")}
     assert sample(client, {**settings, "branch": {"from": original, "at_step": 0}})["images"] == final
+    as_streamed = {**original, "every": 3, "preview_size": 8}  # the WebSocket's request, as the page keeps it
+    assert sample(client, {**settings, "branch": {"from": as_streamed, "at_step": 2}})["images"] == final
 
 
 def test_a_branch_with_another_label_changes_only_what_follows(client):
@@ -288,3 +290,37 @@ def test_config_publishes_the_image_limit_and_models_their_time_per_row(client):
     assert all(0 < model["seconds_per_row"] < 10 for model in client.get("/models").json())
     sample(client, BASE)
     assert client.get("/config").json()["load"]["iteration_s"] > 0
+
+
+JUNK = [
+    {"init_image": []}, {"init_image": {"a": 1}}, {"init_image": True}, {"init_image": ""},
+    {"init_image": "data:image/png;base64,"},
+    {"mask": 1, "init_image": IMAGE}, {"strength": None, "init_image": IMAGE}, {"strength": True, "init_image": IMAGE},
+    {"branch": "x"}, {"branch": []}, {"branch": {"from": "x", "at_step": 0}}, {"branch": {"from": {}, "at_step": "1"}},
+    {"branch": {"from": {"seed": 1, "branch": {"from": {"seed": 2}, "at_step": 99}}, "at_step": 0}},
+    {"branch": {"from": {**BASE, "model": "nope"}, "at_step": 0}},
+    {"branch": {"from": BASE, "at_step": 1}, "model": "rgb"},
+    {"interpolate_to": 1.5}, {"interpolate_to": "3"}, {"interpolate_to": 2**60}, {"interpolate_to": None, "n": 1},
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("fields", JUNK, ids=range(len(JUNK)))
+def test_junk_in_the_new_fields_is_a_4xx_never_a_500(client, fields):
+    response = post(client, {**BASE, **fields})
+    assert response.status_code in (200, 422), response.text
+    assert response.status_code == 200 or response.json()["detail"]
+
+
+def test_an_sdedit_stream_takes_the_last_steps_of_the_grid(client):
+    messages = stream(client, {**BASE, "init_image": IMAGE, "strength": 0.3})
+    frames = [m for m in messages if m["type"] == "frame"]
+    grid = SAMPLERS["ddim"].timesteps(NoiseSchedule.from_name("linear", 50), 10, {"spacing": "leading"})
+    assert (messages[0]["total"], messages[0]["at_step"], messages[0]["steps"]) == (3, 0, 10)
+    assert [(m["step"], m["t"]) for m in frames] == [(1, grid[-2]), (2, grid[-1]), (3, -1)]
+
+
+def test_an_interpolation_combines_with_sdedit_and_inpainting(client):
+    edit = {**BASE, "init_image": IMAGE, "strength": 0.6, "mask": png_b64(half_mask())}
+    row = sample(client, {**edit, "n": 3, "interpolate_to": 9})["images"]
+    assert row[0] == sample(client, {**edit, "n": 1})["images"][0]
+    assert row[-1] == sample(client, {**edit, "n": 1, "seed": 9})["images"][0]
