@@ -791,7 +791,7 @@ def test_a_branch_with_unchanged_settings_gives_the_same_images(editing, tmp_pat
     page.save_screenshot(str(tmp_path / "branches.png"))
 
 
-def test_sdedit_and_inpainting_start_from_the_drawing(editing, server_url):
+def test_sdedit_and_inpainting_start_from_the_drawing(editing, server_url, tmp_path):
     page = editing
     choose(page, "ddim", 10, 1, 9)
     page.find_element(By.ID, "use-start-image").click()  # the forward section's x0: a typed "3"
@@ -840,6 +840,19 @@ def test_sdedit_and_inpainting_start_from_the_drawing(editing, server_url):
     kept = ~painted
     assert abs(result[kept] - drawing[kept]).max() <= 2
     assert abs(result[painted] - drawing[painted]).mean() > 10  # and the painted part was redone
+
+    # an uploaded picture of another size becomes the starting image at the model's size, its mask cleared
+    from PIL import Image
+
+    picture = Image.new("RGB", (112, 112))
+    picture.paste((255, 255, 255), (0, 0, 56, 112))  # its left half white
+    picture.save(tmp_path / "half.png")
+    page.find_element(By.ID, "start-upload").send_keys(str(tmp_path / "half.png"))
+    WebDriverWait(page, 5).until(lambda d: "half.png" in d.find_element(By.ID, "start-image-status").text)
+    body = sent_body(page)
+    uploaded = pixels(body["init_image"])
+    assert "mask" not in body and uploaded.shape == (28, 28)
+    assert uploaded[:, :13].min() > 240 and uploaded[:, 15:].max() < 15
 
 
 def test_interpolation_runs_from_one_seed_to_the_other(editing, server_url):
