@@ -412,6 +412,14 @@ def contrast(a: str, b: str) -> float:
 def test_bad_value_shows_an_error_message(page):
     # caught in the page: nothing is sent, the field is marked and the message says what is wrong; the
     # page knows the server's max_steps (900, below the model's T) from GET /config
+    # a control that takes no value now looks it: guidance without a class, dimmed, its label muted
+    guidance = page.find_element(By.ID, "guidance")
+    assert not guidance.is_enabled() and guidance.value_of_css_property("opacity") == "0.5"
+    label, hint = (
+        page.find_element(By.CSS_SELECTOR, s).value_of_css_property("color")
+        for s in ('[for="guidance"]', "#steps-hint")
+    )
+    assert label == hint
     set_value(page, "steps", "950")
     page.find_element(By.ID, "generate").click()
     error = page.find_element(By.ID, "form-error")
