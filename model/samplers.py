@@ -232,10 +232,13 @@ def ddpm_steps(
     variance: str = "fixed_large",
     generator: torch.Generator | None = None,
     thresholding: str = "none",
+    timesteps: list[int] | None = None,
 ) -> StepGenerator:
     """Ancestral sampling from x_{T-1} down to x_0 over all T steps, or over `steps` evenly spaced
-    ones of the respaced schedule (`NoiseSchedule.respace`)."""
-    timesteps = ddim_timesteps(schedule.num_timesteps, steps or schedule.num_timesteps, "trailing")
+    ones of the respaced schedule (`NoiseSchedule.respace`); or from x at timesteps[0] over the given
+    `timesteps` (descending), the chain respaced to them."""
+    if timesteps is None:
+        timesteps = ddim_timesteps(schedule.num_timesteps, steps or schedule.num_timesteps, "trailing")
     if len(timesteps) < schedule.num_timesteps:
         schedule = schedule.respace(timesteps)
     total = len(timesteps)
@@ -460,6 +463,12 @@ class Sampler:
     default_steps: int | None = None
     evals_per_step: int = 1  # UNet evaluations (NFE) a step costs
     max_steps: Callable[[int], int] = field(default=lambda num_timesteps: num_timesteps)
+    grid: Callable[..., list[int]] | None = None  # (schedule, steps, **params) → the timesteps a run visits
+    stochastic: Callable[[dict], bool] = field(default=lambda params: False)  # draws noise after x_T, with these
+
+    def timesteps(self, schedule: NoiseSchedule, steps: int, params: dict) -> list[int]:
+        """The timesteps a run of `steps` steps with these (resolved) parameters visits, noisiest first."""
+        return self.grid(schedule, steps, **params)
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)
@@ -537,23 +546,56 @@ SOLVER_SPACING = Param(
 )
 
 
-def _ddpm(schedule, x, steps, generator, variance="fixed_large", thresholding="clip") -> StepGenerator:
-    return ddpm_steps(schedule, x, steps, variance, generator, thresholding)
+# Each factory makes the run of `steps` steps from x at the first timestep of its grid; given
+# `timesteps` (descending, from model.editing: a part of a grid), it visits those instead, from x at
+# timesteps[0]. Each grid function gives the timesteps a run of `steps` steps visits.
 
 
-def _ddim(schedule, x, steps, generator, eta=0.0, spacing="leading", thresholding="clip") -> StepGenerator:
+def _ddpm_grid(schedule, steps, **params) -> list[int]:
+    return ddim_timesteps(schedule.num_timesteps, steps, "trailing")
+
+
+def _ddpm(schedule, x, steps, generator, variance="fixed_large", thresholding="clip", timesteps=None) -> StepGenerator:
+    return ddpm_steps(schedule, x, steps, variance, generator, thresholding, timesteps)
+
+
+def _ddim_grid(schedule, steps, spacing="leading", **params) -> list[int]:
     offset = schedule.sampling.steps_offset if spacing == "leading" else 0  # a diffusers scheduler's
-    return ddim_steps(
-        schedule, x, ddim_timesteps(schedule.num_timesteps, steps, spacing, offset), eta, generator, thresholding
-    )
+    return ddim_timesteps(schedule.num_timesteps, steps, spacing, offset)
 
 
-def _dpm_solver_pp(schedule, x, steps, generator, order=2, spacing="trailing", thresholding="clip") -> StepGenerator:
-    return dpm_solver_pp_steps(x, *solver_timesteps(schedule, steps, spacing), order, thresholding)
+def _ddim(
+    schedule, x, steps, generator, eta=0.0, spacing="leading", thresholding="clip", timesteps=None
+) -> StepGenerator:
+    timesteps = _ddim_grid(schedule, steps, spacing) if timesteps is None else timesteps
+    return ddim_steps(schedule, x, timesteps, eta, generator, thresholding)
 
 
-def _unipc(schedule, x, steps, generator, order=2, spacing="trailing", thresholding="clip") -> StepGenerator:
-    return unipc_steps(x, *solver_timesteps(schedule, steps, spacing), order, thresholding)
+def _solver_grid(schedule, steps, spacing="trailing", **params) -> list[int]:
+    return solver_timesteps(schedule, steps, spacing)[0]
+
+
+def _solver_sigmas(schedule, steps, spacing, timesteps) -> tuple[list[int], list[float]]:
+    """The grid's timesteps and σs, or `timesteps` and theirs: a tail of the grid keeps the grid's σs
+    (Karras σs are not the schedule's at their timesteps), another timestep takes the schedule's."""
+    grid, sigmas = solver_timesteps(schedule, steps, spacing)
+    if timesteps is None or timesteps == grid[len(grid) - len(timesteps) :]:
+        return grid[len(grid) - len(timesteps or grid) :], sigmas[len(grid) - len(timesteps or grid) :]
+    abar = schedule.alphas_cumprod.double().cpu()
+    own = dict(zip(grid, sigmas, strict=False))
+    return timesteps, [own.get(t, math.sqrt((1 - abar[t]) / abar[t])) for t in timesteps] + [0.0]
+
+
+def _dpm_solver_pp(
+    schedule, x, steps, generator, order=2, spacing="trailing", thresholding="clip", timesteps=None
+) -> StepGenerator:
+    return dpm_solver_pp_steps(x, *_solver_sigmas(schedule, steps, spacing, timesteps), order, thresholding)
+
+
+def _unipc(
+    schedule, x, steps, generator, order=2, spacing="trailing", thresholding="clip", timesteps=None
+) -> StepGenerator:
+    return unipc_steps(x, *_solver_sigmas(schedule, steps, spacing, timesteps), order, thresholding)
 
 
 def _solver_max_steps(num_timesteps: int) -> int:
@@ -578,6 +620,8 @@ register(
             THRESHOLDING,
         ),
         default_steps=None,
+        grid=_ddpm_grid,
+        stochastic=lambda params: True,
     )
 )
 register(
@@ -601,6 +645,8 @@ register(
             THRESHOLDING,
         ),
         default_steps=50,
+        grid=_ddim_grid,
+        stochastic=lambda params: params.get("eta", 0.0) > 0,
     )
 )
 register(
@@ -617,6 +663,7 @@ register(
         ),
         default_steps=10,
         max_steps=_solver_max_steps,
+        grid=_solver_grid,
     )
 )
 register(
@@ -633,6 +680,7 @@ register(
         ),
         default_steps=10,
         max_steps=_solver_max_steps,
+        grid=_solver_grid,
     )
 )
 

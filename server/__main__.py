@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
         ws=ws,
         # the app answers a message over max_body_bytes with an error and 1008; the transport's own
         # limit, far above it, only bounds the memory a message can take before the app sees it
-        ws_max_size=max(WS_TRANSPORT_MAX_BYTES, 4 * settings.max_body_bytes),
+        ws_max_size=max(WS_TRANSPORT_MAX_BYTES, 4 * settings.max_body_bytes, 2 * settings.request_bytes),
         timeout_keep_alive=settings.keep_alive_timeout_s,
         proxy_headers=False,  # the app applies X-Forwarded-For from settings.trusted_proxies only (server.app)
         timeout_graceful_shutdown=SHUTDOWN_BACKSTOP_S,

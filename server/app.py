@@ -7,7 +7,7 @@ set, takes the client's address from their X-Forwarded-For; RequestMetrics count
 SecurityHeaders adds nosniff, no framing and a Content-Security-Policy to each; HostCheck refuses a
 Host header this server does not answer to (DNS rebinding); CORS, when configured; MethodCheck
 answers OPTIONS and wrong methods on the API's routes (the UI's mount at / would otherwise); and
-BodyLimit refuses bodies over max_body_bytes before they are read.
+BodyLimit refuses bodies over request_bytes (max_body_bytes and room for images) before they are read.
 """
 
 from __future__ import annotations
@@ -42,9 +42,9 @@ from server import api, config, ws
 from server.jobs import POLICY_VIOLATION, JobBridge, Refused
 from server.loop import SamplingLoop
 from server.metrics import Metrics
-from server.parsing import error
+from server.parsing import IMAGE_FIELDS, error
 from server.registry import ModelRegistry, resolve_device
-from server.schemas import SampleRequest
+from server.schemas import SampleRequest, StreamRequest
 from server.settings import Settings
 from server.state import ServerState
 from server.validation import InvalidRequest
@@ -61,7 +61,7 @@ optionally `"preview_size"`. The server answers with JSON text messages: while t
 place in the batch, `{"type": "queued", "position", "eta_s"}` (runs ahead of it, and about how many
 seconds until it starts), at once and whenever the position changes; then `{"type": "start", "total",
 "seed", "model", "sampler", "steps", "params", "n", "every", "image_size", "channels", "preview_size",
-"label", "guidance"}`, then for each streamed step `{"type": "frame", "step", "total", "t", "x_t",
+"label", "guidance", "at_step"}`, then for each streamed step `{"type": "frame", "step", "total", "t", "x_t",
 "x0"}` (base64 PNG grids of the samples and of the predicted x_0, each image at most `preview_size`
 pixels a side), then `{"type": "done", "grid", "images", "seed", "model", "sampler", "steps",
 "elapsed_ms"}` (full size) and a normal close (1000). Send `{"type": "cancel"}` at any time to stop:
@@ -174,7 +174,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # the API's routes, to match requests against before routing (the included routers' own, since
     # FastAPI includes a router as one route of its own)
     routes = [*api.router.routes, *ws.router.routes, *(route for route in app.routes if isinstance(route, Route))]
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, metrics=metrics)
+    app.add_middleware(BodyLimit, max_bytes=settings.request_bytes, metrics=metrics)
     app.add_middleware(MethodCheck, routes=routes)
     if settings.cors_origins:
         app.add_middleware(
@@ -244,10 +244,33 @@ def api_schema(app: FastAPI, settings: Settings, registry: ModelRegistry | None)
     """The OpenAPI schema with the limits that come from the settings and the loaded models: what
     the schema accepts, the server accepts (for a server of one model, exactly)."""
     schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-    request = SampleRequest.model_json_schema(ref_template="#/components/schemas/{model}")
-    schema.setdefault("components", {}).setdefault("schemas", {})["SampleRequest"] = request
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    models = list(registry.models.values()) if registry else []
+    request = _request_schema(SampleRequest, settings, registry)
+    components["SampleRequest"] = by_sampler(request)
+    # a branch's "from" is a request as the WebSocket takes it (every and preview_size allowed, and ignored)
+    components["StreamRequest"] = by_sampler(_request_schema(StreamRequest, settings, registry))
+    branch = StreamRequest.model_json_schema(ref_template="#/components/schemas/{model}")["$defs"]["Branch"]
+    branch["properties"]["from"] = {**branch["properties"]["from"], "$ref": "#/components/schemas/StreamRequest"}
+    components["Branch"] = branch
+    if models:
+        names = sorted(registry.models)
+        path = schema["paths"]["/models/{name}/schedule"]["get"]
+        next(p for p in path["parameters"] if p["name"] == "name")["schema"]["enum"] = names
+    return schema
+
+
+def _request_schema(request_model: type[SampleRequest], settings: Settings, registry: ModelRegistry | None) -> dict:
+    """A request's JSON schema with the bounds of the settings and the loaded models."""
+    request = request_model.model_json_schema(ref_template="#/components/schemas/{model}")
+    defs = request.pop("$defs", {})  # Branch and the stream request: components of their own (api_schema)
+    request = request if "properties" in request else defs[request_model.__name__]  # a recursive model is a $ref
     fields = request["properties"]
     models = list(registry.models.values()) if registry else []
+    for name in IMAGE_FIELDS:  # base64 PNGs; their size, format and pixels are checked by the server
+        fields[name]["anyOf"][0].update(contentEncoding="base64", contentMediaType="image/png")
+    if "preview_size" in fields:
+        _bound(fields["preview_size"], maximum=settings.preview_size)
     max_steps = min(settings.max_steps, max((m.schedule.num_timesteps for m in models), default=settings.max_steps))
     _bound(fields["n"], maximum=settings.max_n)
     fields["n"]["default"] = min(fields["n"]["default"], settings.max_n)
@@ -259,12 +282,8 @@ def api_schema(app: FastAPI, settings: Settings, registry: ModelRegistry | None)
     elif num_classes:
         _bound(fields["label"], maximum=num_classes - 1)
     if models:
-        names = sorted(registry.models)
-        fields["model"]["anyOf"] = [{"type": "string", "enum": names}, {"type": "null"}]
-        path = schema["paths"]["/models/{name}/schedule"]["get"]
-        next(p for p in path["parameters"] if p["name"] == "name")["schema"]["enum"] = names
-    schema["components"]["schemas"]["SampleRequest"] = by_sampler(request)
-    return schema
+        fields["model"]["anyOf"] = [{"type": "string", "enum": sorted(registry.models)}, {"type": "null"}]
+    return request
 
 
 def by_sampler(request: dict) -> dict:

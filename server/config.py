@@ -27,6 +27,7 @@ async def server_config(state: Annotated[ServerState, Depends(get_state)]) -> Se
             "max_jobs": settings.max_jobs,
             "max_queue": settings.max_queue,
             "max_jobs_per_client": settings.max_jobs_per_client,
+            "max_init_image_bytes": settings.max_init_image_bytes,
         },
         defaults={
             "model": state.registry.default,
@@ -36,4 +37,9 @@ async def server_config(state: Annotated[ServerState, Depends(get_state)]) -> Se
             "guidance": settings.default_guidance,
         },
         samplers=[entry.info() for entry in SAMPLERS.values()],
+        load={
+            "iteration_s": state.loop.iteration_s,
+            "active_jobs": state.loop.active_jobs,
+            "queued_jobs": state.loop.queued_jobs,
+        },
     )

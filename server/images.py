@@ -6,7 +6,9 @@ from __future__ import annotations
 import base64
 import io
 import math
+import struct
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -60,3 +62,54 @@ def grid_and_images_b64(images: torch.Tensor) -> tuple[str, list[str]]:
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
+
+
+# --- images a request sends (init_image, mask) ----------------------------------------------------
+
+DATA_URL_PREFIX = "data:image/png;base64,"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def decode_png(text: str, max_bytes: int, size: int, what: str) -> Image.Image:
+    """A base64 PNG (a data:image/png;base64, prefix allowed) of size × size (for model `what`) as an
+    unloaded PIL image, or ValueError saying why not. Its size is read from its header (IHDR) before
+    PIL looks at it: a decompression bomb is refused unopened."""
+    if text.startswith(DATA_URL_PREFIX):
+        text = text[len(DATA_URL_PREFIX) :]
+    if len(text) > 4 * math.ceil(max_bytes / 3) + 4:  # before decoding: the base64 of max_bytes, and some padding
+        raise ValueError(f"is larger than {max_bytes} bytes")
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (ValueError, TypeError):
+        raise ValueError("is not base64") from None
+    if len(data) > max_bytes:
+        raise ValueError(f"is larger than {max_bytes} bytes ({len(data)})")
+    if not data.startswith(PNG_SIGNATURE) or data[12:16] != b"IHDR" or len(data) < 24:
+        raise ValueError("is not a PNG")
+    width, height = struct.unpack(">II", data[16:24])
+    if (width, height) != (size, size):
+        raise ValueError(f"must be {size}×{size} for model {what}, not {width}×{height}")
+    try:
+        image = Image.open(io.BytesIO(data), formats=["PNG"])
+    except Exception:  # PIL raises many kinds for a broken header
+        raise ValueError("is not a readable PNG") from None
+    return image
+
+
+def image_tensor(image: Image.Image, size: int, channels: int, what: str) -> torch.Tensor:
+    """A decoded PNG of exactly size × size as (channels, size, size) in [0, 1]: converted to grey
+    (L) or RGB; transparency composited on black. ValueError for another size or unreadable pixels."""
+    width, height = image.size
+    if (width, height) != (size, size):  # before its pixels are loaded: a decompression bomb stops here
+        raise ValueError(f"must be {size}×{size} for model {what}, not {width}×{height}")
+    try:
+        image.load()
+        if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # 16-bit grey (or float): to 8 bits
+            image = Image.fromarray((np.asarray(image, dtype=np.float64) / 257).clip(0, 255).round().astype(np.uint8))
+        rgba = image.convert("RGBA")
+    except Exception:
+        raise ValueError("is not a readable PNG (its pixels could not be decoded)") from None
+    black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+    flat = Image.alpha_composite(black, rgba).convert("L" if channels == 1 else "RGB")
+    array = torch.frombuffer(bytearray(flat.tobytes()), dtype=torch.uint8).view(size, size, channels)
+    return array.permute(2, 0, 1).float() / 255

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from model import editing
 from model.samplers import SAMPLERS, StepGenerator, guided_eps, initial_noise, make_generator
 from server.images import downscale
 from server.metrics import Metrics
@@ -52,9 +53,10 @@ class LoopClosed(LoopFull):
     """The loop admits no more jobs: the server is shutting down."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class JobSpec:
-    """What to sample. Validated before it gets here (server.validation)."""
+    """What to sample. Validated before it gets here (server.validation). A branch's start (n, seed,
+    init_image, strength, mask, interpolate_to) is its origin's."""
 
     model: LoadedModel
     sampler: str  # a name of the sampler table, model.samplers.SAMPLERS
@@ -66,6 +68,27 @@ class JobSpec:
     guidance: float | None = None  # classifier-free guidance w, with a label (None: plain conditional)
     every: int = 0  # report every k-th step (and always the last) as a Frame; 0: no frames
     preview_size: int | None = None  # a frame's images are sent at most this many pixels a side (None: full size)
+    init_image: torch.Tensor | None = None  # (C, H, W) in [-1, 1]: SDEdit's start and inpainting's known image
+    strength: float = 1.0  # SDEdit: the share of the sampler's steps taken (1: the plain run)
+    mask: torch.Tensor | None = None  # (1, H, W), True where the image is repainted (inpainting)
+    interpolate_to: int | None = None  # the images are a row from seed's x_T to this seed's (slerp)
+    branch: BranchSpec | None = None  # replay this run to a step, then go on with this spec's settings
+    total: int | None = None  # the steps the run takes, replayed ones included (None: steps)
+
+    def root(self) -> JobSpec:
+        """The run a chain of branches starts from."""
+        return self if self.branch is None else self.branch.origin.root()
+
+    def same_run(self, other: JobSpec) -> bool:
+        """The same step generator: the same sampler, steps and parameters (label and guidance are
+        the loop's, step by step)."""
+        return (self.sampler, self.steps, self.params) == (other.sampler, other.steps, other.params)
+
+
+@dataclass(frozen=True, eq=False)
+class BranchSpec:
+    origin: JobSpec
+    at_step: int  # the origin's steps taken before this spec's settings take over
 
 
 # --- what the loop reports about a job ----------------------------------------------------------
@@ -137,6 +160,7 @@ class Job:
         self.step = None
         self.labels: torch.Tensor | None = None
         self.guidance: torch.Tensor | None = None
+        self._drawn: torch.Tensor | None = None  # the classes drawn for a model without an unconditional class
 
     def cancel(self) -> None:
         """Ask the loop to drop this job: at once if it waits in the queue, else before its next
@@ -152,27 +176,70 @@ class Job:
     def start(self) -> None:
         """Draw x_T and build the step generator; on the loop thread, like all torch work."""
         spec, model = self.spec, self.spec.model
+        root = spec.root()
         self.started_at = time.perf_counter()
-        generator = make_generator(spec.seed, model.device)
-        x = initial_noise((spec.n, *model.image_shape), generator, model.device)
-        sampler = SAMPLERS[spec.sampler]
-        self.steps = sampler.make(model.schedule, x, spec.steps, generator, **sampler.resolve(spec.params))
+        generator = make_generator(root.seed, model.device)
+        if root.interpolate_to is None:
+            x = initial_noise((root.n, *model.image_shape), generator, model.device)
+        else:  # each end is its seed's own 1-image x_T
+            x = initial_noise((1, *model.image_shape), generator, model.device)
+            end = initial_noise(
+                (1, *model.image_shape), make_generator(root.interpolate_to, model.device), model.device
+            )
+            x = editing.slerp(x, end, root.n)
+        self.steps = self._run(spec, x, generator)
+        if root.mask is not None:
+            known, keep = (t.to(model.device) for t in (root.init_image, ~root.mask))
+            self.steps = editing.inpaint(self.steps, model.schedule, known, keep, x)
         self.step = next(self.steps)
-        if model.num_classes and spec.label is None and not model.guidance:
+        if model.num_classes and not model.guidance:
             # no unconditional class: a class drawn for each image samples the same distribution
-            self.labels = torch.randint(model.num_classes, (spec.n,), generator=generator, device=model.device)
+            self._drawn = torch.randint(model.num_classes, (spec.n,), generator=generator, device=model.device)
+        self.labels, self.guidance = self._condition(spec)
+
+    def _run(self, spec: JobSpec, x: torch.Tensor, generator: torch.Generator) -> StepGenerator:
+        """The step generator of `spec` from the root's x_T: SDEdit's start, and each branch's replay."""
+        model, sampler = spec.model, SAMPLERS[spec.sampler]
+        params = sampler.resolve(spec.params)
+        if spec.branch is None:
+            init = None if spec.init_image is None else spec.init_image.to(model.device)
+            return editing.start(sampler, model.schedule, x, spec.steps, generator, params, init, spec.strength)
+        origin = spec.branch.origin
+        then = (
+            None
+            if spec.same_run(origin)
+            else editing.continuation(sampler, model.schedule, spec.steps, generator, params)
+        )
+        return editing.branch(self._run(origin, x, generator), spec.branch.at_step, then)
+
+    def _condition(self, spec: JobSpec) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """The labels and guidance weights of the rows of `spec`'s own steps."""
+        model = spec.model
+        labels = None
+        if model.num_classes and spec.label is None and not model.guidance:
+            labels = self._drawn
         elif model.num_classes:
             label = model.unet.null_label if spec.label is None else spec.label
-            self.labels = torch.full((spec.n,), label, dtype=torch.long, device=model.device)
+            labels = torch.full((spec.n,), label, dtype=torch.long, device=model.device)
         w = 1.0 if spec.guidance is None else spec.guidance
-        self.guidance = torch.full((spec.n,), w, device=model.device)
+        return labels, torch.full((spec.n,), w, device=model.device)
+
+    def condition_at(self, index: int) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """The labels and guidance for the step after `index`: a replayed step's are its origin's."""
+        spec = self.spec
+        while spec.branch is not None and index < spec.branch.at_step:
+            spec = spec.branch.origin
+        if spec is self.spec:
+            return self.labels, self.guidance
+        return self._condition(spec)
 
     def advance(self, eps: torch.Tensor) -> list[Event]:
         """Take one step with ε for the current x_t; return what to report: the frame of this step
         if it is streamed (the last one always is), then Finished after the last step."""
         self.step = step = self.steps.send(eps)
         events: list[Event] = []
-        if self.spec.every and (step.index % self.spec.every == 0 or step.done):
+        replayed = self.spec.branch is not None and step.index <= self.spec.branch.at_step and not step.done
+        if self.spec.every and not replayed and (step.index % self.spec.every == 0 or step.done):
             # previews, shrunk where they are made: a 256 px batch leaves the GPU at 1/16 of its size
             x_t, x0 = (downscale(x, self.spec.preview_size).cpu() for x in (step.x_t, step.x0))
             events.append(Frame(step.index, step.total, step.t, x_t, x0))
@@ -184,7 +251,7 @@ class Job:
         return now - self.started_at > self.timeout_s
 
     def remaining_steps(self) -> int:
-        return self.spec.steps if self.step is None else self.step.total - self.step.index
+        return (self.spec.total or self.spec.steps) if self.step is None else self.step.total - self.step.index
 
 
 class SamplingLoop:
@@ -220,6 +287,11 @@ class SamplingLoop:
     def queued_jobs(self) -> int:
         with self._lock:
             return len(self._queue)
+
+    @property
+    def iteration_s(self) -> float | None:
+        """The measured time of one iteration (every running job's step), smoothed; None until one ran."""
+        return self._iteration_s
 
     def retry_after_s(self) -> float | None:
         """About when a place in the queue should free up: when its first job should start, as last
@@ -342,8 +414,9 @@ class SamplingLoop:
         sizes = [job.spec.n for job in jobs]
         x = torch.cat([job.step.x_t for job in jobs])
         t = torch.cat([torch.full((job.spec.n,), job.step.t, device=model.device) for job in jobs])
-        labels = torch.cat([job.labels for job in jobs]) if model.num_classes else None
-        guidance = torch.cat([job.guidance for job in jobs])
+        conditions = [job.condition_at(job.step.index) for job in jobs]
+        labels = torch.cat([labels for labels, _ in conditions]) if model.num_classes else None
+        guidance = torch.cat([guidance for _, guidance in conditions])
         began = time.perf_counter()
         try:
             eps = guided_eps(model.unet, x, t, labels, guidance)
@@ -419,7 +492,7 @@ class SamplingLoop:
         etas = []
         for job in [*ahead, *queued]:
             start = heapq.heappop(frees)
-            heapq.heappush(frees, start + job.spec.steps)
+            heapq.heappush(frees, start + (job.spec.total or job.spec.steps))
             etas.append(start * self._iteration_s)
         return etas[len(ahead) :]
 

@@ -31,12 +31,21 @@ ECHO_DEPTH = 2
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _BRACKET = re.compile(r"[\[\]{}]")
 _JSON_TYPES = ("application/json",)
+IMAGE_FIELDS = ("init_image", "mask")  # base64 PNGs: bounded on their own (max_init_image_bytes), not by max_bytes
 
 
-def parse_request(model: type[BaseModel], data: bytes | str, max_bytes: int, loc: tuple = ()) -> BaseModel:
-    """`data` as an instance of `model`, or InvalidRequest whose errors' `loc` start with `loc`."""
+def parse_request(
+    model: type[BaseModel], data: bytes | str, max_bytes: int, loc: tuple = (), image_bytes: int = 0
+) -> BaseModel:
+    """`data` as an instance of `model`, or InvalidRequest whose errors' `loc` start with `loc`.
+    The request may be up to `image_bytes` larger than `max_bytes` for the strings of its IMAGE_FIELDS
+    (at any depth): without them, it must fit in max_bytes."""
     try:
-        value = parse_json(data, max_bytes)
+        value = parse_json(data, max_bytes + image_bytes)
+        if image_bytes and _size(data) - _image_chars(value, MAX_DEPTH) > max_bytes:
+            raise InvalidRequest(
+                [error("too_long", f"the request is larger than {max_bytes} bytes, besides its images")]
+            )
         return model.model_validate(value)
     except InvalidRequest as e:
         raise InvalidRequest([{**error, "loc": [*loc, *error["loc"]]} for error in e.errors]) from None
@@ -45,9 +54,23 @@ def parse_request(model: type[BaseModel], data: bytes | str, max_bytes: int, loc
         raise InvalidRequest([{**error, "loc": [*loc, *error["loc"]]} for error in errors]) from None
 
 
+def _size(data: bytes | str) -> int:
+    return len(data) if isinstance(data, bytes) else len(data.encode("utf-8", "surrogatepass"))
+
+
+def _image_chars(value, depth: int) -> int:
+    """The characters of the strings under IMAGE_FIELDS keys in a parsed request, at any depth."""
+    if not isinstance(value, dict) or depth < 0:
+        return 0
+    return sum(
+        len(item) if key in IMAGE_FIELDS and isinstance(item, str) else _image_chars(item, depth - 1)
+        for key, item in value.items()
+    )
+
+
 def parse_json(data: bytes | str, max_bytes: int) -> object:
     """Strict JSON: the checks of the module docstring, each refused with InvalidRequest."""
-    size = len(data) if isinstance(data, bytes) else len(data.encode("utf-8", "surrogatepass"))
+    size = _size(data)
     if size > max_bytes:
         raise InvalidRequest([error("too_long", f"the request is larger than {max_bytes} bytes")])
     if isinstance(data, bytes):

@@ -16,6 +16,7 @@ from model.samplers import guided_eps
 log = logging.getLogger(__name__)
 
 PREFERRED_DEFAULT = "mnist"
+TIMING_ROWS = 8  # the batch warm_up times: a typical one (8 jobs of 1 image, or 2 of 4, …)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -44,6 +45,7 @@ class LoadedModel:
     default_steps: int | None = None
     own_sampling: bool = False  # a distilled student: only its sampler at its steps
     param_defaults: dict[str, dict] = field(default_factory=dict)  # sampler name → parameter values
+    seconds_per_row: float | None = None  # one image's share of a batched UNet forward, measured by warm_up
 
     @classmethod
     def of(cls, name: str, checkpoint: Checkpoint, device: torch.device) -> LoadedModel:
@@ -91,6 +93,7 @@ class LoadedModel:
             "default_sampler": self.default_sampler,
             "default_steps": self.default_steps,
             "distilled": self.own_sampling,
+            "seconds_per_row": self.seconds_per_row,
         }
 
 
@@ -165,9 +168,23 @@ def describe(checkpoint: Checkpoint) -> str:
 @torch.inference_mode()
 def warm_up(model: LoadedModel) -> None:
     """One forward at the batch shape of a guided request, so the first user does not pay for lazy
-    initialisation (cuDNN autotuning, allocator growth, the first-call overhead of each kernel)."""
+    initialisation (cuDNN autotuning, allocator growth, the first-call overhead of each kernel); then
+    one timed forward of TIMING_ROWS rows: the model's `seconds_per_row` (GET /models)."""
     x = torch.zeros(2, *model.image_shape, device=model.device)
     t = torch.full((2,), model.schedule.num_timesteps - 1, device=model.device)
     labels = torch.zeros(2, dtype=torch.long, device=model.device) if model.num_classes else None
     with torch.inference_mode():
         guided_eps(model.unet, x, t, labels, 3.0)  # as the loop calls it: a student takes w, a teacher doubles
+        x = torch.zeros(TIMING_ROWS, *model.image_shape, device=model.device)
+        t = torch.full((TIMING_ROWS,), model.schedule.num_timesteps // 2, device=model.device)
+        labels = torch.zeros(TIMING_ROWS, dtype=torch.long, device=model.device) if model.num_classes else None
+        _synchronize(model.device)
+        began = time.perf_counter()
+        guided_eps(model.unet, x, t, labels, 1.0)  # unguided, as the loop calls it: one row each
+        _synchronize(model.device)
+        model.seconds_per_row = (time.perf_counter() - began) / TIMING_ROWS
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -69,6 +69,54 @@ class SampleRequest(BaseModel):
         "conditional model, larger is more class-typical. Default: the server's default_guidance (3.0); at most "
         "its max_guidance (20). Ignored without a label.",
     )
+    init_image: str | None = Field(
+        None,
+        description="SDEdit and inpainting: a base64 PNG (a data:image/png;base64, prefix allowed) of exactly the "
+        "model's image_size a side, at most max_init_image_bytes (GET /config) decoded; converted to the model's "
+        "channels (grey or RGB), transparency composited on black. Every image of the run starts from it.",
+    )
+    strength: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        allow_inf_nan=False,
+        description="With init_image: the run takes the last ceil(steps·strength) steps of its sampler's grid, from "
+        "init_image noised to the first of them (SDEdit). 1 is the plain run from the seed's noise (the image "
+        "forgotten); small values stay close to the image. Other than 1 only with init_image.",
+    )
+    mask: str | None = Field(
+        None,
+        description="Inpainting, with init_image: a base64 PNG of the same size, read as grey: pixels of 128 or more "
+        "are repainted, the others keep init_image (replaced after every step by init_image noised to that step).",
+    )
+    branch: Branch | None = Field(
+        None,
+        description="Continue another run from one of its steps with this request's settings: the server replays "
+        "`from` (the original request, seed included) to `at_step` (a frame's step), then runs on with this "
+        "request's label, guidance, sampler, parameters and steps. The start (model, n, seed, init_image, strength, "
+        "mask, interpolate_to) is `from`'s: leave them out here, or send the same.",
+    )
+    interpolate_to: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_SEED,
+        description="A row of n ≥ 2 images between two seeds: the starting noises are spherically interpolated from "
+        "seed's to this seed's, so the first image is seed's n = 1 run and the last this seed's. Needs a "
+        "deterministic sampler (not ddpm, nor ddim with eta > 0).",
+    )
+
+
+class Branch(BaseModel):
+    """Where a branch starts: a run (its request) and a step of it."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=False)
+
+    origin: StreamRequest = Field(
+        alias="from",
+        description="The original request, every field as sent (its seed included; the WebSocket's every and "
+        "preview_size are allowed and ignored).",
+    )
+    at_step: int = Field(ge=0, description="The step of the original run to branch at: a frame's step (0: x_T).")
 
 
 class StreamRequest(SampleRequest):
@@ -81,6 +129,11 @@ class StreamRequest(SampleRequest):
         description="A frame shows each image at most this many pixels a side, downscaled (the final images are "
         "full size). Default and maximum: the server's preview_size (64).",
     )
+
+
+SampleRequest.model_rebuild()
+Branch.model_rebuild()
+StreamRequest.model_rebuild()
 
 
 class SampleResponse(BaseModel):
@@ -118,6 +171,12 @@ class ModelInfo(BaseModel):
     distilled: bool = Field(
         False, description="A distilled student: it takes only its default sampler, at its default steps."
     )
+    seconds_per_row: float | None = Field(
+        None,
+        description="Seconds one image (one row) of a batched UNet forward takes, measured once at load on a "
+        "batch of 8: a run alone takes about steps × evals_per_step × n × seconds_per_row (a guided image counts "
+        "twice).",
+    )
 
 
 # --- GET /config: what a client needs to build its controls ---------------------------------------
@@ -152,6 +211,7 @@ class Limits(BaseModel):
     max_jobs_per_client: int = Field(
         description="Runs one client (one address) may have running or waiting; beyond, it is refused."
     )
+    max_init_image_bytes: int = Field(description="Largest init_image or mask, as PNG bytes (before base64).")
 
 
 class Defaults(BaseModel):
@@ -164,10 +224,20 @@ class Defaults(BaseModel):
     guidance: float = Field(description="The guidance weight w a request with a label gets when it gives none.")
 
 
+class Load(BaseModel):
+    iteration_s: float | None = Field(
+        description="The sampling loop's measured time of one iteration (one step of every running job, all "
+        "batched), smoothed; null until it has run one. A run that joins now takes about this a step."
+    )
+    active_jobs: int = Field(description="Runs sampling or waiting now.")
+    queued_jobs: int = Field(description="Runs waiting for a place now.")
+
+
 class ServerConfig(BaseModel):
     limits: Limits
     defaults: Defaults
     samplers: list[SamplerInfo] = Field(description="Every sampler a request may name, with its parameters.")
+    load: Load = Field(description="The sampling loop now: its measured rate and its jobs.")
 
 
 class ScheduleInfo(BaseModel):
@@ -194,7 +264,11 @@ class Error(BaseModel):
 
 class StartMessage(BaseModel):
     type: Literal["start"] = "start"
-    total: int
+    total: int = Field(
+        description="The steps the run takes: steps, or ceil(steps·strength) with an init_image, or a branch's "
+        "at_step plus the steps it takes after."
+    )
+    at_step: int = Field(0, description="A branch's at_step: its frames follow on from it (0: not a branch).")
     seed: int
     model: str
     sampler: str

@@ -4,6 +4,7 @@ working directory, or the one named by --env-file), and command-line flags, whic
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -13,6 +14,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from model.samplers import SAMPLERS
 
 PACKAGE_WEB_DIR = Path(__file__).resolve().parents[1] / "web"
+REQUEST_IMAGES = 4  # init_image and mask, in a request and in its branch's "from"
 
 
 class Settings(BaseSettings):
@@ -52,7 +54,12 @@ class Settings(BaseSettings):
     )
     default_steps: int | None = Field(10, ge=1, description="its steps; null: the sampler's own default")
     request_timeout_s: float = Field(120.0, gt=0, description="a job running longer is stopped")
-    max_body_bytes: int = Field(16_384, ge=256, description="largest request body or WebSocket message")
+    max_body_bytes: int = Field(
+        16_384, ge=256, description="largest request body or WebSocket message, beside its images (request_bytes)"
+    )
+    max_init_image_bytes: int = Field(
+        262_144, ge=64, description="largest init_image or mask, as PNG bytes (decoded from base64)"
+    )
 
     ws_send_timeout_s: float = Field(
         10.0, gt=0, description="a client slower to read a message is dropped, and its connection closed"
@@ -83,6 +90,12 @@ class Settings(BaseSettings):
     )
     web_dir: Path | None = Field(PACKAGE_WEB_DIR, description="the browser UI served at /, if the folder exists")
     log_level: str = "info"
+
+    @property
+    def request_bytes(self) -> int:
+        """The largest request body or first WebSocket message: max_body_bytes, and room for
+        REQUEST_IMAGES images of max_init_image_bytes in base64 with a data: prefix."""
+        return self.max_body_bytes + REQUEST_IMAGES * (4 * math.ceil(self.max_init_image_bytes / 3) + 32)
 
     @field_validator("default_sampler")
     @classmethod

@@ -6,9 +6,12 @@ check refused it."""
 from __future__ import annotations
 
 import secrets
+from dataclasses import replace
 
+from model import editing
 from model.samplers import SAMPLERS, Sampler
-from server.loop import JobSpec
+from server import images
+from server.loop import BranchSpec, JobSpec
 from server.registry import LoadedModel, ModelRegistry
 from server.schemas import SampleRequest, StreamRequest
 from server.settings import Settings
@@ -37,6 +40,14 @@ def default_steps(sampler: Sampler, model: LoadedModel, settings: Settings) -> i
 
 def resolve(request: SampleRequest, registry: ModelRegistry, settings: Settings) -> JobSpec:
     """The job a valid request asks for, or InvalidRequest listing everything wrong with it."""
+    origin = None
+    if request.branch is not None:  # the original run first: the branch starts from it
+        try:
+            origin = resolve(request.branch.origin, registry, settings)
+        except InvalidRequest as e:
+            raise InvalidRequest([{**error, "loc": ["branch", "from", *error["loc"]]} for error in e.errors]) from None
+        if request.model is None:
+            request = request.model_copy(update={"model": origin.model.name})
     model = registry.get(request.model)
     if model is None:
         loaded = ", ".join(sorted(registry.models)) or "none"
@@ -94,7 +105,7 @@ def resolve(request: SampleRequest, registry: ModelRegistry, settings: Settings)
     if errors:
         raise InvalidRequest(errors)
 
-    return JobSpec(
+    spec = JobSpec(
         model=model,
         sampler=sampler.name,
         steps=steps,
@@ -106,6 +117,123 @@ def resolve(request: SampleRequest, registry: ModelRegistry, settings: Settings)
         every=request.every if isinstance(request, StreamRequest) else 0,
         preview_size=preview_size,
     )
+    if origin is not None:
+        return _branch(request, spec, origin)
+    return _editing(request, spec, sampler, settings)
+
+
+# --- SDEdit, inpainting, interpolation and branches (model.editing) ---------------------------------
+
+
+def _editing(request: SampleRequest, spec: JobSpec, sampler: Sampler, settings: Settings) -> JobSpec:
+    """`spec` with the request's init_image, strength, mask and interpolate_to, checked."""
+    errors, model = [], spec.model
+    image = mask = None
+    if request.init_image is not None:
+        image, error = _image(request.init_image, "init_image", model, model.image_shape[0], settings)
+        errors += error
+        if sampler.grid is None and request.strength != 1:
+            message = f"strength other than 1 needs a sampler with a timestep grid; {sampler.name} has none"
+            errors.append(_error("strength", "unsupported", message, request.strength))
+    elif request.strength != 1:
+        message = "strength other than 1 needs init_image (the image to start from)"
+        errors.append(_error("strength", "missing_init_image", message, request.strength))
+    if request.mask is not None:
+        if request.init_image is None:
+            message = "mask needs init_image (the image whose unmasked pixels are kept)"
+            errors.append(_error("mask", "missing_init_image", message, request.mask))
+        else:
+            grey, error = _image(request.mask, "mask", model, 1, settings)
+            errors += error
+            mask = None if grey is None else (grey * 255).round() >= 128  # True: repainted
+    if request.interpolate_to is not None:
+        if spec.n < 2:
+            message = "interpolate_to needs n of at least 2 (a row from seed to interpolate_to)"
+            errors.append(_error("n", "interpolation_too_short", message, spec.n))
+        if sampler.stochastic(spec.params):
+            why = "eta > 0 draws fresh noise" if sampler.name == "ddim" else "it draws fresh noise at every step"
+            message = (
+                f"interpolate_to needs a deterministic sampler, and {sampler.name} is not ({why}): "
+                "choose ddim with eta 0, dpm-solver++ or unipc"
+            )
+            errors.append(_error("interpolate_to", "stochastic_sampler", message, request.interpolate_to))
+        if model.num_classes and not model.guidance and request.label is None:
+            message = f"interpolate_to on {model.name} needs a label (it draws a class per image without one)"
+            errors.append(_error("interpolate_to", "needs_label", message, request.interpolate_to))
+    if errors:
+        raise InvalidRequest(errors)
+    init = None if image is None else image * 2 - 1
+    strength = request.strength if image is not None else 1.0
+    spec = replace(spec, init_image=init, strength=strength, mask=mask, interpolate_to=request.interpolate_to)
+    return replace(spec, total=steps_taken(spec))
+
+
+BRANCH_INHERITS = ("model", "n", "seed", "init_image", "strength", "mask", "interpolate_to")
+
+
+def _branch(request: SampleRequest, spec: JobSpec, origin: JobSpec) -> JobSpec:
+    """`spec` continuing `origin` at request.branch.at_step: its start is origin's."""
+    errors, sent = [], request.branch.origin
+    while sent.branch is not None:  # the request that holds the start
+        sent = sent.branch.origin
+    start = {**sent.model_dump(include=set(BRANCH_INHERITS)), "model": origin.model.name, "n": origin.n}
+    start["seed"] = origin.seed
+    for field in BRANCH_INHERITS:
+        if field in request.model_fields_set and getattr(request, field) != start[field]:
+            message = f"a branch starts from branch.from's {field}: leave {field} out, or send the same"
+            errors.append(_error(field, "branch_start", message, getattr(request, field)))
+    if sent.seed is None:
+        message = "branch.from needs its seed (the original run's, as its start message reported it)"
+        errors.append({**_error("seed", "missing_seed", message, None), "loc": ["branch", "from", "seed"]})
+    at_step, total = request.branch.at_step, steps_taken(origin)
+    if at_step > total:
+        message = f"the original run takes {total} steps: at_step must be 0 … {total}"
+        errors.append({**_error("at_step", "less_than_equal", message, at_step), "loc": ["branch", "at_step"]})
+    if SAMPLERS[spec.sampler].grid is None and not spec.same_run(origin):
+        message = f"{spec.sampler} has no timestep grid: a branch may only continue it unchanged"
+        errors.append(_error("sampler", "unsupported", message, spec.sampler))
+    if errors:
+        raise InvalidRequest(errors)
+    spec = replace(
+        spec,
+        n=origin.n,
+        seed=origin.seed,
+        init_image=origin.init_image,
+        strength=origin.strength,
+        mask=origin.mask,
+        interpolate_to=origin.interpolate_to,
+        branch=BranchSpec(origin, at_step),
+    )
+    return replace(spec, total=steps_taken(spec))
+
+
+def run_timesteps(spec: JobSpec) -> list[int]:
+    """The timesteps a run visits, its x_T's first and -1 (the final image) last: one more than its
+    steps. As model.editing.start and .branch take them."""
+    sampler = SAMPLERS[spec.sampler]
+    if sampler.grid is None:  # a sampler registered without one: its steps, plainly
+        return [0] * spec.steps + [-1]
+    grid = sampler.timesteps(spec.model.schedule, spec.steps, sampler.resolve(spec.params))
+    if spec.branch is None:
+        return [*grid[len(grid) - editing.kept_steps(len(grid), spec.strength) :], -1]
+    before, at_step = run_timesteps(spec.branch.origin), spec.branch.at_step
+    if spec.same_run(spec.branch.origin) or before[at_step] < 0:
+        return before
+    t = before[at_step]
+    return [*before[:at_step], t, *(s for s in grid if s < t), -1]
+
+
+def steps_taken(spec: JobSpec) -> int:
+    return len(run_timesteps(spec)) - 1
+
+
+def _image(text: str, field: str, model: LoadedModel, channels: int, settings: Settings):
+    """The request's PNG as (channels, H, W) in [0, 1], and the errors."""
+    try:
+        png = images.decode_png(text, settings.max_init_image_bytes, model.image_shape[-1], model.name)
+        return images.image_tensor(png, model.image_shape[-1], channels, model.name), []
+    except ValueError as e:
+        return None, [_error(field, "invalid_image", f"{field} {e}", text)]
 
 
 def _extra(request: SampleRequest) -> list[tuple[str, object]]:

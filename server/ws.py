@@ -116,7 +116,10 @@ async def _read_request(websocket: WebSocket, state: ServerState) -> JobSpec:
     text = message.get("text")
     if text is None:
         raise InvalidRequest([error("json_invalid", "send the request as one JSON text message")])
-    request = parse_request(StreamRequest, text, state.settings.max_body_bytes)
+    settings = state.settings
+    request = parse_request(
+        StreamRequest, text, settings.max_body_bytes, (), settings.request_bytes - settings.max_body_bytes
+    )
     return resolve(request, state.registry, state.settings)
 
 
@@ -226,7 +229,8 @@ def _encode_frame(frame: Frame) -> tuple[str, str]:
 def _start_message(spec: JobSpec) -> StartMessage:
     channels, image_size, _ = spec.model.image_shape
     return StartMessage(
-        total=spec.steps,
+        total=spec.total or spec.steps,
+        at_step=0 if spec.branch is None else spec.branch.at_step,
         seed=spec.seed,
         model=spec.model.name,
         sampler=spec.sampler,

@@ -126,6 +126,8 @@ def test_not_ready_without_models(tmp_path):
 def test_models_lists_the_diffusion_checkpoints_and_skips_the_rest(checkpoints, caplog):
     with caplog.at_level("WARNING", logger="server.registry"), serve(checkpoints) as client:
         models = client.get("/models").json()
+    for model in models:  # measured at load: a time, different each run
+        assert 0 < model.pop("seconds_per_row") < 10
     assert models == [
         {
             "name": "cond",
@@ -180,7 +182,13 @@ def test_config_publishes_the_limits_the_defaults_and_the_sampler_table(checkpoi
     settings = {"max_n": 8, "max_steps": 500, "max_jobs": 2, "max_queue": 5, "max_jobs_per_client": 3}
     with serve(checkpoints, **settings, default_sampler="unipc", default_steps=None) as client:
         config = client.get("/config").json()
-        assert config["limits"] == {**settings, "max_guidance": 20.0, "max_seed": 2**53 - 1}
+        assert config["limits"] == {
+            **settings,
+            "max_guidance": 20.0,
+            "max_seed": 2**53 - 1,
+            "max_init_image_bytes": 262_144,
+        }
+        assert config["load"] == {"iteration_s": None, "active_jobs": 0, "queued_jobs": 0}  # nothing has run yet
         assert config["defaults"] == {"model": "cond", "sampler": "unipc", "steps": 10, "n": 8, "guidance": 3.0}
         assert [s["name"] for s in config["samplers"]] == list(SAMPLERS)
         assert config["samplers"] == [sampler.info() for sampler in SAMPLERS.values()]
@@ -363,16 +371,20 @@ def test_malformed_bodies_are_422(client, content):
 
 
 def test_a_huge_body_is_422_before_it_is_read(client):
-    huge = json.dumps({"model": "cond", "padding": "x" * 100_000}).encode()
+    # over request_bytes: max_body_bytes and room for 4 images of max_init_image_bytes (1.4 MB by default)
+    huge = json.dumps({"model": "cond", "padding": "x" * 2_000_000}).encode()
     response = client.post("/sample", content=huge, headers={"Content-Type": "application/json"})
-    assert response.status_code == 422 and "larger than" in response.text
+    assert response.status_code == 422 and "request body is larger than" in response.text
 
     def chunks():  # no Content-Length: the limit applies while the body streams in
         yield huge[:10_000]
         yield huge[10_000:]
 
     response = client.post("/sample", content=chunks(), headers={"Content-Type": "application/json"})
-    assert response.status_code == 422 and "larger than" in response.text
+    assert response.status_code == 422 and "request body is larger than" in response.text
+    # under it, the request without its images must still fit in max_body_bytes
+    response = client.post("/sample", json={"model": "cond", "padding": "x" * 100_000})
+    assert response.status_code == 422 and "larger than 16384 bytes, besides its images" in response.text
 
 
 def test_errors_list_every_bad_field(client):
@@ -444,6 +456,7 @@ def test_ws_streams_start_every_frame_and_done(client):
     assert start == {
         "type": "start",
         "total": 6,
+        "at_step": 0,
         "seed": 4,
         "model": "cond",
         "sampler": "ddim",

@@ -18,6 +18,11 @@ from model.checkpoint import save_checkpoint
 from model.schedule import NoiseSchedule
 
 EXAMPLES = 40  # per operation and mode
+# Issue #18's fields have rules across fields and inside their values that JSON Schema cannot state (a PNG
+# of the model's size; a mask needs an init_image; a branch's at_step within its original's steps): the
+# schema gives their types and ranges, and tests/test_server_editing.py what the server accepts. Positive
+# cases leave them out (the rest of such a case is still one the schema allows); negative ones keep them.
+EDITING_FIELDS = ("init_image", "strength", "mask", "branch", "interpolate_to")
 CHECKS = [not_a_server_error, positive_data_acceptance, negative_data_rejection]
 
 
@@ -45,6 +50,9 @@ def test_the_server_keeps_its_own_schema(live_schema, mode):
                   suppress_health_check=list(HealthCheck))  # fmt: skip
         def call(case):
             tried.add(case.operation.label)
+            if mode == GenerationMode.POSITIVE and isinstance(case.body, dict):
+                for name in EDITING_FIELDS:
+                    case.body.pop(name, None)
             case.call_and_validate(checks=CHECKS, timeout=60)
 
         try:

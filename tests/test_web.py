@@ -10,7 +10,9 @@ without them every test here is skipped with the reason, never passed.
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
+import json
 import os
 import shutil
 import socket
@@ -177,6 +179,8 @@ def page(browser, server_url):
     """The page freshly loaded, with the model list in."""
     browser.set_window_size(1280, 900)
     browser.get(server_url)
+    browser.execute_script("localStorage.clear()")  # the speeds earlier tests measured: each test starts afresh
+    browser.refresh()
     WebDriverWait(browser, 20).until(lambda d: d.execute_script("return document.body.dataset.ready === 'true'"))
     WebDriverWait(browser, 10).until(lambda d: d.find_element(By.ID, "generate").is_enabled())
     yield browser
@@ -220,7 +224,7 @@ def canvas_std(driver, selector: str) -> float:
     )
 
 
-def test_generate_streams_frames_to_the_end(page, tmp_path):
+def test_generate_streams_frames_to_the_end(page, server_url, tmp_path):
     set_value(page, "steps", "20")
     Select(page.find_element(By.ID, "n")).select_by_value("4")
     view = main_view(page)
@@ -242,15 +246,45 @@ def test_generate_streams_frames_to_the_end(page, tmp_path):
     page.save_screenshot(str(tmp_path / "generated.png"))
     assert (tmp_path / "generated.png").stat().st_size > 10_000
 
-    thumbs[0].click()
+    # a finished run can be branched where the server takes branches (with starting images), else not
+    editing = "max_init_image_bytes" in httpx.get(server_url + "config").json()["limits"]
+    assert view.find_element(By.CSS_SELECTOR, ".rv-branch").is_displayed() == editing
+    assert page.find_element(By.ID, "start-image").is_displayed() == editing
+    # the run is over: the right panel no longer calls its image a guess
+    assert "final images" in view.find_element(By.CSS_SELECTOR, ".rv-x0-caption").text
+    # the filmstrip is one Tab stop, and the arrow keys move through it
+    assert [t.get_attribute("tabindex") for t in thumbs].count("0") == 1
+    assert thumbs[-1].get_attribute("tabindex") == "0" and thumbs[-1].get_attribute("aria-selected") == "true"
+    thumbs[-1].send_keys(Keys.HOME)
+    assert page.switch_to.active_element == thumbs[0] and thumbs[0].get_attribute("aria-selected") == "true"
+    thumbs[0].send_keys(Keys.ARROW_RIGHT)
+    assert page.switch_to.active_element == thumbs[1] and thumbs[0].get_attribute("tabindex") == "-1"
+    thumbs[1].send_keys(Keys.ARROW_LEFT)
     WebDriverWait(page, 5).until(lambda _: "step 20/20" not in view.find_element(By.CSS_SELECTOR, ".rv-step").text)
     assert "final" not in view.find_element(By.CSS_SELECTOR, ".rv-scrub-value").text
+    assert "guess at step" in view.find_element(By.CSS_SELECTOR, ".rv-x0-caption").text
     # the run is in the history table, with its time, by the server's default sampler
     assert "DPM-Solver++" in page.find_element(By.CSS_SELECTOR, "#history tbody tr").text
+    # the next run's time is estimated: from the server's measured speed if it publishes one, else from this run
+    estimate = page.find_element(By.ID, "estimate").text
+    published = httpx.get(server_url + "models").json()[0].get("seconds_per_row") is not None
+    assert estimate.startswith("Estimated time: "), estimate
+    assert ("the server's measured speed" if published else "your earlier runs") in estimate, estimate
+
+    # each image on its own, and the run as a video
+    each = view.find_elements(By.CSS_SELECTOR, ".rv-each-links a")
+    assert len(each) == 4 and each[3].get_attribute("download").endswith("-4.png")
+    assert each[0].get_attribute("href").startswith("data:image/png;base64,")
+    view.find_element(By.CSS_SELECTOR, ".rv-video").click()
+    video = view.find_element(By.CSS_SELECTOR, ".rv-video-link")
+    WebDriverWait(page, 20).until(lambda _: video.is_displayed())
+    assert video.get_attribute("href").startswith("blob:") and video.get_attribute("download").endswith(".webm")
+    assert int(video.get_attribute("data-bytes")) > 1000
 
 
-def test_same_seed_gives_the_same_images(page):
-    """DDIM with η = 0 is deterministic: the seed shown after a run reproduces it exactly."""
+def test_same_seed_gives_the_same_images(page, tmp_path):
+    """DDIM with η = 0 is deterministic: the seed shown after a run reproduces it exactly, and so does
+    the Python the "Use this from code" box gives for it."""
     set_value(page, "steps", "10")
     Select(page.find_element(By.ID, "n")).select_by_value("1")
     set_value(page, "seed", "1234")
@@ -263,6 +297,14 @@ def test_same_seed_gives_the_same_images(page):
     assert grids[0] == grids[1]
     assert "1234" in page.find_element(By.ID, "seed-used").text
 
+    code = page.execute_script("return document.getElementById('code-python').textContent")
+    assert '"seed": 1234' in code, code
+    subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True, timeout=120, capture_output=True)
+    shown = view.find_element(By.CSS_SELECTOR, ".rv-each-links a").get_attribute("href")
+    assert shown == "data:image/png;base64," + base64.b64encode((tmp_path / "image-0.png").read_bytes()).decode()
+    curl = page.execute_script("return document.getElementById('code-curl').textContent")
+    assert curl.startswith("curl ") and '"seed":1234' in curl and '"every"' not in curl, curl
+
 
 def test_the_address_carries_the_settings(page, server_url):
     page.get(server_url + "?sampler=ddpm&steps=12&n=4&seed=77&label=3&guidance=1.5&variance=fixed_small")
@@ -271,14 +313,34 @@ def test_the_address_carries_the_settings(page, server_url):
     assert Select(page.find_element(By.ID, "param-variance")).first_selected_option.text == "fixed_small"
     assert page.find_element(By.ID, "steps").get_attribute("value") == "12"
     assert page.find_element(By.ID, "seed").get_attribute("value") == "77"
-    assert Select(page.find_element(By.ID, "label")).first_selected_option.get_attribute("value") == "3"
+    label = Select(page.find_element(By.ID, "label")).first_selected_option
+    assert label.get_attribute("value") == "3" and label.text == "3"  # a digit is its own name, not "3: 3"
+    assert page.find_element(By.ID, "link-notice").text == ""
     set_value(page, "seed", "78")
     page.find_element(By.ID, "generate").click()
     assert wait_for_state(page, main_view(page), {"done", "error"}) == "done"
     # after a run the address reproduces it, with the seed it used and the sampler's parameters
-    assert page.current_url.endswith(
-        "?model=mnist&sampler=ddpm&steps=12&n=4&seed=78&label=3&guidance=1.5&variance=fixed_small&thresholding=clip"
+    link = "?model=mnist&sampler=ddpm&steps=12&n=4&seed=78&label=3&guidance=1.5&variance=fixed_small&thresholding=clip"
+    assert page.current_url.endswith(link)
+    # Copy link puts the same address on the clipboard
+    page.execute_cdp_cmd(
+        "Browser.grantPermissions",
+        {"origin": server_url.rstrip("/"), "permissions": ["clipboardReadWrite", "clipboardSanitizedWrite"]},
     )
+    page.find_element(By.ID, "copy-link").click()
+    WebDriverWait(page, 5).until(lambda d: d.find_element(By.ID, "copy-link-status").text.startswith("Link copied"))
+    copied = page.execute_async_script("const done = arguments[0]; navigator.clipboard.readText().then(done, done)")
+    assert copied == server_url + link, copied
+
+    # a link with what the page cannot take says what it ignored, and keeps the form's own values
+    page.get(server_url + "?sampler=ddim&steps=5000&n=7&eta=3&colour=red&seed=12")
+    WebDriverWait(page, 20).until(lambda d: d.find_element(By.ID, "generate").is_enabled())
+    notice = page.find_element(By.ID, "link-notice").text
+    for ignored in ("steps=5000", "n=7", "eta=3", "colour"):
+        assert ignored in notice, notice
+    assert "seed" not in notice and page.find_element(By.ID, "seed").get_attribute("value") == "12"
+    assert page.find_element(By.ID, "steps").get_attribute("value") == "50"  # DDIM's default
+    assert page.find_element(By.ID, "param-eta").get_attribute("value") == "0"
 
 
 def test_stop_cancels_a_run(page):
@@ -289,11 +351,14 @@ def test_stop_cancels_a_run(page):
     view = main_view(page)
     page.find_element(By.ID, "generate").click()
     WebDriverWait(page, 30).until(lambda _: int(view.get_attribute("data-frames-drawn")) >= 2)
+    WebDriverWait(page, 5).until(lambda _: view.find_element(By.CSS_SELECTOR, ".rv-remaining").text.endswith(" left"))
+    assert float(view.get_attribute("data-remaining-s")) > 0
     page.find_element(By.ID, "stop").click()
 
     assert wait_for_state(page, view, {"cancelled", "done", "error"}, timeout=15) == "cancelled", view.text
     step = int(view.get_attribute("data-step"))
     assert 0 < step < SERVER_MAX_STEPS
+    assert view.find_element(By.CSS_SELECTOR, ".rv-remaining").text == ""
     assert "Stopped at step" in view.find_element(By.CSS_SELECTOR, ".rv-message").text
     assert page.find_element(By.ID, "generate").is_enabled()
     assert not page.find_element(By.ID, "stop").is_enabled()
@@ -320,15 +385,47 @@ def test_the_keyboard_alone_runs_and_stops(page):
     assert wait_for_state(page, view, {"cancelled", "done", "error"}, timeout=15) == "cancelled", view.text
     assert page.switch_to.active_element.get_attribute("id") == "generate"
 
+    # the focus ring stands out from the card behind it: at least 3:1 (WCAG 2.2, 1.4.11)
+    ActionChains(page).send_keys(Keys.TAB).perform()
+    ring, card = page.execute_script(
+        """
+        const style = getComputedStyle(document.activeElement);
+        return [style.outlineStyle === 'none' ? null : style.outlineColor,
+                getComputedStyle(document.querySelector('.controls')).backgroundColor];
+        """
+    )
+    assert ring is not None and contrast(ring, card) >= 3, (ring, card, contrast(ring, card))
+
+
+def contrast(a: str, b: str) -> float:
+    """WCAG contrast ratio of two CSS rgb() colours."""
+
+    def luminance(colour: str) -> float:
+        channels = [int(v) / 255 for v in colour[colour.index("(") + 1 : colour.index(")")].split(",")[:3]]
+        r, g, b = (c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels)
+        return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+    light, dark = sorted((luminance(a), luminance(b)), reverse=True)
+    return (light + 0.05) / (dark + 0.05)
+
 
 def test_bad_value_shows_an_error_message(page):
     # caught in the page: nothing is sent, the field is marked and the message says what is wrong; the
     # page knows the server's max_steps (900, below the model's T) from GET /config
+    # a control that takes no value now looks it: guidance without a class, dimmed, its label muted
+    guidance = page.find_element(By.ID, "guidance")
+    assert not guidance.is_enabled() and guidance.value_of_css_property("opacity") == "0.5"
+    label, hint = (
+        page.find_element(By.CSS_SELECTOR, s).value_of_css_property("color")
+        for s in ('[for="guidance"]', "#steps-hint")
+    )
+    assert label == hint
     set_value(page, "steps", "950")
     page.find_element(By.ID, "generate").click()
     error = page.find_element(By.ID, "form-error")
     assert "Steps must be a whole number from 1 to 900" in error.text
     assert page.find_element(By.ID, "steps").get_attribute("aria-invalid") == "true"
+    assert page.find_element(By.ID, "steps-hint").text == "Steps: a whole number from 1 to 900."
     assert main_view(page).get_attribute("data-state") == "idle"
     # a sampler parameter out of its range, as GET /config gives it
     Select(page.find_element(By.ID, "sampler")).select_by_value("ddim")
@@ -363,6 +460,7 @@ def test_post_mode_and_a_lost_server_read_clearly(page, server_url):
     page.find_element(By.ID, "generate").click()
     assert wait_for_state(page, view, {"done", "error"}) == "done", view.text
     assert canvas_std(page, "#main-view .rv-xt") > 5
+    assert "the server spent" in view.find_element(By.CSS_SELECTOR, ".rv-elapsed").get_attribute("title")
 
     # Take the browser off the network, as if the server had gone away. (Not by pointing a <base> at a
     # dead port: the page's Content-Security-Policy, base-uri 'none', refuses that.)
@@ -374,6 +472,9 @@ def test_post_mode_and_a_lost_server_read_clearly(page, server_url):
         page.find_element(By.ID, "generate").click()
         assert wait_for_state(page, view, {"error", "done"}, timeout=20) == "error"
         assert "Cannot reach the server" in view.find_element(By.CSS_SELECTOR, ".rv-message").text
+        # a run that never started: the bar is still (not indeterminate), and no time of the last run is left
+        assert page.execute_script("return arguments[0].querySelector('.rv-progress').position", view) == 0
+        assert view.find_element(By.CSS_SELECTOR, ".rv-elapsed").get_attribute("title") in (None, "")
     finally:
         page.execute_cdp_cmd("Network.emulateNetworkConditions", {**offline, "offline": False})
     page.get_log("browser")  # the failed connections are logged by Chromium: expected here
@@ -429,6 +530,15 @@ def test_a_waiting_run_and_a_full_server_read_clearly(page):
 def test_side_by_side_runs_both_from_one_seed(page):
     Select(page.find_element(By.ID, "n")).select_by_value("4")
     form = page.find_element(By.ID, "compare-form")
+    # a bad value is marked on its own side's field, not on the main form's
+    right_steps = form.find_element(By.CSS_SELECTOR, '[data-side="b"] [name="steps"]')
+    right_steps.clear()
+    right_steps.send_keys("0")
+    page.find_element(By.ID, "compare-run").click()
+    assert "Right: Steps must be" in page.find_element(By.ID, "compare-error").text
+    assert right_steps.get_attribute("aria-invalid") == "true" and page.switch_to.active_element == right_steps
+    assert page.find_element(By.ID, "steps").get_attribute("aria-invalid") is None
+    assert form.find_element(By.CSS_SELECTOR, '[data-side="a"] [name="steps"]').get_attribute("aria-invalid") is None
     for side, sampler, steps in (("a", "ddpm", "40"), ("b", "ddim", "10")):
         fieldset = form.find_element(By.CSS_SELECTOR, f'[data-side="{side}"]')
         Select(fieldset.find_element(By.NAME, "sampler")).select_by_value(sampler)
@@ -444,6 +554,11 @@ def test_side_by_side_runs_both_from_one_seed(page):
     seeds = {view.find_element(By.CSS_SELECTOR, ".rv-seed").text for view in views}
     assert len(seeds) == 1, seeds
     assert canvas_std(page, "#compare-view-a .rv-xt") > 5 and canvas_std(page, "#compare-view-b .rv-xt") > 5
+    # both shared the server: "Your runs" says so beside their times, and the estimate is not made from them
+    rows = page.find_elements(By.CSS_SELECTOR, "#history tbody tr.shared-time")
+    assert len(rows) == 2 and all("(side by side)" in row.text for row in rows)
+    assert page.execute_script("return localStorage.getItem('ddpm-demo.seconds-per-row')") is None
+    assert "earlier runs" not in page.find_element(By.ID, "estimate").text
     assert page.execute_script("return document.documentElement.scrollWidth <= window.innerWidth"), "sideways scroll"
 
 
@@ -473,8 +588,9 @@ def test_browser_math_matches_the_server(page, server_url):
         """
         const done = arguments[arguments.length - 1];
         Promise.all([import('./js/forward.js'), import('./js/frames.js'), import('./js/pixels.js'),
-                     import('./js/controls.js'), import('./js/api.js')])
-          .then(async ([forward, frames, pixels, controls, api]) => {
+                     import('./js/controls.js'), import('./js/api.js'), import('./js/estimate.js'),
+                     import('./js/start-image.js')])
+          .then(async ([forward, frames, pixels, controls, api, estimate, start]) => {
           const config = await api.getConfig();
           const keeper = new frames.FrameKeeper(1000, 20);
           for (let step = 10; step <= 1000; step += 10) keeper.offer({step});  // 20 slots + the latest
@@ -494,6 +610,39 @@ def test_browser_math_matches_the_server(page, server_url):
                          .request.every,
             counts: controls.imageCounts(64).concat(controls.imageCounts(8)),
             solverSteps: controls.samplerSteps(config.samplers[3], model, config),
+            closeWords: [1006, 1012, 4000].map(api.closeReason),
+            // a 60×40 colour picture made a 28×28 grey one: centred, cropped square, r = g = b
+            started: await (async () => {
+              const picture = document.createElement('canvas');
+              picture.width = 60; picture.height = 40;
+              const ctx = picture.getContext('2d');
+              ctx.fillStyle = 'rgb(200 0 0)'; ctx.fillRect(0, 0, 60, 40);
+              ctx.fillStyle = 'rgb(0 0 255)'; ctx.fillRect(0, 0, 10, 40);  // left of the square crop
+              const made = start.toModelCanvas(picture, 28, 1);
+              const {data} = made.getContext('2d').getImageData(0, 0, 28, 28);
+              const png = await start.canvasPng(made);
+              return {size: [made.width, made.height], pixel: Array.from(data.slice(0, 3)),
+                      bytes: start.base64Bytes(png) === atob(png).length};
+            })(),
+            rows: [estimate.rowsOf({steps: 10, n: 4, label: 3, guidance: 3}, {evals_per_step: 1}, model),
+                   estimate.rowsOf({steps: 10, n: 4, label: 3, guidance: 1}, {evals_per_step: 1}, model),
+                   estimate.rowsOf({steps: 10, n: 4, label: null, guidance: 3}, {evals_per_step: 2}, model),
+                   estimate.rowsOf({steps: 10, n: 1, init_image: 'png', strength: 0.3}, {evals_per_step: 1}, model),
+                   estimate.rowsOf({steps: 10, n: 1, branch: {at_step: 4}}, {evals_per_step: 1}, model)],
+            estimates: (() => {
+              const stored = {};
+              const storage = {getItem: (k) => stored[k] ?? null, setItem: (k, v) => { stored[k] = v; }};
+              const book = new estimate.SpeedBook(storage);
+              const before = book.estimate({steps: 10, n: 1}, {evals_per_step: 1}, model);
+              book.record('m', 100, 2000);  // 20 ms a row
+              const measured = book.estimate({steps: 10, n: 4}, {evals_per_step: 1}, model);
+              const remembered = new estimate.SpeedBook(storage).rate(model);  // a later visit
+              const server = book.estimate({steps: 10, n: 4}, {evals_per_step: 1}, {...model, seconds_per_row: 0.5});
+              return {before, measured, remembered, server};
+            })(),
+            left: [estimate.remainingSeconds({step: 25, total: 100, elapsedS: 5}),
+                   estimate.remainingSeconds({step: 0, total: 100, elapsedS: 1, estimateS: 4}),
+                   estimate.remainingSeconds({step: 0, total: 100, elapsedS: 1})],
           });
         }, (e) => done({error: String(e)}));
         """
@@ -512,21 +661,230 @@ def test_browser_math_matches_the_server(page, server_url):
     assert result["ddpmEvery"] == 9
     assert result["counts"] == [1, 4, 9, 16, 25, 36, 49, 64, 1, 4, 8]
     assert result["solverSteps"] == 10  # unipc's own default, as the server gives it
+    assert result["closeWords"] == ["the connection dropped without a word from the server", "the server is restarting",
+                                    "it closed unexpectedly"]  # fmt: skip
+    assert result["started"] == {"size": [28, 28], "pixel": [67, 67, 67], "bytes": True}
+    # guidance doubles the rows (at w = 1 it costs nothing); SDEdit at 0.3 takes 3 of 10 steps; a branch replays 4
+    assert result["rows"] == [80, 40, 80, 3, 14]
+    estimates = result["estimates"]
+    assert estimates["before"] is None
+    assert estimates["measured"] == {"seconds": pytest.approx(0.8), "source": "measured"}
+    assert estimates["remembered"] == {"secondsPerRow": pytest.approx(0.02), "source": "measured"}
+    assert estimates["server"] == {"seconds": 20, "source": "server"}  # the server's own figure comes first
+    assert result["left"] == [15, 3, None]
+
+
+def test_an_example_fills_its_canvases(page):
+    """The examples are made from GET /config: the header offers them before any run, and one click
+    runs all of an example's runs, one after another, from one seed."""
+    buttons = page.find_elements(By.CSS_SELECTOR, "#example-buttons button")
+    titles = [b.text for b in buttons]
+    assert titles == ["DDIM-50 vs DDPM-900", "Class 7 with guidance 1, 3, 7", "10 steps of each sampler"], titles
+    buttons[2].click()
+    views = page.find_elements(By.CSS_SELECTOR, "#example-views .run-view")
+    assert [v.find_element(By.CSS_SELECTOR, ".rv-title").text for v in views] == [
+        "DDPM, 10 steps", "DDIM, 10 steps", "DPM-Solver++(2M), 10 steps", "UniPC, 10 steps"
+    ]  # fmt: skip
+    for view in views:
+        assert wait_for_state(page, view, {"done", "error", "cancelled"}) == "done", view.text
+        assert canvas_std(page, f"#example-views > div:nth-child({views.index(view) + 1}) .rv-xt") > 5
+    assert {v.find_element(By.CSS_SELECTOR, ".rv-seed").text for v in views} == {"seed 2"}
+    # one at a time, so their times are their own: marked as nothing else in "Your runs"
+    rows = page.find_elements(By.CSS_SELECTOR, "#history tbody tr")
+    assert len(rows) == 4 and not page.find_elements(By.CSS_SELECTOR, "#history tr.shared-time")
+    assert all(b.is_enabled() for b in buttons)
 
 
 def test_phone_screen_has_no_sideways_scroll(page, server_url, tmp_path):
-    page.set_window_size(390, 844)
+    # a phone's screen: 390 × 844 CSS pixels, touch, three device pixels each
+    metrics = {"width": 390, "height": 844, "deviceScaleFactor": 3, "mobile": True}
+    page.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)
+    try:
+        phone_checks(page, server_url, tmp_path)
+    finally:
+        page.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
+def phone_checks(page, server_url, tmp_path):
     page.get(server_url)
     WebDriverWait(page, 20).until(lambda d: d.execute_script("return document.body.dataset.ready === 'true'"))
     overflow = page.execute_script("return document.documentElement.scrollWidth - window.innerWidth")
     assert overflow <= 0, f"the page is {overflow}px wider than a phone screen"
+    # Generate and the whole live x_t in the first screen, x_t as wide as the screen allows
+    generate, xt, height = page.execute_script(
+        "return [document.getElementById('generate').getBoundingClientRect().toJSON(),"
+        " document.querySelector('#main-view .rv-xt').getBoundingClientRect().toJSON(), window.innerHeight]"
+    )
+    assert generate["bottom"] <= height and xt["bottom"] <= generate["top"], (generate, xt, height)
+    assert xt["width"] >= 300, xt
+    page.save_screenshot(str(tmp_path / "phone-first-screen.png"))
     # and after a run, with the filmstrip and the final grid in place
     set_value(page, "steps", "10")
     page.find_element(By.ID, "generate").click()
     assert wait_for_state(page, main_view(page), {"done", "error"}) == "done"
     overflow = page.execute_script("return document.documentElement.scrollWidth - window.innerWidth")
     assert overflow <= 0, f"after a run the page is {overflow}px wider than a phone screen"
+    # scrolled down to the settings, Generate is still on screen
+    page.execute_script("document.getElementById('every').scrollIntoView()")
+    assert page.execute_script(
+        "const box = document.getElementById('generate').getBoundingClientRect();"
+        "return box.top >= 0 && box.bottom <= innerHeight"
+    )
     page.save_screenshot(str(tmp_path / "phone.png"))
+
+
+# --- starting images, branches, interpolation (docs/api.md: init_image, strength, mask, branch, interpolate_to) ---
+
+
+@pytest.fixture
+def editing(page, server_url):
+    """The page, on a server that takes starting images, branches and interpolation."""
+    if "max_init_image_bytes" not in httpx.get(server_url + "config").json()["limits"]:
+        pytest.skip("this server has no init_image, branch or interpolate_to yet (docs/api.md)")
+    return page
+
+
+def choose(driver, sampler: str, steps: int, n: int, seed: int) -> None:
+    Select(driver.find_element(By.ID, "sampler")).select_by_value(sampler)
+    set_value(driver, "steps", str(steps))
+    Select(driver.find_element(By.ID, "n")).select_by_value(str(n))
+    set_value(driver, "seed", str(seed))
+
+
+def images_of(view) -> list[str]:
+    """A finished run's images, base64, from its per-image download links."""
+    return [a.get_attribute("href").split(",", 1)[1] for a in view.find_elements(By.CSS_SELECTOR, ".rv-each-links a")]
+
+
+def pixels(png_base64: str):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(png_base64))).convert("L"), dtype=np.int16)
+
+
+def sent_body(driver) -> dict:
+    """The request the page would send now, as its "Use this from code" box writes it for curl."""
+    curl = driver.execute_script("return document.getElementById('code-curl').textContent")
+    return json.loads(curl.split(" -d '", 1)[1].split("' \\", 1)[0])
+
+
+def test_a_branch_with_unchanged_settings_gives_the_same_images(editing, tmp_path):
+    page = editing
+    choose(page, "ddim", 10, 4, 5)
+    view = main_view(page)
+    page.find_element(By.ID, "generate").click()
+    assert wait_for_state(page, view, {"done", "error"}) == "done", view.text
+    thumbs = view.find_elements(By.CSS_SELECTOR, ".rv-thumb")
+    thumbs[-1].send_keys(Keys.HOME, Keys.ARROW_RIGHT, Keys.ARROW_RIGHT)  # the third frame: step 3
+    step = int(view.find_element(By.CSS_SELECTOR, ".rv-scrub-value").text.split("/")[0].split()[-1])
+    assert 0 < step < 10
+    view.find_element(By.CSS_SELECTOR, ".rv-branch").click()
+    assert f"at step {step}" in page.find_element(By.ID, "branch-notice").text
+    page.find_element(By.ID, "generate").click()
+    branch = page.find_element(By.CSS_SELECTOR, "#branch-views .run-view")
+    assert wait_for_state(page, branch, {"done", "error"}) == "done", branch.text
+    assert f"Branch at step {step}: DDIM, 10 steps" in branch.find_element(By.CSS_SELECTOR, ".rv-title").text
+    assert images_of(branch) == images_of(view)
+    # beside the original, level with it
+    assert branch.rect["x"] > view.rect["x"] + view.rect["width"] and abs(branch.rect["y"] - view.rect["y"]) < 50
+    # with other settings from that step on, other images from the same start
+    set_value(page, "steps", "12")
+    page.find_element(By.ID, "generate").click()
+    other = page.find_element(By.CSS_SELECTOR, "#branch-views .run-view")  # the newest comes first
+    assert wait_for_state(page, other, {"done", "error"}) == "done", other.text
+    assert images_of(other) != images_of(view)
+    page.save_screenshot(str(tmp_path / "branches.png"))
+
+
+def test_sdedit_and_inpainting_start_from_the_drawing(editing, server_url, tmp_path):
+    page = editing
+    choose(page, "ddim", 10, 1, 9)
+    page.find_element(By.ID, "use-start-image").click()  # the forward section's x0: a typed "3"
+    WebDriverWait(page, 5).until(lambda d: "forward-process image" in d.find_element(By.ID, "start-image-status").text)
+    view = main_view(page)
+
+    def run_at(strength: str) -> list[str]:
+        page.execute_script(
+            "const box = document.getElementById('strength');"
+            "box.value = arguments[0]; box.dispatchEvent(new Event('input'))",
+            strength,
+        )
+        page.find_element(By.ID, "generate").click()
+        assert wait_for_state(page, view, {"done", "error"}) == "done", view.text
+        return images_of(view)
+
+    # strength 1 forgets the drawing: the plain run from the same seed
+    body = sent_body(page)
+    assert body["strength"] == 0.5 and len(body["init_image"]) > 100 and "mask" not in body
+    drawing = pixels(body["init_image"])
+    assert drawing.shape == (28, 28) and drawing.std() > 20
+    forgotten = run_at("1")
+    plain = {k: v for k, v in sent_body(page).items() if k not in ("init_image", "strength")}
+    assert forgotten == httpx.post(server_url + "sample", json=plain, timeout=60).json()["images"]
+    # a small strength stays close to the drawing
+    close = pixels(run_at("0.1")[0])
+    assert abs(close - drawing).mean() < 0.5 * abs(pixels(forgotten[0]) - drawing).mean()
+
+    # inpainting: paint the left half; the right half keeps the drawing to within quantisation
+    page.find_element(By.ID, "paint-mask").click()
+    mask = page.find_element(By.ID, "mask-canvas")
+    width = mask.rect["width"]
+    actions = (
+        ActionChains(page).move_to_element_with_offset(mask, int(-width * 0.4), int(-width * 0.45)).click_and_hold()
+    )
+    for _ in range(9):
+        actions.move_by_offset(0, int(width * 0.1)).move_by_offset(int(width * 0.3), 0).move_by_offset(
+            int(-width * 0.3), 0
+        )
+    actions.release().perform()
+    WebDriverWait(page, 5).until(lambda _: int(mask.get_attribute("data-painted") or 0) > 100)
+    body = sent_body(page)
+    painted = pixels(body["mask"]) >= 128
+    assert painted[:, :10].mean() > 0.8 and not painted[:, 16:].any()
+    result = pixels(run_at("1")[0])
+    kept = ~painted
+    assert abs(result[kept] - drawing[kept]).max() <= 2
+    assert abs(result[painted] - drawing[painted]).mean() > 10  # and the painted part was redone
+
+    # an uploaded picture of another size becomes the starting image at the model's size, its mask cleared
+    from PIL import Image
+
+    picture = Image.new("RGB", (112, 112))
+    picture.paste((255, 255, 255), (0, 0, 56, 112))  # its left half white
+    picture.save(tmp_path / "half.png")
+    page.find_element(By.ID, "start-upload").send_keys(str(tmp_path / "half.png"))
+    WebDriverWait(page, 5).until(lambda d: "half.png" in d.find_element(By.ID, "start-image-status").text)
+    body = sent_body(page)
+    uploaded = pixels(body["init_image"])
+    assert "mask" not in body and uploaded.shape == (28, 28)
+    assert uploaded[:, :13].min() > 240 and uploaded[:, 15:].max() < 15
+
+
+def test_interpolation_runs_from_one_seed_to_the_other(editing, server_url):
+    """At a phone's size: the row's ends are the two seeds' own runs."""
+    page = editing
+    page.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride", {"width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": True}
+    )
+    try:
+        page.get(server_url)
+        WebDriverWait(page, 20).until(lambda d: d.find_element(By.ID, "generate").is_enabled())
+        choose(page, "ddim", 10, 4, 3)
+        set_value(page, "interpolate_to", "8")
+        page.find_element(By.ID, "generate").click()
+        view = main_view(page)
+        assert wait_for_state(page, view, {"done", "error"}) == "done", view.text
+        row = images_of(view)
+        single = {k: v for k, v in sent_body(page).items() if k != "interpolate_to"} | {"n": 1}
+        for seed, image in ((3, row[0]), (8, row[-1])):
+            alone = httpx.post(server_url + "sample", json=single | {"seed": seed}, timeout=60).json()["images"][0]
+            assert image == alone, seed
+        assert "&interpolate_to=8&" in page.current_url
+    finally:
+        page.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
 
 
 # A sampler the page has never heard of, with a parameter no other sampler has: DDIM on every

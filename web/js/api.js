@@ -142,6 +142,21 @@ function limitMessage(detail) {
   );
 }
 
+// Why a WebSocket closed, in words (RFC 6455's codes): people cannot act on "code 1012".
+const CLOSE_REASONS = {
+  1000: "the server closed it",
+  1001: "the server is going away",
+  1006: "the connection dropped without a word from the server",
+  1011: "the server hit an error",
+  1012: "the server is restarting",
+  1013: "the server is overloaded",
+  1014: "a proxy in between got a bad answer",
+};
+
+export function closeReason(code) {
+  return CLOSE_REASONS[code] ?? "it closed unexpectedly";
+}
+
 /** An error the stream reported, worded by its kind (server.jobs.FAILURES) or else its close code. */
 function streamError(detail, code, kind = null) {
   const text = detail || "no reason given";
@@ -262,7 +277,7 @@ export function streamSample(req, handlers, { stallMs = 15000, cancelGraceMs = 5
       const where = total ? ` at step ${lastStep}/${total}` : "";
       finish(
         "error",
-        new ApiError(`Lost the connection to the server${where} (code ${event.code}). Is the server still running?`, {
+        new ApiError(`Lost the connection to the server${where}: ${closeReason(event.code)}. Is the server still running?`, {
           kind: "network",
         }),
       );

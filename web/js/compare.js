@@ -49,6 +49,14 @@ export class Compare {
       this.run();
     });
     this.stopButton.addEventListener("click", () => this.stop());
+    this.form.addEventListener("input", (event) => event.target.removeAttribute("aria-invalid"));
+  }
+
+  /** The control a validation error is about: this side's steps or parameter, else the main form's field. */
+  fieldFor(side, field) {
+    if (field === "steps") return this.sides[side].steps;
+    if (field.startsWith("param-")) return document.getElementById(`compare-${side}-${field}`);
+    return document.getElementById(field);
   }
 
   get running() {
@@ -102,14 +110,17 @@ export class Compare {
     const seed = base.seed.trim() === "" ? String(randomSeed()) : base.seed;
     const requests = {};
     const problems = [];
+    for (const element of document.querySelectorAll("#compare-form [aria-invalid]")) element.removeAttribute("aria-invalid");
     for (const side of SIDES) {
       const values = { ...base, ...this.sideValues(side), seed, every: "auto" };
       const { request, errors } = validateSettings(values, model, this.config);
       requests[side] = request;
-      problems.push(...errors.map((e) => `${SIDE_NAMES[side]}: ${e.message}`));
+      problems.push(...errors.map((e) => ({ ...e, side, element: this.fieldFor(side, e.field) })));
     }
     if (problems.length) {
-      this.error.textContent = problems.join(" ");
+      this.error.textContent = problems.map((p) => `${SIDE_NAMES[p.side]}: ${p.message}`).join(" ");
+      for (const { element } of problems) element?.setAttribute("aria-invalid", "true");
+      problems[0].element?.focus();
       return;
     }
     this.error.textContent = "";
@@ -131,7 +142,7 @@ export class Compare {
     this.stopButton.disabled = true;
     if (focusOnStop) this.runButton.focus();
     started.forEach((run, i) => {
-      if (outcomes[i].status === "done") this.onRunFinished?.(run.request, outcomes[i].result);
+      if (outcomes[i].status === "done") this.onRunFinished?.(run.request, outcomes[i].result, { sideBySide: true });
     });
     this.summarise(started, outcomes, seed);
   }

@@ -3,11 +3,18 @@
 // contract. No sampler, limit or default is written here: they all come from the server.
 // `validateSettings`, `samplerSteps` and `autoEvery` are pure, so tests can call them.
 
+import { formatDuration, rowsOf, SpeedBook } from "./estimate.js";
 import { buildParamFields, describeParams, formValue, parseParam } from "./params.js";
+import { base64Bytes } from "./start-image.js";
 
 // The settings a link can carry (?model=mnist&sampler=ddim&steps=50&seed=7…), so a run can be shared;
 // the chosen sampler's own parameters (eta=0.5) come after them.
-const LINK_FIELDS = ["model", "sampler", "steps", "n", "seed", "label", "guidance"];
+const LINK_FIELDS = ["model", "sampler", "steps", "n", "seed", "label", "guidance", "interpolate_to"];
+
+const ESTIMATE_SOURCES = {
+  server: "the server's measured speed for this model",
+  measured: "this server's speed on your earlier runs of this model",
+};
 
 /** About 100 frames per run at most: every step for DDIM-50, every 10th for DDPM-1000. */
 export function autoEvery(steps) {
@@ -114,6 +121,28 @@ export function validateSettings(values, model, config) {
   // a class-conditional model without an unconditional class (a diffusers one) takes no guidance
   request.guidance = model?.guidance === false ? null : guidance;
 
+  // A starting image (SDEdit; with a mask, inpainting), as start-image.js holds it.
+  if (values.start?.init_image !== undefined) {
+    const { init_image: image, strength: strengthText, mask } = values.start;
+    if (!image) errors.push({ field: "use-start-image", message: "Choose the image to start from." });
+    else if (base64Bytes(image) > limits.max_init_image_bytes) {
+      errors.push({ field: "use-start-image", message: `The starting image is over the server's ${limits.max_init_image_bytes} bytes.` });
+    }
+    const strength = parseNumber(strengthText);
+    if (!(strength > 0 && strength <= 1)) errors.push({ field: "strength", message: "Strength must be above 0 and at most 1." });
+    Object.assign(request, { init_image: image, strength }, mask ? { mask } : {});
+  }
+
+  if (String(values.interpolate_to ?? "").trim() !== "") {
+    const to = parseInteger(values.interpolate_to);
+    if (!Number.isInteger(to) || to < 0 || to > limits.max_seed) {
+      errors.push({ field: "interpolate_to", message: `The seed to interpolate to must be a whole number from 0 to ${limits.max_seed}.` });
+    }
+    if (request.seed == null) errors.push({ field: "seed", message: "Interpolation needs a seed to start from." });
+    if (n < 2) errors.push({ field: "n", message: "Interpolation needs at least 2 images (a row from one seed to the other)." });
+    request.interpolate_to = to;
+  }
+
   const stream = values.every !== "off";
   if (stream) {
     const every = values.every === "auto" || values.every == null ? autoEvery(steps || 1) : parseInteger(values.every);
@@ -182,13 +211,16 @@ export class Controls {
       everyHint: $("every-hint"),
       error: $("form-error"),
       estimate: $("estimate"),
+      linkNotice: $("link-notice"),
+      interpolate: $("interpolate_to"),
+      interpolateField: $("interpolate-field"),
     };
     // Each sampler remembers its own steps and parameters: DDIM's 50 should not become DDPM's default.
     this.stepsBySampler = new Map();
     this.paramsBySampler = new Map();
     this.paramFields = null;
     this.shownSampler = null;
-    this.msPerStepImage = new Map(); // model name → measured milliseconds per (step × image)
+    this.speeds = new SpeedBook();
 
     this.el.guidance.addEventListener("input", () => this.refreshHints());
     this.el.label.addEventListener("change", () => this.refreshHints());
@@ -200,6 +232,7 @@ export class Controls {
       this.refreshHints();
     });
     this.el.seed.addEventListener("input", () => this.clearFieldError("seed"));
+    this.el.interpolate.addEventListener("input", () => this.clearFieldError("interpolate_to"));
     this.el.sampler.addEventListener("change", () => this.onSamplerChange());
     this.el.seedRandom.addEventListener("click", () => {
       this.el.seed.value = String(randomSeed());
@@ -231,6 +264,8 @@ export class Controls {
     this.el.n.value = String(defaults.n);
     this.el.guidance.max = String(limits.max_guidance);
     this.el.guidance.value = String(defaults.guidance);
+    // A server that takes starting images also takes branches and interpolation (one release of the API).
+    this.el.interpolateField.hidden = limits.max_init_image_bytes == null;
     this.showSampler();
   }
 
@@ -275,7 +310,8 @@ export class Controls {
       const previous = this.el.label.value;
       const options = [new Option("any", "")];
       (model.class_names?.length ? model.class_names : [...Array(model.num_classes).keys()].map(String)).forEach(
-        (name, i) => options.push(new Option(`${i}: ${name}`, String(i))),
+        // digits are their own names: "7", not "7: 7"
+        (name, i) => options.push(new Option(name === String(i) ? name : `${i}: ${name}`, String(i))),
       );
       this.el.label.replaceChildren(...options);
       this.el.label.disabled = !model.num_classes;
@@ -318,13 +354,13 @@ export class Controls {
     this.el.samplerHint.textContent = sampler?.description ?? "";
     const conditional = Boolean(model?.num_classes);
     const classChosen = this.el.label.value !== "";
-    if (Number.isInteger(steps) && sampler) {
+    if (Number.isInteger(steps) && steps >= 1 && steps <= maxSteps(model, this.config) && sampler) {
       const nfe = steps * sampler.evals_per_step;
       const rows = conditional && classChosen && Number(this.el.guidance.value) !== 1 ? ", each of two UNet rows an image (guidance)" : "";
       const of = T ? ` of the ${T} timesteps` : "";
       this.el.stepsHint.textContent = `${steps} steps${of}: ${nfe} model evaluation${nfe === 1 ? "" : "s"}${rows}.`;
     } else {
-      this.el.stepsHint.textContent = "";
+      this.el.stepsHint.textContent = `Steps: a whole number from 1 to ${maxSteps(model, this.config)}.`;
     }
 
     this.el.guidance.disabled = !conditional || !classChosen || model.guidance === false;
@@ -346,52 +382,70 @@ export class Controls {
     this.refreshEstimate();
   }
 
-  /** Remember how fast a model ran, so the next choice of steps shows what it will cost. */
-  recordTiming(modelName, steps, n, elapsedMs) {
-    if (steps > 0 && n > 0 && elapsedMs > 0) this.msPerStepImage.set(modelName, elapsedMs / (steps * n));
+  /** A run that had the server to itself: how fast its model ran, for the estimates of the next ones. */
+  recordTiming(request, elapsedMs) {
+    const model = this.models.find((m) => m.name === request.model);
+    this.speeds.record(request.model, rowsOf(request, findSampler(this.config, request.sampler), model), elapsedMs);
     this.refreshEstimate();
   }
 
-  refreshEstimate() {
-    const model = this.model;
-    const rate = model && this.msPerStepImage.get(model.name);
-    const steps = parseInteger(this.el.steps.value);
-    const n = parseInteger(this.el.n.value);
-    if (!rate || !Number.isInteger(steps)) {
-      this.el.estimate.textContent = "";
-      return;
-    }
-    const ms = rate * steps * n;
-    const text = ms < 1000 ? "under a second" : ms < 60000 ? `about ${Math.round(ms / 1000)} s` : `about ${(ms / 60000).toFixed(1)} min`;
-    this.el.estimate.textContent = `Estimated time: ${text} (from this server's speed on your last run).`;
+  /** {seconds, source} the request should take on the server, or null when this page cannot tell yet. */
+  estimateFor(request) {
+    const model = this.models.find((m) => m.name === request.model);
+    return this.speeds.estimate(request, findSampler(this.config, request.sampler), model);
   }
 
-  /** Apply settings from the page's address (?model=…&seed=…), ignoring what does not fit. */
+  refreshEstimate() {
+    const { request, errors } = validateSettings(this.values(), this.model, this.config);
+    const estimate = errors.length ? null : this.estimateFor(request);
+    this.el.estimate.textContent = estimate
+      ? `Estimated time: ${formatDuration(estimate.seconds)} of sampling (${ESTIMATE_SOURCES[estimate.source]}).`
+      : "";
+  }
+
+  /**
+   * Apply settings from the page's address (?model=…&seed=…). What does not fit is left at what the
+   * form had and listed in the link notice, so a mistyped link does not quietly give other images.
+   */
   applyLink(search) {
     const params = new URLSearchParams(search);
-    if (params.has("model") && this.models.some((m) => m.name === params.get("model"))) {
-      this.el.model.value = params.get("model");
-      this.onModelChange();
+    const ignored = [];
+    const offered = (select, name) => {
+      if (!params.has(name)) return false;
+      if ([...select.options].some((o) => o.value === params.get(name))) {
+        select.value = params.get(name);
+        return true;
+      }
+      ignored.push(`${name}=${params.get(name)} (not offered here)`);
+      return false;
+    };
+    if (offered(this.el.model, "model")) this.onModelChange();
+    offered(this.el.sampler, "sampler");
+    this.onSamplerChange();
+    offered(this.el.n, "n");
+    offered(this.el.label, "label");
+    // Typed values and the sampler's parameters: checked as the form checks them before they are
+    // put in (a slider would silently clamp eta=3 to its maximum).
+    const sampler = this.samplerInfo;
+    const typed = { steps: this.el.steps, seed: this.el.seed, guidance: this.el.guidance, interpolate_to: this.el.interpolate };
+    const linked = this.values();
+    for (const name of Object.keys(typed)) if (params.has(name)) linked[name] = params.get(name);
+    for (const p of sampler.params) if (params.has(p.name)) linked.params[p.name] = formValue(p, params.get(p.name));
+    const refused = new Map();
+    for (const { field, message } of validateSettings(linked, this.model, this.config).errors) {
+      const name = field.replace(/^param-/, "");
+      if (params.has(name)) refused.set(name, message.replace(/\.$/, ""));
     }
-    const sampler = findSampler(this.config, params.get("sampler"));
-    if (sampler) {
-      this.el.sampler.value = sampler.name;
-      const values = {};
-      for (const p of sampler.params) if (params.has(p.name)) values[p.name] = formValue(p, params.get(p.name));
-      this.paramsBySampler.set(sampler.name, { ...this.paramsBySampler.get(sampler.name), ...values });
-      this.shownSampler = null; // what the controls hold now belongs to the sampler shown before
-      this.onSamplerChange();
-    }
-    if (params.has("steps")) {
-      this.el.steps.value = params.get("steps");
-      this.stepsBySampler.set(this.sampler, this.el.steps.value);
-    }
-    if (params.has("n") && [...this.el.n.options].some((o) => o.value === params.get("n"))) this.el.n.value = params.get("n");
-    if (params.has("seed")) this.el.seed.value = params.get("seed");
-    if (params.has("label") && [...this.el.label.options].some((o) => o.value === params.get("label"))) {
-      this.el.label.value = params.get("label");
-    }
-    if (params.has("guidance")) this.el.guidance.value = params.get("guidance");
+    for (const [name, message] of refused) ignored.push(`${name}=${params.get(name)} (${message})`);
+    for (const [name, input] of Object.entries(typed)) if (params.has(name) && !refused.has(name)) input.value = linked[name];
+    const accepted = sampler.params.filter((p) => !refused.has(p.name));
+    this.paramsBySampler.set(sampler.name, Object.fromEntries(accepted.map((p) => [p.name, linked.params[p.name]])));
+    this.stepsBySampler.set(sampler.name, this.el.steps.value);
+    this.shownSampler = null; // what the controls hold now is what the link made of them
+    this.showSampler();
+    const settings = new Set([...LINK_FIELDS, ...sampler.params.map((p) => p.name)]);
+    for (const name of new Set(params.keys())) if (!settings.has(name)) ignored.push(`${name} (not a setting here)`);
+    this.el.linkNotice.textContent = ignored.length ? `From the link, ignored: ${ignored.join("; ")}.` : "";
     this.refreshHints();
   }
 
@@ -420,6 +474,8 @@ export class Controls {
       label: this.el.label.disabled ? "" : this.el.label.value,
       guidance: this.el.guidance.value,
       every: data.get("every"),
+      interpolate_to: this.el.interpolateField.hidden ? "" : this.el.interpolate.value,
+      start: this.startImage?.values() ?? {},
     };
   }
 

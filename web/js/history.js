@@ -13,13 +13,18 @@ export class RunHistory {
     this.count = 0;
   }
 
-  add(request, result, model) {
+  /**
+   * sideBySide: the run shared the server with the other side of the comparison, so its time is not
+   * what it takes alone; its times are marked as such.
+   */
+  add(request, result, model, { sideBySide = false } = {}) {
     const sampler = this.samplerInfo(request.sampler);
     if (this.count === 0) this.body.replaceChildren();
     this.count += 1;
     const row = this.body.insertRow(0);
     const seed = result.seed;
     const ms = result.elapsed_ms;
+    const shared = sideBySide ? " (side by side)" : "";
     const className = request.label == null ? "any" : (model?.class_names?.[request.label] ?? String(request.label));
     const cells = [
       request.model,
@@ -29,8 +34,8 @@ export class RunHistory {
       String(request.n),
       request.label == null ? "any" : request.guidance == null ? className : `${className} (w = ${request.guidance})`,
       null, // seed: a button
-      ms == null ? "–" : `${(ms / 1000).toFixed(2)} s`,
-      ms == null ? "–" : `${(ms / request.steps).toFixed(1)} ms`,
+      ms == null ? "–" : `${(ms / 1000).toFixed(2)} s${shared}`,
+      ms == null ? "–" : `${(ms / request.steps).toFixed(1)} ms${shared}`,
       null, // thumbnail
     ];
     cells.forEach((text, i) => {
@@ -53,6 +58,10 @@ export class RunHistory {
         cell.append(img);
       }
     });
+    if (sideBySide) {
+      row.classList.add("shared-time");
+      row.title = "Ran at the same time as the other side of the comparison: both shared the server, so each took longer than alone.";
+    }
     while (this.body.rows.length > MAX_ROWS) this.body.deleteRow(-1);
   }
 }

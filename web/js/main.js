@@ -2,11 +2,14 @@
 
 import { getConfig, getModels } from "./api.js";
 import { Compare } from "./compare.js";
-import { Controls } from "./controls.js";
+import { Controls, describeRun, validateSettings } from "./controls.js";
+import { Examples } from "./examples.js";
 import { ForwardView } from "./forward-view.js";
 import { RunHistory } from "./history.js";
 import { startRun } from "./runner.js";
 import { RunView } from "./run-view.js";
+import { Share } from "./share.js";
+import { StartImage } from "./start-image.js";
 
 const form = document.getElementById("generate-form");
 const generateButton = document.getElementById("generate");
@@ -15,7 +18,11 @@ const pageError = document.getElementById("page-error");
 
 const controls = new Controls(form);
 const mainView = new RunView(document.getElementById("main-view"), { title: "Live view" });
+const branchViews = document.getElementById("branch-views");
+const branchNotice = document.getElementById("branch-notice");
 const forward = new ForwardView();
+const startImage = new StartImage({ forwardImage: () => forward.x0, onChange: () => share.refresh() });
+controls.startImage = startImage;
 const runHistory = new RunHistory(document.getElementById("history"), {
   onReuseSeed: (seed) => {
     controls.useSeed(seed);
@@ -23,13 +30,65 @@ const runHistory = new RunHistory(document.getElementById("history"), {
   },
   samplerInfo: (name) => controls.config?.samplers.find((s) => s.name === name) ?? null,
 });
-const compare = new Compare(controls, { onRunFinished: (request, result) => recordRun(request, result) });
+const examples = new Examples(controls, { onRunFinished: (request, result) => recordRun(request, result) });
+const compare = new Compare(controls, { onRunFinished: (request, result, how) => recordRun(request, result, how) });
 
 let currentRun = null;
+let lastRun = null; // {request, seed} of the run the live view shows
+let branch = null; // {from, at_step}: the next run continues lastRun from that step
 
-function recordRun(request, result) {
-  runHistory.add(request, result, controls.models.find((m) => m.name === request.model));
-  if (result.elapsed_ms != null) controls.recordTiming(request.model, request.steps, request.n, result.elapsed_ms);
+/** "Branch from this step": the next Generate replays the run on screen to `step`, then goes on with the form's settings. */
+function chooseBranch(step) {
+  branch = { from: { ...lastRun.request, seed: lastRun.seed }, at_step: step };
+  branchNotice.replaceChildren(
+    `Generate now branches the run with seed ${lastRun.seed} at step ${step}: change the sampler, steps, class or guidance, or keep them to get the same images. `,
+  );
+  const cancel = document.createElement("button");
+  cancel.type = "button";
+  cancel.className = "link-button";
+  cancel.textContent = "Cancel the branch";
+  cancel.addEventListener("click", () => {
+    branch = null;
+    branchNotice.hidden = true;
+  });
+  branchNotice.append(cancel);
+  branchNotice.hidden = false;
+  generateButton.focus();
+}
+
+/**
+ * A branch request: the form's sampler, steps, parameters, class and guidance, from the original's
+ * start (its model, images and seed; its starting image and interpolation are inherited, so left out).
+ */
+function branchRequest(request) {
+  const { init_image, strength, mask, interpolate_to, ...settings } = request;
+  const { from, at_step } = branch;
+  return { ...settings, model: from.model, n: from.n, seed: from.seed, branch: { from, at_step } };
+}
+
+/** Two requests that differ at most in their seed and streaming give the same images for one seed. */
+function sameSettings(a, b) {
+  const settings = ({ seed, every, ...rest }) => JSON.stringify(rest);
+  return settings(a) === settings(b);
+}
+
+const share = new Share({
+  // The form's settings; with an empty seed box, the seed of the run on screen if the form still matches it.
+  current() {
+    if (!controls.config) return null;
+    const { request, errors } = validateSettings(controls.values(), controls.model, controls.config);
+    if (errors.length) return null;
+    const shown = request.seed == null && lastRun && sameSettings(lastRun.request, request) ? lastRun.seed : null;
+    return { request, seed: request.seed ?? shown };
+  },
+  linkFor: (request, seed) => controls.linkFor(request, seed),
+});
+for (const type of ["input", "change"]) form.addEventListener(type, () => share.refresh());
+
+function recordRun(request, result, { sideBySide = false } = {}) {
+  runHistory.add(request, result, controls.models.find((m) => m.name === request.model), { sideBySide });
+  // two runs sharing the server each run slower than one alone: no measure of its speed
+  if (result.elapsed_ms != null && !sideBySide) controls.recordTiming(request, result.elapsed_ms);
 }
 
 function setRunning(running) {
@@ -56,8 +115,12 @@ async function generate() {
   if (currentRun) return;
   const settings = controls.read();
   if (!settings) return;
+  if (branch) {
+    runBranch(branchRequest(settings.request));
+    return;
+  }
   const { request, stream } = settings;
-  const run = startRun(request, mainView, { stream });
+  const run = startRun(request, mainView, { stream, estimateS: controls.estimateFor(request)?.seconds ?? null });
   currentRun = run;
   setRunning(true);
   bringIntoView(mainView.root);
@@ -68,6 +131,8 @@ async function generate() {
     const seed = outcome.result.seed ?? mainView.seed;
     controls.showSeedUsed(seed);
     recordRun({ ...request, seed }, outcome.result);
+    lastRun = { request, seed };
+    share.refresh();
     // The address bar now reproduces this run: copy it to share these exact images.
     history.replaceState(null, "", controls.linkFor(request, seed) + window.location.hash);
     forward.setGenerated({
@@ -82,22 +147,43 @@ async function generate() {
   }
 }
 
+/** A branch runs into a view of its own, beside the original (which stays in the live view). */
+async function runBranch(request) {
+  const box = document.createElement("div");
+  branchViews.prepend(box);
+  const title = `Branch at step ${request.branch.at_step}: ${describeRun(request, controls.config)}`;
+  const view = new RunView(box, { title });
+  const run = startRun(request, view, { estimateS: controls.estimateFor(request)?.seconds ?? null });
+  currentRun = run;
+  setRunning(true);
+  bringIntoView(view.root);
+  const outcome = await run.finished;
+  currentRun = null;
+  setRunning(false);
+  if (outcome.status === "done") recordRun(request, outcome.result);
+}
+
 form.addEventListener("submit", (event) => {
   event.preventDefault();
   generate();
 });
 stopButton.addEventListener("click", () => currentRun?.stop());
 document.addEventListener("keydown", (event) => {
-  if (event.key === "Escape" && (currentRun || compare.running)) {
+  if (event.key === "Escape" && (currentRun || compare.running || examples.running)) {
     currentRun?.stop();
     compare.stop();
+    examples.stop();
   }
 });
 
 controls.onModelChanged((model) => {
   setRunning(Boolean(currentRun));
   compare.setModel(model);
+  examples.setModel(model);
   forward.setModel(model);
+  startImage.setModel(model);
+  branch = null; // a branch belongs to a run of the model shown before
+  branchNotice.hidden = true;
 });
 
 async function loadModels() {
@@ -106,8 +192,12 @@ async function loadModels() {
     const [config, models] = await Promise.all([getConfig(), getModels()]);
     controls.setConfig(config);
     compare.setConfig(config);
+    startImage.setConfig(config);
+    // A server that takes starting images takes branches too (one release of the API).
+    mainView.onBranch = config.limits.max_init_image_bytes == null ? null : chooseBranch;
     controls.setModels(models);
     controls.applyLink(window.location.search);
+    share.refresh();
     if (models.length === 0) {
       pageError.textContent =
         "The server has no models loaded. Put a checkpoint (.safetensors) in its checkpoints folder and restart it.";

@@ -5,19 +5,27 @@
 //   data-state (idle|running|stopping|done|cancelled|error), data-step, data-total, data-frames-drawn,
 //   and data-queue-position while the run waits for a place on the server.
 
+import { formatDuration, remainingSeconds } from "./estimate.js";
 import { FrameKeeper } from "./frames.js";
 import { clearCanvas, decodePng, drawCrisp, gridLayout, pngDataUrl } from "./pixels.js";
+import { canRecordVideo, recordVideo } from "./video.js";
 import { cellAt, zoom } from "./zoom.js";
 
 const FILMSTRIP_SLOTS = 20;
+
+const X0_GUESS = "predicted x̂<sub>0</sub>: the model's current guess";
+const X0_FINAL = "x<sub>0</sub>: the final images (nothing left to predict)";
 
 function formatSeconds(ms) {
   return ms < 10000 ? `${(ms / 1000).toFixed(2)} s` : `${(ms / 1000).toFixed(1)} s`;
 }
 
 export class RunView {
-  /** container: an element to fill with a clone of #run-view-template. */
-  constructor(container, { title = "Live view", placeholder = null } = {}) {
+  /**
+   * container: an element to fill with a clone of #run-view-template. onBranch(step): offered as
+   * "Branch from this step" under the filmstrip of a finished run, with the step of the frame shown.
+   */
+  constructor(container, { title = "Live view", placeholder = null, onBranch = null } = {}) {
     const template = document.getElementById("run-view-template");
     this.root = template.content.firstElementChild.cloneNode(true);
     container.replaceChildren(this.root);
@@ -28,10 +36,12 @@ export class RunView {
       xt: $(".rv-xt"),
       x0: $(".rv-x0"),
       xtCaption: $(".rv-xt-caption"),
+      x0Caption: $(".rv-x0-caption"),
       progress: $(".rv-progress"),
       step: $(".rv-step"),
       t: $(".rv-t"),
       elapsed: $(".rv-elapsed"),
+      remaining: $(".rv-remaining"),
       fps: $(".rv-fps"),
       frames: $(".rv-frames"),
       message: $(".rv-message"),
@@ -39,22 +49,31 @@ export class RunView {
       download: $(".rv-download"),
       downloadLarge: $(".rv-download-large"),
       zoom: $(".rv-zoom"),
+      video: $(".rv-video"),
+      videoLink: $(".rv-video-link"),
+      eachLinks: $(".rv-each-links"),
       seed: $(".rv-seed"),
       filmstrip: $(".rv-filmstrip"),
       scrub: $(".rv-scrub"),
       scrubValue: $(".rv-scrub-value"),
       thumbs: $(".rv-thumbs"),
+      branch: $(".rv-branch"),
     };
+    this.onBranch = onBranch;
+    this.el.branch.addEventListener("click", () => this.onBranch?.(this.filmstrip[Number(this.el.scrub.value)].step));
     this.el.title.textContent = title;
     if (placeholder) this.root.querySelector(".rv-placeholder span").textContent = placeholder;
     this.el.showX0.addEventListener("change", () => {
       this.root.classList.toggle("hide-x0", !this.el.showX0.checked);
     });
     this.el.scrub.addEventListener("input", () => this.showFilmstripFrame(Number(this.el.scrub.value)));
+    this.el.thumbs.addEventListener("keydown", (event) => this.onFilmstripKey(event));
     this.el.zoom.addEventListener("click", () => this.openZoom(0));
+    this.el.video.addEventListener("click", () => this.makeVideo());
     this.el.xt.addEventListener("click", (event) => this.zoomAt(event));
     this.timer = null;
     this.largeUrl = null;
+    this.videoUrl = null;
     this.reset();
   }
 
@@ -77,6 +96,10 @@ export class RunView {
     this.firstDrawAt = null;
     this.lastDrawAt = null;
     this.startedAt = null;
+    this.samplingSince = null; // when the server started sampling (its start message)
+    this.lastStep = 0;
+    this.estimateS = null;
+    this.el.remaining.textContent = "";
     this.filmstrip = [];
     this.result = null;
     this.startMessage = null;
@@ -89,23 +112,32 @@ export class RunView {
     this.root.dataset.total = "0";
   }
 
-  /** A run was requested: clear the panel and start the clock. */
-  begin(request, { streaming = true } = {}) {
+  /**
+   * A run was requested: clear the panel and start the clock. estimateS: the seconds of sampling it
+   * should take (estimate.js), or null; the time left is counted down from it until the run's own
+   * pace is known.
+   */
+  begin(request, { streaming = true, estimateS = null } = {}) {
     this.reset();
     this.request = request;
     this.streaming = streaming;
+    this.estimateS = estimateS;
     this.state = "running";
     this.startedAt = performance.now();
+    if (!streaming) this.samplingSince = this.startedAt; // no start message comes
     this.el.result.hidden = true;
     this.el.filmstrip.hidden = true;
+    this.el.branch.hidden = true;
     this.el.thumbs.replaceChildren();
     this.el.progress.max = request.steps;
     this.el.progress.removeAttribute("value"); // indeterminate until the first frame
+    this.el.elapsed.removeAttribute("title"); // the server's time of the previous run
     this.el.step.textContent = `step 0/${request.steps}`;
     this.el.t.textContent = "t = –";
     this.el.fps.textContent = "– fps";
     this.el.frames.textContent = "0 frames";
     this.el.xtCaption.innerHTML = "x<sub>t</sub>: the current sample";
+    this.el.x0Caption.innerHTML = X0_GUESS;
     this.clear();
     this.message(streaming ? "Connecting…" : "Sampling on the server; this mode shows only the final image…");
     this.timer = setInterval(() => this.tick(), 100);
@@ -116,6 +148,17 @@ export class RunView {
     if (this.startedAt == null) return;
     this.el.elapsed.textContent = formatSeconds(performance.now() - this.startedAt);
     this.showQueue();
+    this.showRemaining();
+  }
+
+  showRemaining() {
+    const total = this.total ?? this.request?.steps;
+    const elapsedS = this.samplingSince == null ? 0 : (performance.now() - this.samplingSince) / 1000;
+    const left = remainingSeconds({ step: this.lastStep, total, elapsedS, estimateS: this.estimateS });
+    const waiting = this.samplingSince == null;
+    this.el.remaining.textContent =
+      left == null ? "" : waiting ? `${formatDuration(left)} of sampling` : `${formatDuration(left)} left`;
+    this.root.dataset.remainingS = left == null ? "" : left.toFixed(1);
   }
 
   /** {type:"queued", position, eta_s}: the run waits for a place; the estimate counts down in between. */
@@ -150,6 +193,7 @@ export class RunView {
     this.total = msg.total;
     this.seed = msg.seed;
     this.startMessage = msg;
+    this.samplingSince = performance.now();
     this.keeper = new FrameKeeper(msg.total, FILMSTRIP_SLOTS);
     this.root.dataset.total = String(msg.total);
     this.el.progress.max = msg.total;
@@ -162,6 +206,7 @@ export class RunView {
   /** {type:"frame", step, total, t, x_t, x0}: decode both grids, then draw unless a newer one won. */
   async frame(msg) {
     this.keeper?.offer({ step: msg.step, t: msg.t, xt: msg.x_t, x0: msg.x0 });
+    this.lastStep = Math.max(this.lastStep, msg.step);
     this.el.progress.max = msg.total;
     this.el.progress.value = msg.step;
     this.el.step.textContent = `step ${msg.step}/${msg.total}`;
@@ -208,6 +253,7 @@ export class RunView {
   /** {grid, images, seed, elapsed_ms} (from the WebSocket's "done" or POST /sample). */
   async finish(result) {
     clearInterval(this.timer);
+    this.el.remaining.textContent = "";
     const clientMs = performance.now() - this.startedAt;
     const total = this.total ?? this.request.steps;
     this.seed = result.seed ?? this.seed;
@@ -224,10 +270,12 @@ export class RunView {
     this.el.elapsed.textContent = formatSeconds(clientMs);
     if (result.elapsed_ms != null) this.el.elapsed.title = `the server spent ${formatSeconds(result.elapsed_ms)} sampling`;
     this.el.xtCaption.innerHTML = "x<sub>0</sub>: the final images";
+    this.el.x0Caption.innerHTML = X0_FINAL;
     this.el.xt.setAttribute("aria-label", `The final ${result.images?.length ?? ""} generated images`);
     this.showResult(result, grid);
     this.buildFilmstrip(result);
     this.state = "done";
+    this.el.branch.hidden = !this.onBranch; // a branch replays a finished run
     if (result.images?.length) {
       this.imageSize = (await decodePng(result.images[0])).width;
       this.root.classList.toggle("zoomable", this.state === "done");
@@ -251,7 +299,46 @@ export class RunView {
       this.el.downloadLarge.href = this.largeUrl;
     }, "image/png");
     this.el.seed.textContent = `seed ${this.seed}`;
+    const links = (result.images ?? []).map((png, i) => {
+      const link = document.createElement("a");
+      link.href = pngDataUrl(png);
+      link.download = `${name}-${i + 1}.png`;
+      link.textContent = String(i + 1);
+      link.setAttribute("aria-label", `Download image ${i + 1}`);
+      return link;
+    });
+    this.el.eachLinks.replaceChildren(...links);
+    this.el.video.hidden = !canRecordVideo();
+    this.el.video.disabled = false;
+    this.el.video.textContent = "Make a video (WebM)";
+    this.el.videoLink.hidden = true;
     this.el.result.hidden = false;
+  }
+
+  /** The filmstrip as a WebM video, offered as a download once it is recorded (a few seconds). */
+  async makeVideo() {
+    const frames = this.filmstrip.map((frame) => frame.xt);
+    const request = this.request;
+    this.el.video.disabled = true;
+    this.el.video.textContent = "Recording the video…";
+    let blob;
+    try {
+      blob = await recordVideo(frames);
+    } catch (error) {
+      this.el.video.disabled = false;
+      this.el.video.textContent = "Make a video (WebM)";
+      this.message(`The browser could not record the video: ${error.message}`, "warn");
+      return;
+    }
+    if (this.request !== request) return; // a new run has started meanwhile
+    if (this.videoUrl) URL.revokeObjectURL(this.videoUrl);
+    this.videoUrl = URL.createObjectURL(blob);
+    this.el.videoLink.href = this.videoUrl;
+    this.el.videoLink.download = this.el.download.download.replace(/\.png$/, ".webm");
+    this.el.videoLink.dataset.bytes = String(blob.size);
+    this.el.video.hidden = true;
+    this.el.videoLink.hidden = false;
+    this.el.videoLink.focus(); // the button that had the focus is gone
   }
 
   buildFilmstrip(result) {
@@ -270,10 +357,10 @@ export class RunView {
       return;
     }
     const thumbs = frames.map((frame, index) => {
-      const button = document.createElement("button");
-      button.type = "button";
+      const button = document.createElement("div");
       button.className = "rv-thumb";
-      button.setAttribute("aria-label", `Show step ${frame.step}`);
+      button.setAttribute("role", "option");
+      button.setAttribute("aria-label", `Step ${frame.step}`);
       const img = document.createElement("img");
       img.src = pngDataUrl(frame.xt);
       img.alt = "";
@@ -293,6 +380,19 @@ export class RunView {
     this.markThumb(frames.length - 1);
   }
 
+  /** ← → (↑ ↓) step through the strip, Home and End jump to its ends; the focus follows the frame shown. */
+  onFilmstripKey(event) {
+    const last = this.filmstrip.length - 1;
+    const current = Number(this.el.scrub.value);
+    const moves = { ArrowLeft: current - 1, ArrowUp: current - 1, ArrowRight: current + 1, ArrowDown: current + 1, Home: 0, End: last };
+    if (!(event.key in moves)) return;
+    event.preventDefault();
+    const index = Math.min(last, Math.max(0, moves[event.key]));
+    this.el.scrub.value = String(index);
+    this.showFilmstripFrame(index);
+    this.el.thumbs.children[index]?.focus();
+  }
+
   markThumb(index) {
     const frame = this.filmstrip[index];
     const total = this.total ?? this.request?.steps;
@@ -300,7 +400,11 @@ export class RunView {
       frame.final || frame.step === total ? `final (step ${frame.step}/${total})` : `step ${frame.step}/${total}, t = ${frame.t}`;
     this.el.scrubValue.textContent = text;
     this.el.scrub.setAttribute("aria-valuetext", text);
-    this.el.thumbs.querySelectorAll(".rv-thumb").forEach((b, i) => b.setAttribute("aria-current", String(i === index)));
+    // One Tab stop for the whole strip (roving tabindex): the arrow keys move within it.
+    this.el.thumbs.querySelectorAll(".rv-thumb").forEach((thumb, i) => {
+      thumb.setAttribute("aria-selected", String(i === index));
+      thumb.tabIndex = i === index ? 0 : -1;
+    });
   }
 
   async showFilmstripFrame(index) {
@@ -317,6 +421,7 @@ export class RunView {
     this.el.xtCaption.innerHTML = isFinal
       ? "x<sub>0</sub>: the final images"
       : `x<sub>t</sub> at step ${frame.step}/${total} (t = ${frame.t})`;
+    this.el.x0Caption.innerHTML = isFinal ? X0_FINAL : `predicted x̂<sub>0</sub>: the model's guess at step ${frame.step}`;
     this.el.progress.value = frame.step;
     this.el.step.textContent = `step ${frame.step}/${total}`;
     this.el.t.textContent = isFinal ? "t = 0 (done)" : `t = ${frame.t}`;
@@ -337,8 +442,15 @@ export class RunView {
     zoom().open(this.result.images, index, this.el.download.download.replace(/\.png$/, ""));
   }
 
-  cancelled(msg) {
+  /** A run that ended early: the bar stops where the run stopped (an indeterminate bar would keep moving). */
+  endProgress() {
     clearInterval(this.timer);
+    this.el.remaining.textContent = "";
+    this.el.progress.value = this.drawnStep;
+  }
+
+  cancelled(msg) {
+    this.endProgress();
     this.state = "cancelled";
     const total = this.total ?? this.request?.steps ?? "?";
     const step = msg?.step ?? this.drawnStep;
@@ -354,7 +466,7 @@ export class RunView {
   }
 
   fail(error) {
-    clearInterval(this.timer);
+    this.endProgress();
     this.state = "error";
     this.message(error.message || String(error), "error");
     if (this.keeper) this.setFilmstrip(this.keeper.frames());

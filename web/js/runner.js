@@ -4,11 +4,12 @@
 import { ApiError, postSample, streamSample } from "./api.js";
 
 /**
- * Start a run. `request` is the contract's JSON (with `every` when streaming).
+ * Start a run. `request` is the contract's JSON (with `every` when streaming); `estimateS` the seconds
+ * of sampling it should take, if known.
  * Returns {stop(), finished}: `finished` resolves to {status: "done"|"cancelled"|"error", result?, error?}
  * and never rejects, so callers can always tidy up.
  */
-export function startRun(request, view, { stream = true } = {}) {
+export function startRun(request, view, { stream = true, estimateS = null } = {}) {
   let settle;
   const finished = new Promise((resolve) => {
     settle = resolve;
@@ -17,7 +18,7 @@ export function startRun(request, view, { stream = true } = {}) {
 
   const viaPost = (note) => {
     const controller = new AbortController();
-    view.begin(request, { streaming: false });
+    view.begin(request, { streaming: false, estimateS });
     if (note) view.message(note, "warn");
     stopper = () => controller.abort();
     const { every, ...body } = request; // POST /sample has no frames to space out
@@ -39,7 +40,7 @@ export function startRun(request, view, { stream = true } = {}) {
   };
 
   const viaStream = () => {
-    view.begin(request, { streaming: true });
+    view.begin(request, { streaming: true, estimateS });
     let started = false;
     const handle = streamSample(request, {
       onQueued: (msg) => view.queued(msg),

@@ -1,0 +1,143 @@
+"""Playing with a sampling run: SDEdit from an image, inpainting, branching off a run part way, and a
+row of images between two seeds' noise. Each is a short function over the step generators of
+model.samplers, so that whatever drives a run (a plain loop, the server's batching loop) drives
+these unchanged: they ask for ε exactly as a plain run does.
+
+- `start`: SDEdit (Meng et al. 2022, "SDEdit: guided image synthesis and editing with stochastic
+  differential equations"). A run of `steps` steps at strength s takes the last ceil(steps·s) steps of
+  its sampler's grid (diffusers' img2img convention), from x_t = √ᾱ_t x0 + √(1-ᾱ_t) ε at the first
+  timestep t taken, ε the run's own x_T. Strength 1 is the plain run from x_T: the image is forgotten.
+- `inpaint`: replace-known-region inpainting (RePaint, Lugmayr et al. 2022, without its resampling
+  jumps; the "replacement" method of Song et al. 2021's score SDE paper): after every step, the known
+  region of x_t is replaced by the known image noised to that step's t with the run's own x_T as ε, so
+  the last step leaves the known image itself there.
+- `branch`: the first `at_step` steps of one run (replayed, never uploaded), then another's settings.
+  With the same sampler, steps and parameters the run itself goes on (its generator, its solver
+  history, its noise), so an unchanged branch is the original run; else the new sampler takes over
+  from x_{t_k} on its own grid for its `steps`, cut to the timesteps below t_k and prefixed by t_k.
+- `slerp`: n starting noises along the great circle between two (Shoemake 1985; as in the DDIM
+  paper's interpolation, Song et al. 2021, §5.3).
+
+A step's `x_t` is its run's state: `inpaint` edits it in place, and the run goes on from the edit.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from model.samplers import Sampler, Step, StepGenerator
+from model.schedule import NoiseSchedule
+
+
+def kept_steps(steps: int, strength: float) -> int:
+    """The steps an SDEdit run of strength s in (0, 1] takes: ceil(steps·s), at least 1 (the product
+    rounded to 9 digits first, so that 10 × 0.3 is 3 steps, not 4)."""
+    if not 0 < strength <= 1:
+        raise ValueError(f"strength must be in (0, 1], got {strength}")
+    return max(1, min(steps, math.ceil(round(steps * strength, 9))))
+
+
+def noised(schedule: NoiseSchedule, x0: torch.Tensor, noise: torch.Tensor, t: int) -> torch.Tensor:
+    """x0 noised to timestep t, √ᾱ_t x0 + √(1-ᾱ_t) ε (DDPM eq. 4); t = -1 is x0 itself."""
+    if t < 0:
+        return x0.expand_as(noise).clone()
+    abar = schedule.alphas_cumprod[t]
+    return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
+
+
+def start(
+    sampler: Sampler,
+    schedule: NoiseSchedule,
+    x_T: torch.Tensor,
+    steps: int,
+    generator: torch.Generator | None,
+    params: dict,
+    init: torch.Tensor | None = None,
+    strength: float = 1.0,
+) -> StepGenerator:
+    """The run of `sampler` from x_T, or (with `init`, an image (C, H, W) in [-1, 1], and strength < 1)
+    SDEdit's run from `init` noised with x_T to the first timestep of its last ceil(steps·strength)
+    steps. x_T is not modified."""
+    if init is None or strength >= 1:
+        return sampler.make(schedule, x_T.clone(), steps, generator, **params)
+    grid = sampler.timesteps(schedule, steps, params)
+    tail = grid[len(grid) - kept_steps(len(grid), strength) :]
+    x = noised(schedule, init, x_T, tail[0])
+    return sampler.make(schedule, x, steps, generator, timesteps=tail, **params)
+
+
+def inpaint(
+    run: StepGenerator, schedule: NoiseSchedule, known: torch.Tensor, keep: torch.Tensor, noise: torch.Tensor
+) -> StepGenerator:
+    """`run` with the region where `keep` is true (broadcast over the batch and channels) replaced,
+    after every step and at the start, by `known` noised to the step's t with `noise` (the run's x_T);
+    the final image holds `known` there exactly."""
+    step = next(run)
+    while True:
+        step.x_t.copy_(torch.where(keep, noised(schedule, known, noise, step.t), step.x_t))
+        if step.done:
+            yield step
+            return
+        eps = yield step
+        step = run.send(eps)
+
+
+def continuation(
+    sampler: Sampler, schedule: NoiseSchedule, steps: int, generator: torch.Generator | None, params: dict
+) -> Callable[[Step], StepGenerator]:
+    """What a branch with other settings runs from the step it branches at: `sampler` over its grid
+    for `steps`, cut to the timesteps below the step's t, from the step's x_t at its t."""
+
+    def run(step: Step) -> StepGenerator:
+        grid = sampler.timesteps(schedule, steps, params)
+        timesteps = [step.t, *(t for t in grid if t < step.t)]
+        return sampler.make(schedule, step.x_t, steps, generator, timesteps=timesteps, **params)
+
+    return run
+
+
+def branch(origin: StepGenerator, at_step: int, then: Callable[[Step], StepGenerator] | None) -> StepGenerator:
+    """`origin`'s first `at_step` steps, then `then(step)`'s run from the state they reach (None: the
+    origin itself goes on). The steps are numbered on from at_step: the continuation's i-th step is
+    at_step + i of at_step + its steps. A branch at the origin's last step is its final image."""
+    step = next(origin)
+    while step.index < at_step and not step.done:
+        eps = yield step
+        step = origin.send(eps)
+    if then is None or step.done:
+        run, offset = origin, 0
+    else:
+        run, offset = then(step), at_step
+    inner = step if run is origin else next(run)
+    while True:
+        out = inner if offset == 0 else Step(offset + inner.index, offset + inner.total, inner.t, inner.x_t, inner.x0)
+        if out.x0 is None:
+            out.x0 = step.x0
+        if out.done:
+            yield out
+            return
+        eps = yield out
+        inner = run.send(eps)
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, n: int) -> torch.Tensor:
+    """n points from a to b (each of shape (1, …)) along the great circle between them, evenly in
+    angle: a row (n, …) whose first is a and last is b exactly. Computed in float64."""
+    if n < 2:
+        raise ValueError(f"an interpolation needs at least 2 points, got {n}")
+    a64, b64 = a.double().flatten(), b.double().flatten()
+    cos = torch.dot(a64, b64) / (a64.norm() * b64.norm())
+    theta = float(torch.arccos(cos.clamp(-1, 1)))
+    rows = []
+    for i in range(n):
+        w = i / (n - 1)
+        if math.sin(theta) < 1e-6:  # (anti)parallel: the straight line
+            rows.append((1 - w) * a.double() + w * b.double())
+        else:
+            rows.append((math.sin((1 - w) * theta) * a.double() + math.sin(w * theta) * b.double()) / math.sin(theta))
+    row = torch.cat(rows).to(a.dtype)
+    row[0], row[-1] = a[0], b[0]
+    return row
