@@ -343,8 +343,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     sampling = argparse.ArgumentParser(add_help=False)
     sampling.add_argument("checkpoint", type=Path)
-    sampling.add_argument("--sampler", choices=list(SAMPLERS), default="ddim")
-    sampling.add_argument("--steps", type=int, help="default: the sampler's own (DDIM 50, DDPM all T, …)")
+    sampling.add_argument("--sampler", choices=list(SAMPLERS), help="default: the model's own (a student's), else ddim")
+    sampling.add_argument("--steps", type=int, help="default: the model's own, else the sampler's (DDIM 50, …)")
     sampling.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance w")
     sampling.add_argument("--class", dest="label", type=int, help="condition every sample on this class")
     sampling.add_argument("--seed", type=int, default=0)
@@ -414,13 +414,15 @@ def run(args: argparse.Namespace) -> Path:
         x0 = torch.stack([data[i][0] for i in range(args.n)])
         return save_picture(forward_noising(schedule, x0, args.t, args.seed, args.scale), args.out)
 
-    sampler = get_sampler(args.sampler)
+    ckpt = load_checkpoint(args.checkpoint, args.device)
+    own = ckpt.sampling or {}  # a distilled student's sampler and steps, which it needs
+    sampler = get_sampler(args.sampler or own.get("sampler", "ddim"))
     unused = unused_sampler_flags(args, [sampler])
     if unused:
         raise ValueError(f"{', '.join(unused)}: {sampler.name} takes no such parameter")
-    ckpt = load_checkpoint(args.checkpoint, args.device)
-    params = sampler_params(args, sampler)
-    steps = sampling_steps(ckpt, args.n, sampler.name, args.steps, args.label, args.guidance, args.seed, **params)
+    params = {**ckpt.sampler_defaults().get(sampler.name, {}), **sampler_params(args, sampler)}
+    n_steps = args.steps or (own.get("steps") if sampler.name == own.get("sampler") else None)
+    steps = sampling_steps(ckpt, args.n, sampler.name, n_steps, args.label, args.guidance, args.seed, **params)
     if args.command == "grid":
         conditional = ckpt.config.num_classes and args.label is None
         nrow = args.nrow or (ckpt.config.num_classes if conditional else max(1, round(args.n**0.5)))
