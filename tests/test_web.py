@@ -906,9 +906,10 @@ register(Sampler("ddim-stride", "Strided DDIM", "DDIM on every stride-th timeste
 
 @pytest.fixture(scope="module")
 def extra_server_url(tmp_path_factory):
-    """A second server: one more sampler in its table, and at most 8 images a request."""
+    """A second server: one more sampler in its table, at most 8 images a request, and a distilled model."""
     folder = tmp_path_factory.mktemp("checkpoints-extra")
     make_checkpoint(folder)
+    (folder / "mnist-fast.safetensors").symlink_to(REPO / "checkpoints" / "mnist-fast.safetensors")
     try:
         with running_server(folder, folder / "server.log", env={"DDPM_MAX_N": "8"}, prelude=EXTRA_SAMPLER) as url:
             yield url
@@ -923,6 +924,8 @@ def test_the_page_offers_what_the_server_offers_without_a_change(browser, extra_
     WebDriverWait(page, 20).until(lambda d: d.find_element(By.ID, "generate").is_enabled())
     images = [int(o.get_attribute("value")) for o in Select(page.find_element(By.ID, "n")).options]
     assert images == [1, 4, 8] and Select(page.find_element(By.ID, "n")).first_selected_option.text == "8"
+    models = [o.text for o in Select(page.find_element(By.ID, "model")).options]
+    assert sorted(models) == ["mnist (28×28)", "mnist-fast (distilled: 2 steps, mnist, 28×28)"]  # a student says so
 
     sampler = Select(page.find_element(By.ID, "sampler"))
     assert [o.get_attribute("value") for o in sampler.options] == [

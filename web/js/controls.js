@@ -275,7 +275,10 @@ export class Controls {
       const option = document.createElement("option");
       option.value = m.name;
       const size = `${m.image_size}×${m.image_size}`;
-      option.textContent = m.dataset === m.name ? `${m.name} (${size})` : `${m.name} (${m.dataset}, ${size})`;
+      // a distilled student says what it is: its own few steps are all it takes
+      const what = m.distilled ? `distilled: ${m.default_steps} step${m.default_steps === 1 ? "" : "s"}, ` : "";
+      option.textContent =
+        m.dataset === m.name ? `${m.name} (${what}${size})` : `${m.name} (${what}${m.dataset}, ${size})`;
       return option;
     });
     this.el.model.replaceChildren(...options);
