@@ -40,6 +40,16 @@ def kept_steps(steps: int, strength: float) -> int:
     return max(1, min(steps, math.ceil(round(steps * strength, 9))))
 
 
+def sdedit_timesteps(grid: list[int], strength: float) -> list[int]:
+    """The timesteps an SDEdit run of strength s takes of its sampler's `grid`: the last ceil(steps·s)."""
+    return grid[len(grid) - kept_steps(len(grid), strength) :]
+
+
+def continuation_timesteps(grid: list[int], t: int) -> list[int]:
+    """The timesteps a branch with other settings takes from timestep t: t, then the grid below it."""
+    return [t, *(s for s in grid if s < t)]
+
+
 def noised(schedule: NoiseSchedule, x0: torch.Tensor, noise: torch.Tensor, t: int) -> torch.Tensor:
     """x0 noised to timestep t, √ᾱ_t x0 + √(1-ᾱ_t) ε (DDPM eq. 4); t = -1 is x0 itself."""
     if t < 0:
@@ -63,8 +73,7 @@ def start(
     steps. x_T is not modified."""
     if init is None or strength >= 1:
         return sampler.make(schedule, x_T.clone(), steps, generator, **params)
-    grid = sampler.timesteps(schedule, steps, params)
-    tail = grid[len(grid) - kept_steps(len(grid), strength) :]
+    tail = sdedit_timesteps(sampler.timesteps(schedule, steps, params), strength)
     x = noised(schedule, init, x_T, tail[0])
     return sampler.make(schedule, x, steps, generator, timesteps=tail, **params)
 
@@ -92,8 +101,7 @@ def continuation(
     for `steps`, cut to the timesteps below the step's t, from the step's x_t at its t."""
 
     def run(step: Step) -> StepGenerator:
-        grid = sampler.timesteps(schedule, steps, params)
-        timesteps = [step.t, *(t for t in grid if t < step.t)]
+        timesteps = continuation_timesteps(sampler.timesteps(schedule, steps, params), step.t)
         return sampler.make(schedule, step.x_t, steps, generator, timesteps=timesteps, **params)
 
     return run
@@ -128,16 +136,12 @@ def slerp(a: torch.Tensor, b: torch.Tensor, n: int) -> torch.Tensor:
     angle: a row (n, …) whose first is a and last is b exactly. Computed in float64."""
     if n < 2:
         raise ValueError(f"an interpolation needs at least 2 points, got {n}")
-    a64, b64 = a.double().flatten(), b.double().flatten()
-    cos = torch.dot(a64, b64) / (a64.norm() * b64.norm())
-    theta = float(torch.arccos(cos.clamp(-1, 1)))
-    rows = []
-    for i in range(n):
-        w = i / (n - 1)
-        if math.sin(theta) < 1e-6:  # (anti)parallel: the straight line
-            rows.append((1 - w) * a.double() + w * b.double())
-        else:
-            rows.append((math.sin((1 - w) * theta) * a.double() + math.sin(w * theta) * b.double()) / math.sin(theta))
-    row = torch.cat(rows).to(a.dtype)
+    a64, b64 = a.double(), b.double()
+    theta = float(torch.arccos((torch.dot(a64.flatten(), b64.flatten()) / (a64.norm() * b64.norm())).clamp(-1, 1)))
+    w = torch.linspace(0, 1, n, dtype=torch.float64).view(n, *[1] * (a.dim() - 1))
+    if math.sin(theta) < 1e-6:  # (anti)parallel: the straight line
+        row = ((1 - w) * a64 + w * b64).to(a.dtype)
+    else:
+        row = ((torch.sin((1 - w) * theta) * a64 + torch.sin(w * theta) * b64) / math.sin(theta)).to(a.dtype)
     row[0], row[-1] = a[0], b[0]
     return row

@@ -99,11 +99,7 @@ async def sample(request: Request, state: State):
     require_json(request.headers.get("content-type"))
     settings = state.settings
     body = parse_request(
-        SampleRequest,
-        await request.body(),
-        settings.max_body_bytes,
-        ("body",),
-        settings.request_bytes - settings.max_body_bytes,
+        SampleRequest, await request.body(), settings.max_body_bytes, ("body",), settings.request_image_bytes
     )
     try:
         spec = resolve(body, state.registry, state.settings)

@@ -96,12 +96,9 @@ def decode_png(text: str, max_bytes: int, size: int, what: str) -> Image.Image:
     return image
 
 
-def image_tensor(image: Image.Image, size: int, channels: int, what: str) -> torch.Tensor:
-    """A decoded PNG of exactly size × size as (channels, size, size) in [0, 1]: converted to grey
-    (L) or RGB; transparency composited on black. ValueError for another size or unreadable pixels."""
-    width, height = image.size
-    if (width, height) != (size, size):  # before its pixels are loaded: a decompression bomb stops here
-        raise ValueError(f"must be {size}×{size} for model {what}, not {width}×{height}")
+def image_tensor(image: Image.Image, channels: int) -> torch.Tensor:
+    """A PNG from decode_png (its size already checked) as (channels, H, W) in [0, 1]: converted to
+    grey (L) or RGB; transparency composited on black. ValueError for unreadable pixels."""
     try:
         image.load()
         if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # 16-bit grey (or float): to 8 bits
@@ -111,5 +108,6 @@ def image_tensor(image: Image.Image, size: int, channels: int, what: str) -> tor
         raise ValueError("is not a readable PNG (its pixels could not be decoded)") from None
     black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
     flat = Image.alpha_composite(black, rgba).convert("L" if channels == 1 else "RGB")
-    array = torch.frombuffer(bytearray(flat.tobytes()), dtype=torch.uint8).view(size, size, channels)
+    width, height = flat.size
+    array = torch.frombuffer(bytearray(flat.tobytes()), dtype=torch.uint8).view(height, width, channels)
     return array.permute(2, 0, 1).float() / 255

@@ -75,6 +75,11 @@ class JobSpec:
     branch: BranchSpec | None = None  # replay this run to a step, then go on with this spec's settings
     total: int | None = None  # the steps the run takes, replayed ones included (None: steps)
 
+    @property
+    def steps_taken(self) -> int:
+        """The steps the run takes, replayed ones included."""
+        return self.steps if self.total is None else self.total
+
     def root(self) -> JobSpec:
         """The run a chain of branches starts from."""
         return self if self.branch is None else self.branch.origin.root()
@@ -251,7 +256,7 @@ class Job:
         return now - self.started_at > self.timeout_s
 
     def remaining_steps(self) -> int:
-        return (self.spec.total or self.spec.steps) if self.step is None else self.step.total - self.step.index
+        return self.spec.steps_taken if self.step is None else self.step.total - self.step.index
 
 
 class SamplingLoop:
@@ -492,7 +497,7 @@ class SamplingLoop:
         etas = []
         for job in [*ahead, *queued]:
             start = heapq.heappop(frees)
-            heapq.heappush(frees, start + (job.spec.total or job.spec.steps))
+            heapq.heappush(frees, start + job.spec.steps_taken)
             etas.append(start * self._iteration_s)
         return etas[len(ahead) :]
 

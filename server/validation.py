@@ -215,12 +215,11 @@ def run_timesteps(spec: JobSpec) -> list[int]:
         return [0] * spec.steps + [-1]
     grid = sampler.timesteps(spec.model.schedule, spec.steps, sampler.resolve(spec.params))
     if spec.branch is None:
-        return [*grid[len(grid) - editing.kept_steps(len(grid), spec.strength) :], -1]
+        return [*editing.sdedit_timesteps(grid, spec.strength), -1]
     before, at_step = run_timesteps(spec.branch.origin), spec.branch.at_step
     if spec.same_run(spec.branch.origin) or before[at_step] < 0:
         return before
-    t = before[at_step]
-    return [*before[:at_step], t, *(s for s in grid if s < t), -1]
+    return [*before[:at_step], *editing.continuation_timesteps(grid, before[at_step]), -1]
 
 
 def steps_taken(spec: JobSpec) -> int:
@@ -231,7 +230,7 @@ def _image(text: str, field: str, model: LoadedModel, channels: int, settings: S
     """The request's PNG as (channels, H, W) in [0, 1], and the errors."""
     try:
         png = images.decode_png(text, settings.max_init_image_bytes, model.image_shape[-1], model.name)
-        return images.image_tensor(png, model.image_shape[-1], channels, model.name), []
+        return images.image_tensor(png, channels), []
     except ValueError as e:
         return None, [_error(field, "invalid_image", f"{field} {e}", text)]
 

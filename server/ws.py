@@ -117,9 +117,7 @@ async def _read_request(websocket: WebSocket, state: ServerState) -> JobSpec:
     if text is None:
         raise InvalidRequest([error("json_invalid", "send the request as one JSON text message")])
     settings = state.settings
-    request = parse_request(
-        StreamRequest, text, settings.max_body_bytes, (), settings.request_bytes - settings.max_body_bytes
-    )
+    request = parse_request(StreamRequest, text, settings.max_body_bytes, (), settings.request_image_bytes)
     return resolve(request, state.registry, state.settings)
 
 
@@ -229,7 +227,7 @@ def _encode_frame(frame: Frame) -> tuple[str, str]:
 def _start_message(spec: JobSpec) -> StartMessage:
     channels, image_size, _ = spec.model.image_shape
     return StartMessage(
-        total=spec.total or spec.steps,
+        total=spec.steps_taken,
         at_step=0 if spec.branch is None else spec.branch.at_step,
         seed=spec.seed,
         model=spec.model.name,
