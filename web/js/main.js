@@ -120,13 +120,7 @@ async function generate() {
     return;
   }
   const { request, stream } = settings;
-  const run = startRun(request, mainView, { stream, estimateS: controls.estimateFor(request)?.seconds ?? null });
-  currentRun = run;
-  setRunning(true);
-  bringIntoView(mainView.root);
-  const outcome = await run.finished;
-  currentRun = null;
-  setRunning(false);
+  const outcome = await runInView(request, mainView, stream);
   if (outcome.status === "done") {
     const seed = outcome.result.seed ?? mainView.seed;
     controls.showSeedUsed(seed);
@@ -152,15 +146,20 @@ async function runBranch(request) {
   const box = document.createElement("div");
   branchViews.prepend(box);
   const title = `Branch at step ${request.branch.at_step}: ${describeRun(request, controls.config)}`;
-  const view = new RunView(box, { title });
-  const run = startRun(request, view, { estimateS: controls.estimateFor(request)?.seconds ?? null });
+  const outcome = await runInView(request, new RunView(box, { title }));
+  if (outcome.status === "done") recordRun(request, outcome.result);
+}
+
+/** The one run of the main form at a time, into `view`: Generate is Stop until it ends. */
+async function runInView(request, view, stream) {
+  const run = startRun(request, view, { stream, estimateS: controls.estimateFor(request)?.seconds ?? null });
   currentRun = run;
   setRunning(true);
   bringIntoView(view.root);
   const outcome = await run.finished;
   currentRun = null;
   setRunning(false);
-  if (outcome.status === "done") recordRun(request, outcome.result);
+  return outcome;
 }
 
 form.addEventListener("submit", (event) => {
