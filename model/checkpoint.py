@@ -43,10 +43,17 @@ class Checkpoint:
     ema: bool = True
     path: Path | None = None
     sampling: dict | None = None  # a distilled student's own sampler, steps and their parameters
+    distillation: dict | None = None  # how a distilled student was made (model.distill's provenance)
 
     @property
     def config(self) -> UNetConfig:
         return self.unet.config
+
+    @property
+    def teacher(self) -> str | None:
+        """The name (file name without .safetensors) of the model a distilled student was made from."""
+        teacher = (self.distillation or {}).get("teacher")
+        return None if teacher is None else Path(teacher).name.removesuffix(".safetensors")
 
     def sampler_defaults(self) -> dict[str, dict]:
         """The sampler parameters this model's files state, by sampler name: a distilled student's own
@@ -174,13 +181,15 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> Che
 
 
 def _about(meta: dict, config: UNetConfig) -> dict:
-    """The descriptive metadata (dataset, class_names, step, ema, sampling), checked: CheckpointError if malformed."""
+    """The descriptive metadata (dataset, class_names, step, ema, sampling, distillation), checked:
+    CheckpointError if malformed."""
     about = {
         "dataset": meta.get("dataset", "unknown"),
         "class_names": meta.get("class_names", []),
         "step": meta.get("step", 0),
         "ema": meta.get("ema", True),
         "sampling": meta.get("sampling"),
+        "distillation": meta.get("distillation"),
     }
     if not isinstance(about["dataset"], str):
         raise CheckpointError(f"metadata 'dataset' must be a string, not {about['dataset']!r}")
@@ -202,6 +211,11 @@ def _about(meta: dict, config: UNetConfig) -> dict:
         and sampling["steps"] >= 1
     ):
         raise CheckpointError(f"metadata 'sampling' must be {{'sampler': name, 'steps': n ≥ 1, …}}, not {sampling!r}")
+    distillation = about["distillation"]
+    if distillation is not None and not (
+        isinstance(distillation, dict) and isinstance(distillation.get("teacher", ""), str)
+    ):
+        raise CheckpointError(f"metadata 'distillation' must be {{'teacher': file name, …}}, not {distillation!r}")
     return about
 
 

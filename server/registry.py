@@ -93,6 +93,8 @@ class LoadedModel:
             "default_sampler": self.default_sampler,
             "default_steps": self.default_steps,
             "distilled": self.own_sampling,
+            "teacher": self.checkpoint.teacher,
+            "sampler_params": self.param_defaults,
             "seconds_per_row": self.seconds_per_row,
         }
 

@@ -9,7 +9,7 @@ with errors of the same shape.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -170,6 +170,16 @@ class ModelInfo(BaseModel):
     default_steps: int | None = Field(None, description="The steps of its default sampler; null: the sampler's own.")
     distilled: bool = Field(
         False, description="A distilled student: it takes only its default sampler, at its default steps."
+    )
+    teacher: str | None = Field(
+        None,
+        description="The model a distilled student was made from (its checkpoint's name, which may or may not be "
+        "served here); null for a model that is not distilled.",
+    )
+    sampler_params: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="The sampler parameters this model's files state, by sampler name: for this model they replace "
+        "the defaults of GET /config's sampler table; a distilled model takes no other values of them.",
     )
     seconds_per_row: float | None = Field(
         None,

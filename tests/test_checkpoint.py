@@ -87,6 +87,8 @@ BAD_METADATA = {
     "unet with a bad field": {"unet": {"image_size": "x"}},
     "schedule unknown": {"schedule": {"name": "nope", "timesteps": 10}},
     "schedule a list": {"schedule": [1]},
+    "distillation a string": {"distillation": "mnist"},
+    "distillation's teacher a number": {"distillation": {"teacher": 3}},
 }
 
 

@@ -143,6 +143,8 @@ def test_models_lists_the_diffusion_checkpoints_and_skips_the_rest(checkpoints, 
             "default_sampler": None,
             "default_steps": None,
             "distilled": False,
+            "teacher": None,
+            "sampler_params": {"ddim": {"spacing": "leading"}, "ddpm": {"variance": "fixed_large"}},
         },
         {
             "name": "uncond",
@@ -158,6 +160,8 @@ def test_models_lists_the_diffusion_checkpoints_and_skips_the_rest(checkpoints, 
             "default_sampler": None,
             "default_steps": None,
             "distilled": False,
+            "teacher": None,
+            "sampler_params": {"ddim": {"spacing": "leading"}, "ddpm": {"variance": "fixed_large"}},
         },
     ]
     skipped = " ".join(record.getMessage() for record in caplog.records)
@@ -268,10 +272,12 @@ def test_a_distilled_checkpoint_is_served_by_its_own_sampler_and_steps_only(tmp_
     student = UNet(UNetConfig.from_dict(config))
     sampling = {"sampler": "ddim", "steps": 2, "spacing": "trailing", "eta": 0.0}
     save_checkpoint(tmp_path / "fast.safetensors", student, NoiseSchedule.from_name("linear"), "toy", list("abc"),
-                    sampling=sampling)  # fmt: skip
+                    sampling=sampling, distillation={"teacher": "runs/toy.safetensors"})  # fmt: skip
     with serve(tmp_path) as client:
         info = client.get("/models").json()[0]
         assert (info["default_sampler"], info["default_steps"], info["distilled"]) == ("ddim", 2, True)
+        assert info["teacher"] == "toy"  # the name its teacher would be served under
+        assert info["sampler_params"] == {"ddim": {"spacing": "trailing", "eta": 0.0}}  # what it takes, and only that
         done = client.post("/sample", json={"model": "fast", "n": 2, "label": 1, "guidance": 4, "seed": 3}).json()
         assert (done["sampler"], done["steps"], done["params"]["spacing"]) == ("ddim", 2, "trailing")
         again = client.post("/sample", json={"n": 2, "label": 1, "guidance": 4, "seed": 3, "sampler": "ddim",

@@ -964,6 +964,53 @@ def test_the_page_offers_what_the_server_offers_without_a_change(browser, extra_
     assert not errors, errors
 
 
+def test_a_student_runs_beside_its_teacher(browser, extra_server_url):
+    """Choosing a distilled model puts its teacher at DDIM-50 on the left of the side-by-side panel and the
+    student at its own 2 steps on the right; the parameters it was distilled for are shown, fixed, and sent."""
+    page = browser
+    page.get(extra_server_url + "?seed=5")
+    WebDriverWait(page, 20).until(lambda d: d.find_element(By.ID, "generate").is_enabled())
+    Select(page.find_element(By.ID, "model")).select_by_value("mnist-fast")
+    spacing = page.find_element(By.ID, "param-spacing")  # the main form: DDIM at the student's own spacing
+    assert (spacing.get_attribute("value"), spacing.is_enabled()) == ("trailing", False)
+    view = main_view(page)
+    page.find_element(By.ID, "generate").click()
+    assert wait_for_state(page, view, {"done", "error"}) == "done", view.text
+
+    form = page.find_element(By.ID, "compare-form")
+    sides = {side: form.find_element(By.CSS_SELECTOR, f'[data-side="{side}"]') for side in "ab"}
+
+    def shown(side):
+        fieldset = sides[side]
+        return tuple(
+            fieldset.find_element(By.NAME, name).get_attribute("value") for name in ("model", "sampler", "steps")
+        )
+
+    assert shown("a") == ("mnist", "ddim", "50") and shown("b") == ("", "ddim", "2")
+    assert sides["a"].find_element(By.NAME, "spacing").is_enabled()  # the teacher takes any spacing
+    assert not sides["b"].find_element(By.NAME, "spacing").is_enabled()
+    page.find_element(By.ID, "compare-run").click()
+    views = [page.find_element(By.CSS_SELECTOR, f"#compare-view-{side} .run-view") for side in "ab"]
+    for side_view in views:
+        assert wait_for_state(page, side_view, {"done", "error", "cancelled"}) == "done", side_view.text
+    summary = page.find_element(By.ID, "compare-summary").text
+    assert "mnist: DDIM, 50 steps" in summary and "mnist-fast: DDIM, 2 steps" in summary, summary
+    rows = page.find_elements(By.CSS_SELECTOR, "#history tbody tr")
+    models = [row.find_element(By.CSS_SELECTOR, "td").text for row in rows]
+    assert sorted(models[:2]) == ["mnist", "mnist-fast"], models
+
+    # a side may take any model; a distilled one brings its own sampler and steps, and leaving it restores the side's
+    Select(sides["a"].find_element(By.NAME, "model")).select_by_value("mnist-fast")
+    assert shown("a") == ("mnist-fast", "ddim", "2")
+    Select(sides["a"].find_element(By.NAME, "model")).select_by_value("")
+    assert shown("a") == ("", "ddim", "2")  # "as above" is the student too
+    Select(page.find_element(By.ID, "model")).select_by_value("mnist")
+    assert shown("a") == ("", "ddim", "50") and shown("b") == ("", "dpm-solver++", "10")
+    assert page.find_element(By.ID, "param-spacing").is_enabled()  # the plain model's own spacing, free again
+    errors = [e for e in page.get_log("browser") if e["level"] == "SEVERE" and "favicon" not in e["message"]]
+    assert not errors, errors
+
+
 # --- the README's screenshot -----------------------------------------------------------------
 
 

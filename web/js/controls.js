@@ -55,6 +55,21 @@ export function samplerSteps(sampler, model, config) {
   return sampler.default_steps ?? model?.timesteps ?? config.limits.max_steps;
 }
 
+/**
+ * The parameter values `model`'s files state for `sampler` (GET /models' sampler_params), as form values,
+ * and the names a distilled model fixes: {values, fixed}. They replace the table's defaults for it.
+ */
+export function modelParams(model, sampler) {
+  const own = model?.sampler_params?.[sampler?.name] ?? {};
+  const values = {};
+  for (const param of sampler?.params ?? []) if (param.name in own) values[param.name] = formValue(param, own[param.name]);
+  return { values, fixed: model?.distilled ? Object.keys(values) : [] };
+}
+
+function fixedValues({ values, fixed }) {
+  return Object.fromEntries(fixed.map((name) => [name, values[name]]));
+}
+
 /** The largest step count the form offers: the model's T and the server's limit. */
 export function maxSteps(model, config) {
   return Math.min(model?.timesteps ?? config.limits.max_steps, config.limits.max_steps);
@@ -178,6 +193,14 @@ export function fillSamplerSelect(select, config) {
   );
 }
 
+/** A model as the model lists name it: "mnist-fast (distilled: 2 steps, mnist, 28×28)". */
+export function modelLabel(m) {
+  const size = `${m.image_size}×${m.image_size}`;
+  // a distilled student says what it is: its own few steps are all it takes
+  const what = m.distilled ? `distilled: ${m.default_steps} step${m.default_steps === 1 ? "" : "s"}, ` : "";
+  return m.dataset === m.name ? `${m.name} (${what}${size})` : `${m.name} (${what}${m.dataset}, ${size})`;
+}
+
 export function describeModel(model) {
   const colour = model.channels === 1 ? "grayscale" : model.channels === 3 ? "colour" : `${model.channels} channels`;
   const classes = model.num_classes ? `${model.num_classes} classes` : "unconditional";
@@ -271,16 +294,7 @@ export class Controls {
 
   setModels(models) {
     this.models = models;
-    const options = models.map((m) => {
-      const option = document.createElement("option");
-      option.value = m.name;
-      const size = `${m.image_size}×${m.image_size}`;
-      // a distilled student says what it is: its own few steps are all it takes
-      const what = m.distilled ? `distilled: ${m.default_steps} step${m.default_steps === 1 ? "" : "s"}, ` : "";
-      option.textContent =
-        m.dataset === m.name ? `${m.name} (${what}${size})` : `${m.name} (${what}${m.dataset}, ${size})`;
-      return option;
-    });
+    const options = models.map((m) => new Option(modelLabel(m), m.name));
     this.el.model.replaceChildren(...options);
     if (models.some((m) => m.name === this.config.defaults.model)) this.el.model.value = this.config.defaults.model;
     this.el.model.disabled = models.length === 0;
@@ -306,6 +320,11 @@ export class Controls {
       const ownDefaults = Boolean(model.default_sampler || this.lastModel?.default_sampler);
       for (const sampler of this.config.samplers) {
         if (ownDefaults || sampler.default_steps == null) this.stepsBySampler.delete(sampler.name);
+      }
+      // parameter values set for another model's defaults start again from this one's
+      if (JSON.stringify(model.sampler_params) !== JSON.stringify(this.lastModel?.sampler_params)) {
+        this.paramsBySampler.clear();
+        this.paramFields = null; // the controls on screen hold the last model's values: not to be remembered
       }
       if (ownDefaults) this.el.sampler.value = defaultSamplerName(this.config, model);
       this.lastModel = model;
@@ -338,9 +357,12 @@ export class Controls {
     if (!sampler) return;
     const steps = this.stepsBySampler.get(sampler.name) ?? String(samplerSteps(sampler, this.model, this.config));
     this.el.steps.value = steps;
+    const own = modelParams(this.model, sampler);
     this.paramFields = buildParamFields(this.el.params, sampler, {
       idPrefix: "",
-      values: this.paramsBySampler.get(sampler.name),
+      // what the visitor set for this sampler, over the model's own values, except those a distilled model fixes
+      values: { ...own.values, ...this.paramsBySampler.get(sampler.name), ...fixedValues(own) },
+      fixed: own.fixed,
       onChange: (event) => {
         this.clearFieldError(event.target.id);
         this.refreshHints();

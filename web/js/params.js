@@ -54,10 +54,15 @@ export function describeParams(sampler, request) {
 
 /**
  * The controls of `sampler`'s parameters, built into `container` (replacing what was there).
- * `values` (name → form value) fills them, else each takes its default. `compact` leaves out the
+ * `values` (name → form value) fills them, else each takes its default. The names in `fixed` are shown
+ * but cannot be changed (a distilled model takes only its own value). `compact` leaves out the
  * one-line descriptions (they become the controls' tooltips). Returns {read(): name → form value}.
  */
-export function buildParamFields(container, sampler, { idPrefix, values = {}, compact = false, onChange } = {}) {
+export function buildParamFields(
+  container,
+  sampler,
+  { idPrefix, values = {}, fixed = [], compact = false, onChange } = {},
+) {
   const fields = [];
   const controls = new Map();
   for (const param of sampler?.params ?? []) {
@@ -108,6 +113,10 @@ export function buildParamFields(container, sampler, { idPrefix, values = {}, co
     control.id = id;
     control.name = param.name;
     control.title = param.description;
+    if (fixed.includes(param.name)) {
+      control.disabled = true;
+      control.title += " (fixed: the model was distilled for this value)";
+    }
     if (onChange) control.addEventListener(param.type === "boolean" ? "change" : "input", onChange);
     if (param.type === "boolean") field.append(control, label);
     else field.append(label, control);
