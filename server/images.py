@@ -12,9 +12,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torchvision.utils import make_grid
-
-from model.visualize import to_unit
 
 GRID_PADDING = 2
 
@@ -24,20 +21,39 @@ def grid_nrow(n: int) -> int:
     return math.ceil(math.sqrt(n))
 
 
-@torch.inference_mode()
-def png(image: torch.Tensor) -> bytes:
-    """One image (C, H, W) in [0, 1], C = 1 (grey) or 3 (RGB), as PNG bytes."""
-    array = (image * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+def pixels(images: torch.Tensor) -> np.ndarray:
+    """A batch (N, C, H, W) in [-1, 1] as (N, H, W, C) bytes. In NumPy, on the calling thread: a torch
+    op here would wake torch's thread pool (the sampling loop's) for a few kilobytes of work."""
+    unit = np.clip((images.detach().cpu().float().numpy() + 1) / 2, 0, 1)  # model.visualize.to_unit
+    return (unit * 255).round().astype(np.uint8).transpose(0, 2, 3, 1)
+
+
+def png(array: np.ndarray) -> bytes:
+    """One image (H, W, C) of bytes, C = 1 (grey) or 3 (RGB), as PNG bytes."""
     buffer = io.BytesIO()
     Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array).save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
 
 
-@torch.inference_mode()
+def grid(array: np.ndarray) -> np.ndarray:
+    """Images (N, H, W, C) as one (H', W', C) grid: ceil(√N) a row, GRID_PADDING black pixels around
+    and between them (torchvision's make_grid layout; one image is its own grid)."""
+    n, h, w, c = array.shape
+    if n == 1:
+        return array[0]
+    columns = grid_nrow(n)
+    rows = math.ceil(n / columns)
+    out = np.zeros((rows * (h + GRID_PADDING) + GRID_PADDING, columns * (w + GRID_PADDING) + GRID_PADDING, c), np.uint8)
+    for i, image in enumerate(array):
+        y, x = divmod(i, columns)
+        top, left = y * (h + GRID_PADDING) + GRID_PADDING, x * (w + GRID_PADDING) + GRID_PADDING
+        out[top : top + h, left : left + w] = image
+    return out
+
+
 def grid_png(images: torch.Tensor) -> bytes:
-    """A batch (N, C, H, W) in [-1, 1] as one PNG grid, ceil(√N) images a row, 2 px apart."""
-    grid = make_grid(to_unit(images.cpu()), nrow=grid_nrow(len(images)), padding=GRID_PADDING)
-    return png(grid[: images.shape[1]])  # make_grid turns 1 channel into 3 identical ones
+    """A batch (N, C, H, W) in [-1, 1] as one PNG grid."""
+    return png(grid(pixels(images)))
 
 
 @torch.inference_mode()
@@ -51,13 +67,10 @@ def downscale(images: torch.Tensor, max_side: int | None) -> torch.Tensor:
     return F.interpolate(images.float(), size=size, mode="bilinear", antialias=True, align_corners=False)
 
 
-@torch.inference_mode()
-def image_pngs(images: torch.Tensor) -> list[bytes]:
-    return [png(image) for image in to_unit(images.cpu())]
-
-
 def grid_and_images_b64(images: torch.Tensor) -> tuple[str, list[str]]:
-    return b64(grid_png(images)), [b64(data) for data in image_pngs(images)]
+    """The grid and each image of a batch (N, C, H, W) in [-1, 1], as base64 PNGs."""
+    array = pixels(images)
+    return b64(png(grid(array))), [b64(png(image)) for image in array]
 
 
 def b64(data: bytes) -> str:

@@ -11,18 +11,22 @@ import re
 import time
 from contextlib import contextmanager
 
+import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 from safetensors.torch import save_file
 from starlette.websockets import WebSocketDisconnect
+from torchvision.utils import make_grid
 
 from conftest import server_unet
 from model.checkpoint import save_checkpoint
 from model.samplers import SAMPLERS, ddim_timesteps
 from model.schedule import NoiseSchedule
 from model.unet import UNet, UNetConfig
+from model.visualize import to_unit
+from server import images
 from server.__main__ import browsable_host, parse_args, settings_from_args
 from server.app import create_app
 from server.registry import resolve_device
@@ -816,3 +820,25 @@ def test_host_names_and_patterns():
     assert host_allowed("demo.example:8000", allowed) and host_allowed("a.b.demo.example", allowed)
     assert not host_allowed("evildemo.example", allowed) and not host_allowed(None, allowed)
     assert host_allowed("anything", ["*"])
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 10, 16])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_pngs_hold_the_pixels_and_grid_of_torchvision(n, channels):
+    """The encoder works in NumPy (no torch op per image): its pixels and grid are those of torchvision's
+    make_grid and a torch round trip, values out of range and exact halves of a grey level included."""
+    x = torch.randn(n, channels, 8, 6) * 1.5
+    levels = (torch.arange(256) / 127.5 - 1 + 1 / 255)[: x.numel()]  # grey levels, each exactly between two
+    x.view(-1)[: len(levels)] = levels
+
+    def as_bytes(unit: torch.Tensor) -> torch.Tensor:  # (C, H, W) in [0, 1] → (H, W, C), as torch rounds
+        return (unit * 255).round().to(torch.uint8).permute(1, 2, 0)
+
+    def read(text: str) -> torch.Tensor:
+        array = np.array(Image.open(io.BytesIO(base64.b64decode(text))))
+        return torch.from_numpy(array.reshape(*array.shape[:2], -1))
+
+    grid, pngs = images.grid_and_images_b64(x)
+    unit = to_unit(x)
+    assert torch.equal(read(grid), as_bytes(make_grid(unit, nrow=images.grid_nrow(n), padding=2)[:channels]))
+    assert all(torch.equal(read(png), as_bytes(image)) for png, image in zip(pngs, unit, strict=True))
