@@ -33,7 +33,6 @@ from bench_server import prepare_checkpoints, start_server
 
 from model.checkpoint import load_checkpoint
 from model.samplers import guided_eps, initial_noise, make_generator, sample, sampling_run
-from server.settings import Settings
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -99,7 +98,6 @@ def _shape(ckpt) -> tuple[int, int, int]:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    settings = Settings(_env_file=None)
     with tempfile.TemporaryDirectory() as folder:
         note = prepare_checkpoints(args.checkpoint, Path(folder))
         process, url = start_server(Path(folder), "cpu", 8, args.threads)
@@ -144,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"command: python bench/bench_default.py {' '.join(sys.argv[1:] if argv is None else argv)}")
     load = f"load average {os.getloadavg()[0]:.1f}"
     print(f"machine: CPU {cpu_name()}, {torch.get_num_threads()} threads here and in the server; {load}")
-    print(f"model: {note}; default_sampler={settings.default_sampler}, default_steps={settings.default_steps}")
+    print(f"model: {note}; what the request that names no sampler got: {what}")
     rows = [
         [name, f"{medians[name] * 1000:.0f}", f"{min(seconds[name]) * 1000:.0f}", f"{max(seconds[name]) * 1000:.0f}",
          f"{base / medians[name]:.2f}×" if base else ""]
