@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from conftest import REPO
-from model.checkpoint import load_checkpoint
+from model.checkpoint import load_checkpoint, read_metadata
 from model.classifier import classify, default_classifier_path, load_classifier
 from model.evaluate import generate
 from model.unet import PRESETS, UNetConfig
@@ -24,7 +24,12 @@ from server.settings import Settings
 
 CHECKPOINTS = REPO / "checkpoints"
 DATASETS = ["mnist", "fashion-mnist"]
-STUDENTS = [d for d in DATASETS if (CHECKPOINTS / f"{d}-fast.safetensors").is_file()]
+# the distilled students that ship, by name: (their dataset, their steps), from their metadata
+STUDENTS = {
+    path.stem: (meta["dataset"], meta["sampling"]["steps"])
+    for path in sorted(CHECKPOINTS.glob("*.safetensors"))
+    if "sampling" in (meta := read_metadata(path))
+}
 
 
 @pytest.mark.parametrize("dataset", DATASETS)
@@ -54,19 +59,19 @@ def test_the_classifier_reads_guided_samples_as_the_class_they_were_asked_for(da
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", DATASETS + [f"{d}-fast" for d in STUDENTS])
+@pytest.mark.parametrize("name", DATASETS + list(STUDENTS))
 def test_the_servers_defaults_give_the_class_asked_for(name, tmp_path):
     """POST /sample with only {"model", "n": 16, "label": k, "seed": s}: the server's default sampler,
-    steps and guidance (a distilled student: its own 2 steps), for each of the ten classes, read back by
-    the classifier."""
-    dataset = name.removesuffix("-fast")
+    steps and guidance (a distilled student: its own 1 or 2 steps), for each of the ten classes, read back
+    by the classifier."""
+    dataset, steps = STUDENTS.get(name, (name, None))
     (tmp_path / f"{name}.safetensors").symlink_to(CHECKPOINTS / f"{name}.safetensors")
     settings = Settings(_env_file=None, checkpoint_dir=tmp_path, web_dir=None)
     images, labels = [], []
     with TestClient(create_app(settings), base_url="http://localhost") as client:
         for k in range(10):
             body = client.post("/sample", json={"model": name, "n": 16, "label": k, "seed": 100 + k}).json()
-            assert name == dataset or (body["sampler"], body["steps"]) == ("ddim", 2)
+            assert name == dataset or (body["sampler"], body["steps"]) == ("ddim", steps)
             for png in body["images"]:
                 images.append(np.asarray(Image.open(io.BytesIO(base64.b64decode(png)))))
             labels += [k] * len(body["images"])
@@ -78,16 +83,16 @@ def test_the_servers_defaults_give_the_class_asked_for(name, tmp_path):
     assert measured >= bar - 0.03, f"{dataset}: {measured:.1%} of 160 served samples read as their class"
 
 
-@pytest.mark.parametrize("dataset", STUDENTS)
-def test_a_students_w_input_moves_its_samples_as_the_teachers_guidance_does(dataset):
+@pytest.mark.parametrize("name", STUDENTS)
+def test_a_students_w_input_moves_its_samples_as_the_teachers_guidance_does(name):
     """For w ≥ 1 (what the students learnt: checkpoints/README.md), a larger w makes the same noise into
     heavier, more class-typical images, for the student (w an input) as for its teacher (ε_u + w(ε_c - ε_u)):
     the mean brightness of 50 images (the "ink") at each w; the teacher by DDIM-16, the student by its own
-    2 steps."""
+    steps."""
     from model.distill import sample_student
 
-    teacher = load_checkpoint(CHECKPOINTS / f"{dataset}.safetensors")
-    student = load_checkpoint(CHECKPOINTS / f"{dataset}-fast.safetensors")
+    student = load_checkpoint(CHECKPOINTS / f"{name}.safetensors")
+    teacher = load_checkpoint(CHECKPOINTS / f"{student.teacher}.safetensors")
     weights = (1.0, 3.0, 6.0)
     ink = {
         name: [sample_student(ckpt, steps, 50, w).add(1).div(2).mean().item() for w in weights]
