@@ -105,13 +105,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         device = resolve_device(settings.device)
-        if settings.torch_threads:
-            # process-wide; with every core busy elsewhere, threads that wait on each other make each op slower
-            torch.set_num_threads(settings.torch_threads)
-        registry = ModelRegistry.load(settings.checkpoint_dir, device, settings.default_model)
-        metrics.models.set(len(registry.models))
+
+        def prepare() -> ModelRegistry:
+            # on the thread that samples, like all parallel torch work (server.loop says why): even
+            # set_num_threads starts a team of OpenMP threads for the thread that calls it
+            if settings.torch_threads:
+                # process-wide; with every core busy elsewhere, threads that wait on each other make each op slower
+                torch.set_num_threads(settings.torch_threads)
+            return ModelRegistry.load(settings.checkpoint_dir, device, settings.default_model)
+
         loop = SamplingLoop(device, settings.max_jobs, metrics, settings.max_queue)
-        loop.start()
+        registry = loop.start(prepare)
+        metrics.models.set(len(registry.models))
         encoder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="png")
         jobs = JobBridge(loop, metrics, settings.request_timeout_s, settings.max_jobs_per_client)
         app.state.server = ServerState(settings, registry, loop, jobs, metrics, encoder)

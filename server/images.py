@@ -109,9 +109,10 @@ def decode_png(text: str, max_bytes: int, size: int, what: str) -> Image.Image:
     return image
 
 
-def image_tensor(image: Image.Image, channels: int) -> torch.Tensor:
-    """A PNG from decode_png (its size already checked) as (channels, H, W) in [0, 1]: converted to
-    grey (L) or RGB; transparency composited on black. ValueError for unreadable pixels."""
+def image_array(image: Image.Image, channels: int) -> np.ndarray:
+    """A PNG from decode_png (its size already checked) as (channels, H, W) float32 in [0, 1]: converted
+    to grey (L) or RGB; transparency composited on black. ValueError for unreadable pixels. NumPy, not
+    torch: this runs on the event loop's thread, which must run no parallel torch kernel (server.loop)."""
     try:
         image.load()
         if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # 16-bit grey (or float): to 8 bits
@@ -121,6 +122,5 @@ def image_tensor(image: Image.Image, channels: int) -> torch.Tensor:
         raise ValueError("is not a readable PNG (its pixels could not be decoded)") from None
     black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
     flat = Image.alpha_composite(black, rgba).convert("L" if channels == 1 else "RGB")
-    width, height = flat.size
-    array = torch.frombuffer(bytearray(flat.tobytes()), dtype=torch.uint8).view(height, width, channels)
-    return array.permute(2, 0, 1).float() / 255
+    array = np.asarray(flat, dtype=np.float32).reshape(flat.height, flat.width, channels)
+    return array.transpose(2, 0, 1) / np.float32(255)

@@ -18,6 +18,13 @@ are taken, and the next queued job takes it.
 The loop never waits for a client: it reports what happens to a job through the job's `report`
 callback (called on the loop thread; it must only hand the event over, e.g. with
 call_soon_threadsafe), and the server encodes and sends from there.
+
+The loop's thread is the only one in the process that runs PyTorch's parallel CPU kernels: the
+models are loaded and warmed up on it (`start(prepare)`), and the other threads touch only small
+tensors or NumPy. With OpenMP each thread that runs a parallel region gets a team of its own, and
+once the teams hold more threads than there are cores, libgomp stops spinning between regions: every
+op then waits for its threads to be woken, and a forward on a 2-core machine took 1.5-1.7× as long
+(bench/bench_default.py).
 """
 
 from __future__ import annotations
@@ -29,7 +36,9 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 
@@ -40,6 +49,7 @@ from server.metrics import Metrics
 from server.registry import LoadedModel
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 POSITION_INTERVAL_S = 0.25  # a queued job hears of its new position at most this often
 ITERATION_SMOOTHING = 0.2  # weight of the latest iteration in the measured time of one
@@ -280,7 +290,7 @@ class SamplingLoop:
         self._stopping = False
         self._closed = False  # no more jobs admitted; those running still run
         self._active: list[Job] = []  # touched by the loop thread only
-        self._thread = threading.Thread(target=self._run, name=f"sampling-{device}", daemon=True)
+        self._thread: threading.Thread | None = None  # made by start
 
     @property
     def active_jobs(self) -> int:
@@ -338,8 +348,14 @@ class SamplingLoop:
             self._count()
         self._end(job, Cancelled(0))
 
-    def start(self) -> None:
+    def start(self, prepare: Callable[[], T] | None = None) -> T | None:
+        """Start the loop's thread; it first runs `prepare` (loading the models, say) and this waits
+        for it, returning what it returns or raising what it raises (the loop then does not start)."""
+        prepared: Future = Future()
+        name = f"sampling-{self.device}"
+        self._thread = threading.Thread(target=self._serve, args=(prepare, prepared), name=name, daemon=True)
         self._thread.start()
+        return prepared.result()
 
     def close(self) -> None:
         """Admit no more jobs (submit raises LoopClosed); the jobs running run on, the queued ones
@@ -357,7 +373,7 @@ class SamplingLoop:
         with self._lock:
             self._stopping = True
             self._wake.notify()
-        if self._thread.is_alive():
+        if self._thread is not None and self._thread.is_alive():
             self._thread.join(timeout_s)
 
     def _count(self) -> None:  # with the lock held
@@ -365,6 +381,14 @@ class SamplingLoop:
         self.metrics.queued_jobs.set(len(self._queue))
 
     # --- the loop thread ---
+
+    def _serve(self, prepare: Callable[[], T] | None, prepared: Future) -> None:
+        try:
+            prepared.set_result(None if prepare is None else prepare())
+        except BaseException as e:
+            prepared.set_exception(e)
+            return
+        self._run()
 
     def _run(self) -> None:
         with torch.inference_mode():

@@ -8,6 +8,9 @@ from __future__ import annotations
 import secrets
 from dataclasses import replace
 
+import numpy as np
+import torch
+
 from model import editing
 from model.samplers import SAMPLERS, Sampler
 from server import images
@@ -145,7 +148,7 @@ def _editing(request: SampleRequest, spec: JobSpec, sampler: Sampler, settings: 
         else:
             grey, error = _image(request.mask, "mask", model, 1, settings)
             errors += error
-            mask = None if grey is None else (grey * 255).round() >= 128  # True: repainted
+            mask = None if grey is None else torch.from_numpy(np.rint(grey * 255) >= 128)  # True: repainted
     if request.interpolate_to is not None:
         if spec.n < 2:
             message = "interpolate_to needs n of at least 2 (a row from seed to interpolate_to)"
@@ -162,7 +165,7 @@ def _editing(request: SampleRequest, spec: JobSpec, sampler: Sampler, settings: 
             errors.append(_error("interpolate_to", "needs_label", message, request.interpolate_to))
     if errors:
         raise InvalidRequest(errors)
-    init = None if image is None else image * 2 - 1
+    init = None if image is None else torch.from_numpy(image * 2 - 1)
     strength = request.strength if image is not None else 1.0
     spec = replace(spec, init_image=init, strength=strength, mask=mask, interpolate_to=request.interpolate_to)
     return replace(spec, total=steps_taken(spec))
@@ -230,7 +233,7 @@ def _image(text: str, field: str, model: LoadedModel, channels: int, settings: S
     """The request's PNG as (channels, H, W) in [0, 1], and the errors."""
     try:
         png = images.decode_png(text, settings.max_init_image_bytes, model.image_shape[-1], model.name)
-        return images.image_tensor(png, channels), []
+        return images.image_array(png, channels), []
     except ValueError as e:
         return None, [_error(field, "invalid_image", f"{field} {e}", text)]
 

@@ -4,15 +4,24 @@ with tiny random models in memory."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
+import json
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from conftest import server_unet
-from model.checkpoint import Checkpoint
+from conftest import REPO, server_unet
+from model.checkpoint import Checkpoint, save_checkpoint
 from model.samplers import ddim_steps, ddim_timesteps, ddpm_steps, guided_eps, initial_noise, make_generator, sample
 from model.schedule import NoiseSchedule
+from model.unet import UNet, UNetConfig
 from server.jobs import Outbox
 from server.loop import Cancelled, Failed, Finished, Frame, Job, JobSpec, LoopFull, SamplingLoop
 from server.registry import LoadedModel
@@ -303,3 +312,64 @@ def test_outbox_get_waits_for_the_next_item():
         return await asyncio.wait_for(getter, 1)
 
     assert asyncio.run(scenario()) == {"type": "start"}
+
+
+SERVE_AND_COUNT_NATIVE_THREADS = """
+import json, os, sys, threading
+import torch
+from fastapi.testclient import TestClient
+from model.checkpoint import load_checkpoint
+from server.app import create_app
+from server.settings import Settings
+
+def native_threads():  # threads Python did not start: OpenMP's workers, and a few others of torch's and NumPy's
+    python = {thread.native_id for thread in threading.enumerate()}
+    return len({int(task) for task in os.listdir("/proc/self/task")} - python)
+
+folder, requests, alone = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3] == "alone"
+before = native_threads()
+if alone:  # the least a process can do: set the threads, load the model and run it, on one thread
+    torch.set_num_threads(2)
+    unet = load_checkpoint(folder + "/big.safetensors").unet
+    with torch.inference_mode():
+        unet(torch.randn(8, 1, 192, 192), torch.full((8,), 500))
+else:
+    settings = Settings(_env_file=None, checkpoint_dir=folder, web_dir=None, device="cpu", torch_threads=2)
+    with TestClient(create_app(settings), base_url="http://localhost") as client:
+        for body in requests:
+            answer = client.post("/sample", json=body)
+            assert answer.status_code == 200, answer.text
+        print(native_threads() - before)  # while the server runs: its threads are all alive
+if alone:
+    print(native_threads() - before)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads in Linux's /proc")
+def test_only_the_sampling_thread_runs_parallel_torch_kernels(tmp_path):
+    """With OpenMP every thread that runs a parallel kernel gets a team of worker threads; more of them
+    than cores makes libgomp sleep between kernels, and the server's forwards took 1.5-1.7× as long.
+    A server with 2 torch threads that loaded a model, warmed it up and served plain and SDEdit requests
+    (an init image and a mask over torch's parallel threshold of 32768 values) has started no more
+    native threads than a process that loads and runs the model on one thread: one team."""
+    config = UNetConfig(in_channels=1, image_size=192, base_channels=8, channel_mults=(1, 2), num_res_blocks=1,
+                        attention_resolutions=(), dropout=0.0)  # fmt: skip
+    save_checkpoint(tmp_path / "big.safetensors", UNet(config), NoiseSchedule.from_name("linear"), "toy")
+    picture = Image.fromarray(np.tile(np.arange(192, dtype=np.uint8), (192, 1)))
+
+    def png(image: Image.Image) -> str:
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return base64.b64encode(buffer.getvalue()).decode()
+
+    plain = {"model": "big", "n": 1, "sampler": "ddim", "steps": 2, "seed": 1}
+    edit = {**plain, "init_image": png(picture), "strength": 0.5, "mask": png(picture.point(lambda v: 255 * (v > 96)))}
+    started = {}
+    for mode in ("alone", "server"):
+        run = subprocess.run(
+            [sys.executable, "-c", SERVE_AND_COUNT_NATIVE_THREADS, str(tmp_path), json.dumps([plain, edit]), mode],
+            cwd=REPO, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr[-3000:]
+        started[mode] = int(run.stdout.split()[-1])
+    assert started["server"] == started["alone"] >= 1, started
