@@ -24,7 +24,8 @@ models are loaded and warmed up on it (`start(prepare)`), and the other threads 
 tensors or NumPy. With OpenMP each thread that runs a parallel region gets a team of its own, and
 once the teams hold more threads than there are cores, libgomp stops spinning between regions: every
 op then waits for its threads to be woken, and a forward on a 2-core machine took 1.5-1.7× as long
-(bench/bench_default.py).
+(docs/performance.md). The one team's thread count follows the cores other processes leave free
+(server.threads), where spinning threads would wait on each other.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from model.samplers import SAMPLERS, StepGenerator, guided_eps, initial_noise, m
 from server.images import downscale
 from server.metrics import Metrics
 from server.registry import LoadedModel
+from server.threads import CpuThreads
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -391,6 +393,7 @@ class SamplingLoop:
         self._run()
 
     def _run(self) -> None:
+        threads = CpuThreads(torch.get_num_threads()) if self.device.type == "cpu" else None
         with torch.inference_mode():
             while True:
                 with self._lock:
@@ -399,6 +402,8 @@ class SamplingLoop:
                     if self._stopping:
                         break
                     joining, self._incoming = self._incoming, []
+                if threads is not None:
+                    self.metrics.torch_threads.set(threads.adapt())
                 began = time.perf_counter()
                 for job in joining:
                     self._join(job)

@@ -56,6 +56,9 @@ class Metrics:
         self.models = Gauge("ddpm_models_loaded", "Models being served", registry=r)
         self.active_jobs = Gauge("ddpm_active_jobs", "Jobs in the running batch of the sampling loop", registry=r)
         self.queued_jobs = Gauge("ddpm_queued_jobs", "Jobs waiting in the queue for a place in the batch", registry=r)
+        self.torch_threads = Gauge(
+            "ddpm_torch_threads", "PyTorch CPU threads of the sampling loop's forwards (server.threads)", registry=r
+        )
         self.jobs = Counter("ddpm_jobs", "Sampling jobs that left the loop, by outcome", ("outcome",), registry=r)
         self.queue_wait = Histogram(
             "ddpm_queue_wait_seconds", "From a job's submission to its start", buckets=SECONDS, registry=r
