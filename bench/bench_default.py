@@ -34,6 +34,8 @@ from bench_server import prepare_checkpoints, start_server
 from model.checkpoint import load_checkpoint
 from model.samplers import guided_eps, initial_noise, make_generator, sample, sampling_run
 
+REST_S = 1.0  # between timed runs
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -130,6 +132,10 @@ def main(argv: list[str] | None = None) -> None:
                 seconds = {name: [] for name in contenders}
                 for _ in range(args.repeats):
                     for name, run in contenders.items():
+                        # a visitor's request comes to a machine at rest: the loops in this process leave
+                        # its cores busy for a moment after them (OpenMP's spinning threads), and the
+                        # server gives its forwards the cores it finds free (server.threads)
+                        time.sleep(REST_S)
                         started = time.perf_counter()
                         run()
                         seconds[name].append(time.perf_counter() - started)

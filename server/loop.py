@@ -48,7 +48,7 @@ from model.samplers import SAMPLERS, StepGenerator, guided_eps, initial_noise, m
 from server.images import downscale
 from server.metrics import Metrics
 from server.registry import LoadedModel
-from server.threads import CpuThreads
+from server.threads import SAMPLE_S, CpuThreads
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -398,7 +398,11 @@ class SamplingLoop:
             while True:
                 with self._lock:
                     while not (self._incoming or self._active or self._stopping):
-                        self._wake.wait()
+                        if threads is None:
+                            self._wake.wait()
+                        else:  # idle, it still reads the machine's load: a new job runs on the cores free now
+                            self._wake.wait(SAMPLE_S)
+                            threads.adapt()
                     if self._stopping:
                         break
                     joining, self._incoming = self._incoming, []
