@@ -9,7 +9,8 @@ hundreds of kernels (the same request: 832 ms, against 120 ms sleeping). So befo
 the loop asks `CpuThreads.adapt`, which every SAMPLE_S compares the machine's busy time with this
 process's own (Linux's /proc/stat) and runs on the cores left free: one thread, with no barrier at
 all, when the rest of the machine keeps all but one busy. Where /proc/stat cannot be read the given
-count stands.
+count stands. (A forward's result can differ in its last bits between thread counts, as it can
+between batch sizes: about 1e-6.)
 """
 
 from __future__ import annotations
