@@ -79,7 +79,13 @@ class LiveServer:
 
     def __init__(self, checkpoints: Path, env_file: Path):
         env = {key: value for key, value in os.environ.items() if not key.startswith("DDPM_")}
-        command = [sys.executable, "-m", "server", "--host", "127.0.0.1", "--port", "0", "--device", "cpu",
+        # `python -m server` as a terminal starts it: with Ctrl-C's default handler, even when this test run
+        # was started in the background (a shell starts those with SIGINT ignored, and children inherit that)
+        start = (
+            "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            "runpy.run_module('server', run_name='__main__')"
+        )
+        command = [sys.executable, "-c", start, "--host", "127.0.0.1", "--port", "0", "--device", "cpu",
                    "--threads", "1", "--checkpoints", str(checkpoints), "--env-file", str(env_file)]  # fmt: skip
         self.process = subprocess.Popen(
             command, cwd=REPO, env={**env, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
