@@ -51,10 +51,11 @@ class CpuThreads:
             return self.current
         wall, busy, own = (a - b for a, b in zip(now, self._last, strict=True))
         self._last = now
-        threads = threads_for(self.most, self.cores, max(0.0, busy - own) / wall)
+        elsewhere = max(0.0, busy - own) / wall  # cores other processes kept busy
+        threads = threads_for(self.most, self.cores, elsewhere)
         if threads != self.current:
             log.debug("PyTorch CPU threads %d → %d (other processes keep %.1f cores busy)", self.current, threads,
-                      (busy - own) / wall)  # fmt: skip
+                      elsewhere)  # fmt: skip
             torch.set_num_threads(threads)
             self.current = threads
         return threads
