@@ -10,7 +10,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 SCHEDULES = ("linear", "cosine")
 
@@ -138,11 +137,34 @@ class NoiseSchedule:
         """μ̃_t(x_t, x_0), the mean of q(x_{t-1} | x_t, x_0)  (DDPM eq. 7)."""
         return _at(self.posterior_mean_coef1, t, x_t) * x0 + _at(self.posterior_mean_coef2, t, x_t) * x_t
 
-    def loss(self, model, x0: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """L_simple = E_{t, ε} ||ε - ε_θ(√ᾱ_t x_0 + √(1-ᾱ_t) ε, t)||²  with t uniform (DDPM eq. 14)."""
+    def snr(self, t: torch.Tensor) -> torch.Tensor:
+        """The signal-to-noise ratio ᾱ_t / (1 - ᾱ_t) at each t."""
+        return self.alphas_cumprod[t] / (1 - self.alphas_cumprod[t])
+
+    def loss(
+        self,
+        model,
+        x0: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        prediction: str = "epsilon",
+        min_snr_gamma: float | None = None,
+    ) -> torch.Tensor:
+        """L_simple = E_{t, ε} ||ε - ε_θ(√ᾱ_t x_0 + √(1-ᾱ_t) ε, t)||²  with t uniform (DDPM eq. 14).
+
+        prediction "v" regresses v = √ᾱ_t ε - √(1-ᾱ_t) x_0 instead (Salimans & Ho 2022). min_snr_gamma
+        weights each t by min(SNR_t, γ) over the target's own weight (SNR_t for ε, SNR_t + 1 for v), as
+        in Min-SNR-γ (Hang et al. 2023): in units of the x_0 error, the easy low-noise steps no longer
+        dominate the gradient.
+        """
         t = torch.randint(0, self.num_timesteps, (x0.shape[0],), device=x0.device)
         noise = torch.randn_like(x0)
-        return F.mse_loss(model(self.q_sample(x0, t, noise), t, labels), noise)
+        target = noise if prediction == "epsilon" else self.v(x0, t, noise)
+        error = (model(self.q_sample(x0, t, noise), t, labels) - target).pow(2).flatten(1).mean(1)
+        if min_snr_gamma is None:
+            return error.mean()
+        snr = self.snr(t)
+        weight = snr.clamp(max=min_snr_gamma) / (snr if prediction == "epsilon" else snr + 1)
+        return (weight * error).mean()
 
 
 def _at(values: torch.Tensor, t: torch.Tensor | int, like: torch.Tensor) -> torch.Tensor:

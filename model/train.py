@@ -31,12 +31,12 @@ from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
-from model.checkpoint import atomic_write, save_checkpoint
+from model.checkpoint import EpsilonFromV, atomic_write, load_checkpoint, save_checkpoint
 from model.cli import HelpFormatter, parse_with_config
 from model.data import DATASETS, load_dataset
 from model.samplers import ddim_steps, ddim_timesteps, denoise, guided_eps, initial_noise, make_generator
 from model.schedule import SCHEDULES, NoiseSchedule
-from model.unet import PRESETS, UNet, UNetConfig
+from model.unet import PREDICTIONS, PRESETS, UNet, UNetConfig
 from model.visualize import save_denoising_strip, save_sample_grid
 
 
@@ -65,6 +65,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--conditional", action=argparse.BooleanOptionalAction, default=True, help="class-conditional (if labeled)"
     )
     g.add_argument("--label-dropout", type=float, default=0.1, help="share of labels replaced by the null label (CFG)")
+    g.add_argument("--prediction", choices=PREDICTIONS, default="epsilon", help="what the UNet regresses: ε or v")
+    g.add_argument(
+        "--min-snr-gamma", type=float, help="Min-SNR-γ loss weighting (Hang et al. 2023; 5 in the paper); default: none"
+    )
     g.add_argument("--schedule", choices=SCHEDULES, default="linear")
     g.add_argument("--timesteps", type=int, default=1000)
     g = p.add_argument_group("optimization")
@@ -87,6 +91,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g = p.add_argument_group("output")
     g.add_argument("--out", type=Path, default=Path("runs/default"), help="the run folder")
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its state.pt")
+    g.add_argument(
+        "--init-from", type=Path, help="start a new run from these weights (a checkpoint of the same UNet config)"
+    )
     g.add_argument("--log-every", type=int, default=50)
     g.add_argument("--sample-every", type=int, default=2000, help="0: never")
     g.add_argument("--ckpt-every", type=int, default=1000)
@@ -158,6 +165,7 @@ def unet_config(args: argparse.Namespace, channels: int, image_size: int, num_cl
         in_channels=channels,
         image_size=image_size,
         num_classes=num_classes,
+        prediction=args.prediction,
     )
 
 
@@ -165,6 +173,8 @@ def unet_config(args: argparse.Namespace, channels: int, image_size: int, num_cl
 def save_samples(model: UNet, schedule: NoiseSchedule, folder: Path, step: int, device: torch.device) -> None:
     """A 10×10 grid (one row per class for conditional models, guidance w = 3) and a denoising strip of 4
     samples, by DDIM with 50 steps and clipped x0."""
+    if model.config.prediction == "v":
+        model = EpsilonFromV(model, schedule)
     n = 100 if model.config.num_classes else 64
     gen = make_generator(0, device)
     x = initial_noise((n, model.config.in_channels, model.config.image_size, model.config.image_size), gen, device)
@@ -389,16 +399,20 @@ def batches(dataset, args: argparse.Namespace, step: int, rt: Runtime) -> Iterat
 def train(args: argparse.Namespace) -> Path:
     rt = init_runtime(args)
     state_path = guard_run_folder(args.out, args.resume)
-    info = DATASETS[args.dataset]
     dataset = load_dataset(args.dataset, args.data_root, train=True, image_size=args.image_size, download=args.download)
-    class_names = list(info.class_names) if args.conditional else []  # an unconditional model names no classes
+    channels, _, image_size = dataset[0][0].shape
+    # an unconditional model names no classes; a labelled folder's come from its sub-folders
+    class_names = list(getattr(dataset, "class_names", DATASETS[args.dataset].class_names)) if args.conditional else []
     num_classes = len(class_names)
     if args.epochs:
         args.steps = max(1, round(args.epochs * (len(dataset) // args.batch_size)))
 
     torch.manual_seed(args.seed)
     schedule = NoiseSchedule.from_name(args.schedule, args.timesteps).to(rt.device)
-    model = UNet(unet_config(args, info.channels, args.image_size or info.image_size, num_classes)).to(rt.device)
+    model = UNet(unet_config(args, channels, image_size, num_classes))
+    if args.init_from and not args.resume:
+        warm_start(model, args.init_from)
+    model = model.to(rt.device)
     if rt.channels_last:
         model = model.to(memory_format=torch.channels_last)
     state = TrainState(model, args, args.steps)
@@ -420,7 +434,7 @@ def train(args: argparse.Namespace) -> Path:
         else:
             labels = None
         with rt.autocast():
-            loss = schedule.loss(forward, x0, labels)
+            loss = schedule.loss(forward, x0, labels, args.prediction, args.min_snr_gamma)
         grad_norm = state.update(loss)
         step = state.step
         log.step(step, x0.shape[0], step % args.log_every == 0 or step == args.steps, loss=loss, lr=state.lr,
@@ -436,6 +450,16 @@ def train(args: argparse.Namespace) -> Path:
     log.close()
     rt.close()
     return args.out / "model.safetensors"
+
+
+def warm_start(model: UNet, path: Path) -> None:
+    """Copy the weights of an earlier run's checkpoint (its EMA) into a new run's model."""
+    start = load_checkpoint(path)
+    net = start.unet.net if isinstance(start.unet, EpsilonFromV) else start.unet
+    if net.config != model.config:
+        raise SystemExit(f"--init-from {path}: its UNet config {net.config} is not this run's {model.config}")
+    model.load_state_dict(net.state_dict())
+    print(f"warm start from {path} (step {start.step})")
 
 
 def drop_metrics_after(path: Path, step: int) -> None:

@@ -72,6 +72,11 @@ class UNetConfig:
 PRESETS: dict[str, dict] = {
     # the shipped CPU demo models (0.69M parameters): a guided DDIM-50 of 16 images in about a second on 2 CPU cores
     "tiny": dict(base_channels=16, channel_mults=(1, 2, 4), num_res_blocks=1, attention_resolutions=(7,), dropout=0.1),
+    # the shipped CPU CIFAR-10 model (2.2M parameters): DDPM's four levels at a quarter of its width, attention
+    # at 8×8 only (at 16×16 it cost a fifth of a training step on the CPU)
+    "cifar-cpu": dict(
+        base_channels=32, channel_mults=(1, 2, 2, 2), num_res_blocks=2, attention_resolutions=(8,), dropout=0.0
+    ),
     "small": dict(base_channels=64, channel_mults=(1, 2, 2), num_res_blocks=2, attention_resolutions=(7,), dropout=0.1),
     # DDPM's CIFAR-10 model: 35.7M parameters
     "ddpm-cifar10": dict(
