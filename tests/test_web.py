@@ -1011,6 +1011,46 @@ def test_a_student_runs_beside_its_teacher(browser, extra_server_url):
     assert not errors, errors
 
 
+def test_a_student_offers_only_what_it_can_do_and_its_examples_run(browser, extra_server_url):
+    """Issue #26, 1, 3 and 4: a distilled model's sampler and steps are fixed (GET /models), so the form offers
+    no others, a link cannot set them, the page says what a student is, and every example runs."""
+    page = browser
+    page.get(extra_server_url + "?model=mnist-fast&sampler=dpm-solver%2B%2B&steps=10")
+    WebDriverWait(page, 20).until(lambda d: d.find_element(By.ID, "generate").is_enabled())
+    assert Select(page.find_element(By.ID, "model")).first_selected_option.get_attribute("value") == "mnist-fast"
+    notice = page.find_element(By.ID, "link-notice").text
+    assert "sampler=dpm-solver++ (not offered here)" in notice and "steps=10" in notice, notice
+    offered = [o.get_attribute("value") for o in Select(page.find_element(By.ID, "sampler")).options if o.is_enabled()]
+    assert offered == ["ddim"], offered
+    steps = page.find_element(By.ID, "steps")
+    assert steps.get_attribute("value") == "2" and steps.get_attribute("readonly") == "true"
+    info = page.find_element(By.ID, "model-info").text
+    assert info.startswith("A distilled student of mnist: trained to make in 2 steps"), info
+    hint = page.find_element(By.ID, "sampler-hint").text
+    assert "mnist-fast was distilled for DDIM with 2 steps only" in hint and "50 steps" not in hint, hint
+    assert "Distilled students" in page.find_element(By.ID, "explain-students").get_attribute("textContent")
+    # a value put in by other means is refused before anything is sent, in the words the server would use
+    page.execute_script("document.getElementById('steps').value = '10'")
+    page.find_element(By.ID, "generate").click()
+    assert "mnist-fast was distilled for DDIM with 2 steps only" in page.find_element(By.ID, "form-error").text
+    assert main_view(page).get_attribute("data-state") == "idle"
+
+    # the examples fit the student: beside its teacher, and at rising guidance, each run done
+    buttons = page.find_elements(By.CSS_SELECTOR, "#example-buttons button")
+    assert [b.text for b in buttons] == ["mnist DDIM-50 vs mnist-fast DDIM-2", "Class 7 with guidance 1, 3, 7"]
+    for index, titles in (
+        (0, ["mnist: DDIM, 50 steps", "mnist-fast: DDIM, 2 steps, spacing = trailing"]),
+        (1, [f"DDIM, 2 steps, spacing = trailing, class 7, w = {w}" for w in (1, 3, 7)]),
+    ):
+        page.find_elements(By.CSS_SELECTOR, "#example-buttons button")[index].click()
+        views = page.find_elements(By.CSS_SELECTOR, "#example-views .run-view")
+        assert [v.find_element(By.CSS_SELECTOR, ".rv-title").text for v in views] == titles
+        for view in views:
+            assert wait_for_state(page, view, {"done", "error", "cancelled"}, timeout=60) == "done", view.text
+    errors = [e for e in page.get_log("browser") if e["level"] == "SEVERE" and "favicon" not in e["message"]]
+    assert not errors, errors
+
+
 # --- the README's screenshot -----------------------------------------------------------------
 
 

@@ -8,9 +8,9 @@ import {
   describeRun,
   fillSamplerSelect,
   findSampler,
-  maxSteps,
   modelLabel,
   modelParams,
+  offerFor,
   randomSeed,
   samplerSteps,
   validateSettings,
@@ -101,7 +101,7 @@ export class Compare {
     const model = this.modelOf(side);
     const sampler = findSampler(this.config, s.sampler.value);
     s.steps.value = String(samplerSteps(sampler, model, this.config));
-    if (model) s.steps.max = String(maxSteps(model, this.config));
+    if (model) offerFor(model, this.config, s);
     const own = modelParams(model, sampler);
     s.fields = buildParamFields(s.params, sampler, { idPrefix: `compare-${side}-`, compact: true, ...own });
   }

@@ -56,6 +56,17 @@ export function samplerSteps(sampler, model, config) {
 }
 
 /**
+ * What a distilled model fixes (GET /models: `distilled`, its `default_sampler`, `default_steps` and
+ * that sampler's `sampler_params`): the server takes no other sampler, steps or values of those
+ * parameters for it. Null for a model that takes anything the sampler table allows.
+ */
+export function modelFixes(model) {
+  if (!model?.distilled) return null;
+  const sampler = model.default_sampler;
+  return { sampler, steps: model.default_steps, params: model.sampler_params?.[sampler] ?? {} };
+}
+
+/**
  * The parameter values `model`'s files state for `sampler` (GET /models' sampler_params), as form values,
  * and the names a distilled model fixes: {values, fixed}. They replace the table's defaults for it.
  */
@@ -63,7 +74,26 @@ export function modelParams(model, sampler) {
   const own = model?.sampler_params?.[sampler?.name] ?? {};
   const values = {};
   for (const param of sampler?.params ?? []) if (param.name in own) values[param.name] = formValue(param, own[param.name]);
-  return { values, fixed: model?.distilled ? Object.keys(values) : [] };
+  return { values, fixed: modelFixes(model) ? Object.keys(values) : [] };
+}
+
+/** Whether `model` can take `sampler` at all: any sampler, or a student's own only. */
+export function samplerOffered(model, sampler) {
+  const fixes = modelFixes(model);
+  return !fixes || fixes.sampler === sampler.name;
+}
+
+/** "mnist-fast was distilled for DDIM with 2 steps only", or null for a model that is not distilled. */
+export function fixedNote(model, config) {
+  const fixes = modelFixes(model);
+  if (!fixes) return null;
+  const title = findSampler(config, fixes.sampler)?.title ?? fixes.sampler;
+  return `${model.name} was distilled for ${title} with ${plural(fixes.steps, "step")} only`;
+}
+
+/** "1 step", "2 steps". */
+export function plural(count, noun) {
+  return `${count} ${noun}${count === 1 ? "" : "s"}`;
 }
 
 function fixedValues({ values, fixed }) {
@@ -91,14 +121,21 @@ export function validateSettings(values, model, config) {
 
   const steps = parseInteger(values.steps);
   const most = maxSteps(model, config);
+  const fixes = modelFixes(model);
   if (!Number.isInteger(steps) || steps < 1 || steps > most) {
     errors.push({ field: "steps", message: `Steps must be a whole number from 1 to ${most}.` });
+  } else if (fixes && sampler && (sampler.name !== fixes.sampler || steps !== fixes.steps)) {
+    const field = sampler.name !== fixes.sampler ? "sampler" : "steps";
+    errors.push({ field, message: `${fixedNote(model, config)}.` });
   }
   request.steps = steps;
 
   for (const param of sampler?.params ?? []) {
     const { value, error } = parseParam(param, values.params?.[param.name] ?? formValue(param, param.default));
     if (error) errors.push({ field: `param-${param.name}`, message: error });
+    else if (fixes?.sampler === sampler.name && param.name in fixes.params && value !== fixes.params[param.name]) {
+      errors.push({ field: `param-${param.name}`, message: `${model.name} was distilled for ${param.name} = ${fixes.params[param.name]} only.` });
+    }
     request[param.name] = value;
   }
 
@@ -171,7 +208,7 @@ export function validateSettings(values, model, config) {
 export function describeRun(request, config) {
   const sampler = findSampler(config, request.sampler);
   const params = describeParams(sampler, request);
-  return `${sampler?.title ?? request.sampler}, ${request.steps} steps${params ? `, ${params}` : ""}`;
+  return `${sampler?.title ?? request.sampler}, ${plural(request.steps, "step")}${params ? `, ${params}` : ""}`;
 }
 
 /** How many images a request may ask for: square grids up to the server's limit, and the limit itself. */
@@ -193,6 +230,18 @@ export function fillSamplerSelect(select, config) {
   );
 }
 
+/**
+ * Offer only what `model` can do: the samplers it cannot take are greyed out in `sampler`, and the steps
+ * of a distilled model are shown but read-only (`steps.max` is the model's largest step count either way).
+ */
+export function offerFor(model, config, { sampler, steps }) {
+  for (const option of sampler.options) option.disabled = !samplerOffered(model, { name: option.value });
+  const fixes = modelFixes(model);
+  steps.readOnly = Boolean(fixes);
+  steps.max = String(fixes ? fixes.steps : maxSteps(model, config));
+  steps.min = String(fixes ? fixes.steps : 1);
+}
+
 /** A model as the model lists name it: "mnist-fast (distilled: 2 steps, mnist, 28×28)". */
 export function modelLabel(m) {
   const size = `${m.image_size}×${m.image_size}`;
@@ -201,10 +250,14 @@ export function modelLabel(m) {
   return m.dataset === m.name ? `${m.name} (${what}${size})` : `${m.name} (${what}${m.dataset}, ${size})`;
 }
 
-export function describeModel(model) {
+export function describeModel(model, config) {
   const colour = model.channels === 1 ? "grayscale" : model.channels === 3 ? "colour" : `${model.channels} channels`;
   const classes = model.num_classes ? `${model.num_classes} classes` : "unconditional";
-  return `${model.dataset} · ${model.image_size}×${model.image_size} ${colour} · ${classes} · ${model.schedule} schedule, T = ${model.timesteps} · on ${model.device}`;
+  const facts = `${model.dataset} · ${model.image_size}×${model.image_size} ${colour} · ${classes} · ${model.schedule} schedule, T = ${model.timesteps} · on ${model.device}`;
+  if (!modelFixes(model)) return facts;
+  // a student is not its teacher: say what it is before the facts they share
+  const teacher = model.teacher ? ` of ${model.teacher}` : "";
+  return `A distilled student${teacher}: trained to make in ${plural(model.default_steps, "step")} what its teacher makes in many (see “Distilled students” below), so its sampler and steps are fixed. ${facts}`;
 }
 
 /** The DOM side of the form. */
@@ -313,8 +366,8 @@ export class Controls {
   onModelChange() {
     const model = this.model;
     if (model) {
-      this.el.modelInfo.textContent = describeModel(model);
-      this.el.steps.max = String(maxSteps(model, this.config));
+      this.el.modelInfo.textContent = describeModel(model, this.config);
+      offerFor(model, this.config, { sampler: this.el.sampler, steps: this.el.steps });
       // A model with a sampler of its own (a distilled one) gets it, and leaving it restores the
       // server's; step counts that depend on the model (all T, its own default) start again from it.
       const ownDefaults = Boolean(model.default_sampler || this.lastModel?.default_sampler);
@@ -355,8 +408,8 @@ export class Controls {
     const sampler = this.samplerInfo;
     this.shownSampler = sampler?.name ?? null;
     if (!sampler) return;
-    const steps = this.stepsBySampler.get(sampler.name) ?? String(samplerSteps(sampler, this.model, this.config));
-    this.el.steps.value = steps;
+    const fixed = modelFixes(this.model)?.steps;
+    this.el.steps.value = fixed ?? this.stepsBySampler.get(sampler.name) ?? String(samplerSteps(sampler, this.model, this.config));
     const own = modelParams(this.model, sampler);
     this.paramFields = buildParamFields(this.el.params, sampler, {
       idPrefix: "",
@@ -376,14 +429,18 @@ export class Controls {
     const T = model?.timesteps;
     const steps = parseInteger(this.el.steps.value);
     this.el.guidanceValue.textContent = Number(this.el.guidance.value).toFixed(1);
-    this.el.samplerHint.textContent = sampler?.description ?? "";
+    // a student's sampler is not the one the table describes: DDIM-2 of a student is not DDIM-2 of its teacher
+    const fixed = fixedNote(model, this.config);
+    this.el.samplerHint.textContent = fixed
+      ? `${fixed}: the other samplers and step counts are greyed out. ${sampler?.title ?? ""} is how its steps are taken.`
+      : (sampler?.description ?? "");
     const conditional = Boolean(model?.num_classes);
     const classChosen = this.el.label.value !== "";
     if (Number.isInteger(steps) && steps >= 1 && steps <= maxSteps(model, this.config) && sampler) {
       const nfe = steps * sampler.evals_per_step;
       const rows = conditional && classChosen && Number(this.el.guidance.value) !== 1 ? ", each of two UNet rows an image (guidance)" : "";
       const of = T ? ` of the ${T} timesteps` : "";
-      this.el.stepsHint.textContent = `${steps} steps${of}: ${nfe} model evaluation${nfe === 1 ? "" : "s"}${rows}.`;
+      this.el.stepsHint.textContent = `${plural(steps, "step")}${of}: ${plural(nfe, "model evaluation")}${rows}.`;
     } else {
       this.el.stepsHint.textContent = `Steps: a whole number from 1 to ${maxSteps(model, this.config)}.`;
     }
@@ -437,7 +494,7 @@ export class Controls {
     const ignored = [];
     const offered = (select, name) => {
       if (!params.has(name)) return false;
-      if ([...select.options].some((o) => o.value === params.get(name))) {
+      if ([...select.options].some((o) => o.value === params.get(name) && !o.disabled)) {
         select.value = params.get(name);
         return true;
       }

@@ -2,7 +2,7 @@
 // the settings yet. They are made from GET /config and the chosen model (no sampler is named here),
 // and run one after another so that each has the server to itself: their times are the real ones.
 
-import { describeRun, findSampler, maxSteps, samplerSteps, validateSettings } from "./controls.js";
+import { describeRun, findSampler, maxSteps, modelFixes, modelParams, samplerSteps, validateSettings } from "./controls.js";
 import { startRun } from "./runner.js";
 import { RunView } from "./run-view.js";
 
@@ -17,20 +17,41 @@ function shortName(sampler, steps) {
 
 /**
  * The examples this server and model allow: [{id, title, description, runs: [form values]}], each
- * run's form values as `validateSettings` takes them.
+ * run's form values as `validateSettings` takes them, with the parameter values its model's files
+ * state. A distilled model takes only its own sampler and steps: its examples are itself beside its
+ * teacher (when the server has it) and itself at rising guidance.
  */
-export function buildExamples(config, model) {
+export function buildExamples(config, model, models = [model]) {
   if (!model) return [];
-  const base = { model: model.name, n: String(config.defaults.n), seed: EXAMPLE_SEED, label: "", guidance: "1", every: "auto", params: {} };
-  const runOf = (sampler, steps, extra = {}) => ({ ...base, sampler: sampler.name, steps: String(steps), ...extra });
+  const base = { n: String(config.defaults.n), seed: EXAMPLE_SEED, label: "", guidance: "1", every: "auto" };
+  const runOf = (runModel, sampler, steps, extra = {}) => ({
+    ...base,
+    model: runModel.name,
+    sampler: sampler.name,
+    steps: String(steps),
+    params: modelParams(runModel, sampler).values,
+    ...extra,
+  });
   const examples = [];
+  const student = modelFixes(model);
 
-  // The classic pair: the sampler that walks all T steps against the one with the most steps of its own.
+  // The classic pair: the sampler that walks all T steps against the one with the most steps of its own;
+  // for a student, the classic sampler on its teacher against the student's few steps.
   const allSteps = config.samplers.find((s) => s.default_steps == null);
   const fewer = config.samplers
     .filter((s) => s.default_steps != null)
     .reduce((best, s) => (s.default_steps > (best?.default_steps ?? 0) ? s : best), null);
-  if (allSteps && fewer) {
+  const teacher = student && models.find((m) => m.name === model.teacher && !modelFixes(m));
+  if (teacher && fewer) {
+    const own = findSampler(config, student.sampler);
+    const teacherSteps = samplerSteps(fewer, teacher, config);
+    examples.push({
+      id: "classic",
+      title: `${teacher.name} ${shortName(fewer, teacherSteps)} vs ${model.name} ${shortName(own, student.steps)}`,
+      description: "The same noise: the teacher's many steps, and the student's few.",
+      runs: [runOf(teacher, fewer, teacherSteps), runOf(model, own, student.steps)],
+    });
+  } else if (!student && allSteps && fewer) {
     const [a, b] = [
       [fewer, samplerSteps(fewer, model, config)],
       [allSteps, maxSteps(model, config)],
@@ -39,7 +60,7 @@ export function buildExamples(config, model) {
       id: "classic",
       title: `${shortName(...a)} vs ${shortName(...b)}`,
       description: "The same noise, two samplers: about as good, one far faster.",
-      runs: [runOf(...a), runOf(...b)],
+      runs: [runOf(model, ...a), runOf(model, ...b)],
     });
   }
 
@@ -54,20 +75,31 @@ export function buildExamples(config, model) {
       title: `Class ${name} with guidance ${scales.join(", ")}`,
       description: "Stronger guidance: more typical of the class, less varied.",
       runs: scales.map((w) =>
-        runOf(sampler, samplerSteps(sampler, model, config), { label: String(label), guidance: String(w) }),
+        runOf(model, sampler, samplerSteps(sampler, model, config), { label: String(label), guidance: String(w) }),
       ),
     });
   }
 
-  // The same few steps for every sampler of the table.
-  const steps = Math.min(FEW_STEPS, maxSteps(model, config));
-  examples.push({
-    id: "few-steps",
-    title: `${steps} steps of each sampler`,
-    description: "What each sampler makes of the same small budget.",
-    runs: config.samplers.map((s) => runOf(s, steps)),
-  });
+  // The same few steps for every sampler of the table (a student takes one sampler: nothing to compare).
+  if (!student) {
+    const steps = Math.min(FEW_STEPS, maxSteps(model, config));
+    examples.push({
+      id: "few-steps",
+      title: `${steps} steps of each sampler`,
+      description: "What each sampler makes of the same small budget.",
+      runs: config.samplers.map((s) => runOf(model, s, steps)),
+    });
+  }
   return examples;
+}
+
+/** A run of an example in words: its model when the example has two, and its class and guidance when it has them. */
+export function describeExampleRun(request, requests, config, model) {
+  const run = describeRun(request, config);
+  const who = requests.every((r) => r.model === request.model) ? "" : `${request.model}: `;
+  const className = request.label == null ? null : (model?.class_names?.[request.label] ?? String(request.label));
+  const guided = className == null ? "" : `, class ${className}${request.guidance == null ? "" : `, w = ${request.guidance}`}`;
+  return `${who}${run}${guided}`;
 }
 
 export class Examples {
@@ -89,7 +121,7 @@ export class Examples {
   /** Rebuild the buttons for the chosen model. */
   setModel(model) {
     const config = this.controls.config;
-    this.examples = buildExamples(config, model);
+    this.examples = buildExamples(config, model, this.controls.models);
     this.buttons.replaceChildren(
       ...this.examples.map((example) => {
         const button = document.createElement("button");
@@ -114,13 +146,14 @@ export class Examples {
   async run(example) {
     if (this.running) return;
     const config = this.controls.config;
-    const model = this.controls.model;
-    const requests = example.runs.map((values) => validateSettings(values, model, config).request);
+    const modelOf = (name) => this.controls.models.find((m) => m.name === name);
+    const requests = example.runs.map((values) => validateSettings(values, modelOf(values.model), config).request);
     const boxes = requests.map(() => document.createElement("div"));
     this.gallery.replaceChildren(...boxes);
-    const views = requests.map(
-      (request, i) => new RunView(boxes[i], { title: describeRun(request, config), placeholder: "Waiting for the run before it." }),
-    );
+    const views = requests.map((request, i) => {
+      const title = describeExampleRun(request, requests, config, modelOf(request.model));
+      return new RunView(boxes[i], { title, placeholder: "Waiting for the run before it." });
+    });
     this.section.hidden = false;
     this.gallery.dataset.example = example.id;
     this.summary.textContent = `${example.title}: ${example.description} Seed ${EXAMPLE_SEED} for all.`;
