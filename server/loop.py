@@ -467,6 +467,9 @@ class SamplingLoop:
         self.metrics.batch_jobs.observe(len(jobs))
         guided_rows = 0 if labels is None else int(((labels != model.unet.null_label) & (guidance != 1)).sum())
         self.metrics.batch_images.observe(len(x) + guided_rows)
+        # the rows the forward ran: a guidance-distilled student takes w as an input, in one row an image
+        student = getattr(getattr(model.unet, "config", None), "guidance_input", False)
+        rows = len(x) if student else len(x) + guided_rows
         self.metrics.record_steps(len(jobs))
         for job, job_eps in zip(jobs, eps.split(sizes), strict=True):
             try:
@@ -483,6 +486,7 @@ class SamplingLoop:
                     self._leave(job, event)
                 else:
                     self._report(job, event)
+        model.record_row_time((time.perf_counter() - began) / rows)
 
     def _leave(self, job: Job, event: Finished | Cancelled | Failed) -> None:
         """A job of the batch ends: its place goes to the first job of the queue."""

@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 
 PREFERRED_DEFAULT = "mnist"
 TIMING_ROWS = 8  # the batch warm_up times: a typical one (8 jobs of 1 image, or 2 of 4, …)
+ROW_TIME_SMOOTHING = 0.1  # weight of the latest iteration in a model's seconds_per_row
 
 
 def resolve_device(name: str) -> torch.device:
@@ -45,7 +46,9 @@ class LoadedModel:
     default_steps: int | None = None
     own_sampling: bool = False  # a distilled student: only its sampler at its steps
     param_defaults: dict[str, dict] = field(default_factory=dict)  # sampler name → parameter values
-    seconds_per_row: float | None = None  # one image's share of a batched UNet forward, measured by warm_up
+    # one image's share of an iteration of the sampling loop (its forward and its steps): first timed by
+    # warm_up, then kept up to date by the loop on the batches it runs (record_row_time)
+    seconds_per_row: float | None = None
 
     @classmethod
     def of(cls, name: str, checkpoint: Checkpoint, device: torch.device) -> LoadedModel:
@@ -54,6 +57,12 @@ class LoadedModel:
         if own is None:
             return cls(name, checkpoint, device, param_defaults=checkpoint.sampler_defaults())
         return cls(name, checkpoint, device, own["sampler"], own["steps"], True, checkpoint.sampler_defaults())
+
+    def record_row_time(self, seconds: float) -> None:
+        """One iteration's time per row, from the sampling loop: smoothed, so one slow step moves it only a
+        little, yet a machine that got busier (or idle) shows in the estimates within a run or two."""
+        last = self.seconds_per_row
+        self.seconds_per_row = seconds if last is None else last + ROW_TIME_SMOOTHING * (seconds - last)
 
     @property
     def unet(self):
@@ -171,7 +180,8 @@ def describe(checkpoint: Checkpoint) -> str:
 def warm_up(model: LoadedModel) -> None:
     """One forward at the batch shape of a guided request, so the first user does not pay for lazy
     initialisation (cuDNN autotuning, allocator growth, the first-call overhead of each kernel); then
-    one timed forward of TIMING_ROWS rows: the model's `seconds_per_row` (GET /models)."""
+    one timed forward of TIMING_ROWS rows, after an untimed one of that shape: the model's first
+    `seconds_per_row` (GET /models), until the sampling loop has measured its own."""
     x = torch.zeros(2, *model.image_shape, device=model.device)
     t = torch.full((2,), model.schedule.num_timesteps - 1, device=model.device)
     labels = torch.zeros(2, dtype=torch.long, device=model.device) if model.num_classes else None
@@ -180,6 +190,7 @@ def warm_up(model: LoadedModel) -> None:
         x = torch.zeros(TIMING_ROWS, *model.image_shape, device=model.device)
         t = torch.full((TIMING_ROWS,), model.schedule.num_timesteps // 2, device=model.device)
         labels = torch.zeros(TIMING_ROWS, dtype=torch.long, device=model.device) if model.num_classes else None
+        guided_eps(model.unet, x, t, labels, 1.0)  # the first call at a new shape pays for its setup: not timed
         _synchronize(model.device)
         began = time.perf_counter()
         guided_eps(model.unet, x, t, labels, 1.0)  # unguided, as the loop calls it: one row each

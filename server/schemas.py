@@ -183,9 +183,10 @@ class ModelInfo(BaseModel):
     )
     seconds_per_row: float | None = Field(
         None,
-        description="Seconds one image (one row) of a batched UNet forward takes, measured once at load on a "
-        "batch of 8: a run alone takes about steps × evals_per_step × n × seconds_per_row (a guided image counts "
-        "twice).",
+        description="Seconds one image (one row) takes in an iteration of the sampling loop (its batched UNet "
+        "forward and its steps): timed once at load on a batch of 8, then kept up to date, smoothed, from the "
+        "iterations the loop runs. A run alone takes about steps × evals_per_step × n × seconds_per_row (a guided "
+        "image counts twice).",
     )
 
 

@@ -188,6 +188,18 @@ def test_a_new_job_does_not_wait_for_a_long_one(loop, cond):
     assert loop.active_jobs == 1
 
 
+def test_the_loop_keeps_each_models_time_per_row_up_to_date(loop):
+    """GET /models' seconds_per_row follows what the loop measures as it runs (issue #26: a start-up
+    timing on a busy machine made the page's estimates 15-30x too high)."""
+    model = tiny_model("timed", channels=1, num_classes=3, timesteps=1000)
+    model.seconds_per_row = 100.0  # a start-up figure far from the truth
+    loop.start()
+    run = submit(loop, JobSpec(model, "ddim", steps=100, n=2, seed=0, params={"eta": 0.0}))
+    assert isinstance(run.wait(), Finished)
+    assert 0 < model.seconds_per_row < 0.1
+    assert model.info()["seconds_per_row"] == model.seconds_per_row
+
+
 def test_cancel_stops_the_job_within_a_step_and_frees_its_place(loop, cond):
     loop.start()
     recorder = submit(loop, JobSpec(cond, "ddpm", steps=1000, n=1, seed=0, every=1))

@@ -674,6 +674,29 @@ def test_browser_math_matches_the_server(page, server_url):
     assert result["left"] == [15, 3, None]
 
 
+def test_the_estimate_follows_the_servers_measured_speed(page, server_url):
+    """Issue #26, 2: the estimate before a run comes from the sampling loop's time per row, which the server
+    keeps up to date as it runs (GET /models), not from one timing at start-up; it is within 2x of the run."""
+    set_value(page, "steps", "40")
+    view = main_view(page)
+    estimate = page.find_element(By.ID, "estimate")
+    page.find_element(By.ID, "generate").click()
+    assert wait_for_state(page, view, {"done", "error"}) == "done", view.text
+    rows = 40 * 16  # the default sampler takes one evaluation a step; 16 images, no class: no guidance
+    # after the run, the page holds the figure the server measured on it
+    WebDriverWait(page, 10).until(
+        lambda _: (
+            float(estimate.get_attribute("data-seconds") or 0)
+            == pytest.approx(rows * httpx.get(server_url + "models").json()[0]["seconds_per_row"], rel=1e-6)
+        )
+    )
+    before = float(estimate.get_attribute("data-seconds"))
+    page.find_element(By.ID, "generate").click()
+    assert wait_for_state(page, view, {"done", "error"}) == "done", view.text
+    took = float(view.find_element(By.CSS_SELECTOR, ".rv-elapsed").get_attribute("title").split()[3])
+    assert took / 2 <= before <= took * 2, (before, took)
+
+
 def test_an_example_fills_its_canvases(page):
     """The examples are made from GET /config: the header offers them before any run, and one click
     runs all of an example's runs, one after another, from one seed."""

@@ -12,7 +12,7 @@ import { base64Bytes } from "./start-image.js";
 const LINK_FIELDS = ["model", "sampler", "steps", "n", "seed", "label", "guidance", "interpolate_to"];
 
 const ESTIMATE_SOURCES = {
-  server: "the server's measured speed for this model",
+  server: "the server's measured speed for this model, kept up to date as it samples",
   measured: "this server's speed on your earlier runs of this model",
 };
 
@@ -471,6 +471,15 @@ export class Controls {
     this.refreshEstimate();
   }
 
+  /** The server's figures after a run (GET /models): its time per row follows what its sampling loop measures. */
+  updateSpeeds(models) {
+    for (const fresh of models) {
+      const model = this.models.find((m) => m.name === fresh.name);
+      if (model) model.seconds_per_row = fresh.seconds_per_row;
+    }
+    this.refreshEstimate();
+  }
+
   /** {seconds, source} the request should take on the server, or null when this page cannot tell yet. */
   estimateFor(request) {
     const model = this.models.find((m) => m.name === request.model);
@@ -483,6 +492,7 @@ export class Controls {
     this.el.estimate.textContent = estimate
       ? `Estimated time: ${formatDuration(estimate.seconds)} of sampling (${ESTIMATE_SOURCES[estimate.source]}).`
       : "";
+    this.el.estimate.dataset.seconds = estimate ? String(estimate.seconds) : ""; // for tests: the unrounded figure
   }
 
   /**

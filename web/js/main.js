@@ -89,6 +89,11 @@ function recordRun(request, result, { sideBySide = false } = {}) {
   runHistory.add(request, result, controls.models.find((m) => m.name === request.model), { sideBySide });
   // two runs sharing the server each run slower than one alone: no measure of its speed
   if (result.elapsed_ms != null && !sideBySide) controls.recordTiming(request, result.elapsed_ms);
+  // the server's sampling loop has just measured its speed again: the next estimate uses that
+  getModels().then(
+    (models) => controls.updateSpeeds(models),
+    () => {}, // an unreachable server shows itself at the next run; the estimate keeps its last figure
+  );
 }
 
 function setRunning(running) {
