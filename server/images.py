@@ -7,6 +7,7 @@ import base64
 import io
 import math
 import struct
+import zlib
 
 import numpy as np
 import torch
@@ -77,16 +78,24 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-# --- images a request sends (init_image, mask) ----------------------------------------------------
+# --- images a request sends (init_image, mask, and those of a branch's "from") ----------------------
 
 DATA_URL_PREFIX = "data:image/png;base64,"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+MAX_CHUNK_LENGTH = 2**31 - 1  # the PNG specification's bound on a chunk's length
+BIT_DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}  # by colour type (PNG, 11.2.2)
+CRITICAL = (b"IHDR", b"PLTE", b"IDAT", b"IEND")
+# What the decoder is given: the critical chunks and transparency. Other ancillary chunks (text, ICC
+# profiles, APNG frames) change nothing here, and some would be decompressed or obeyed by PIL: dropped unread.
+KEPT = (*CRITICAL, b"tRNS")
 
 
-def decode_png(text: str, max_bytes: int, size: int, what: str) -> Image.Image:
-    """A base64 PNG (a data:image/png;base64, prefix allowed) of size × size (for model `what`) as an
-    unloaded PIL image, or ValueError saying why not. Its size is read from its header (IHDR) before
-    PIL looks at it: a decompression bomb is refused unopened."""
+def decode_image(text: str, max_bytes: int, size: int, channels: int, what: str) -> np.ndarray:
+    """A request's base64 PNG (a data:image/png;base64, prefix allowed) as (channels, size, size)
+    float32 in [0, 1], or ValueError saying why not; `what` names the model in the message. The one way
+    in for every image a request holds. Its chunks are checked (png_chunks) before the decoder sees
+    any, and the decoder's own reading of the size is checked again before it decodes a pixel: the
+    work and memory of a request's image are bounded by the model's size, whatever its bytes say."""
     if text.startswith(DATA_URL_PREFIX):
         text = text[len(DATA_URL_PREFIX) :]
     if len(text) > 4 * math.ceil(max_bytes / 3) + 4:  # before decoding: the base64 of max_bytes, and some padding
@@ -97,30 +106,115 @@ def decode_png(text: str, max_bytes: int, size: int, what: str) -> Image.Image:
         raise ValueError("is not base64") from None
     if len(data) > max_bytes:
         raise ValueError(f"is larger than {max_bytes} bytes ({len(data)})")
-    if not data.startswith(PNG_SIGNATURE) or data[12:16] != b"IHDR" or len(data) < 24:
-        raise ValueError("is not a PNG")
-    width, height = struct.unpack(">II", data[16:24])
+    chunks = png_chunks(data)
+    width, height = struct.unpack(">II", chunks[0][1][:8])
     if (width, height) != (size, size):
         raise ValueError(f"must be {size}×{size} for model {what}, not {width}×{height}")
+    _check_pixel_data(chunks)
+    kept = b"".join(struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+                    for kind, body in chunks if kind in KEPT)  # fmt: skip
     try:
-        image = Image.open(io.BytesIO(data), formats=["PNG"])
-    except Exception:  # PIL raises many kinds for a broken header
+        image = Image.open(io.BytesIO(PNG_SIGNATURE + kept), formats=["PNG"])
+    except Exception:  # PIL raises many kinds for a header it cannot read
         raise ValueError("is not a readable PNG") from None
-    return image
+    if image.size != (size, size):  # the decoder's reading, which decides the memory it will take
+        raise ValueError(f"must be {size}×{size} for model {what}, not {image.width}×{image.height} as decoded")
+    return _pixels(image, channels, size)
 
 
-def image_array(image: Image.Image, channels: int) -> np.ndarray:
-    """A PNG from decode_png (its size already checked) as (channels, H, W) float32 in [0, 1]: converted
-    to grey (L) or RGB; transparency composited on black. ValueError for unreadable pixels. NumPy, not
-    torch: this runs on the event loop's thread, which must run no parallel torch kernel (server.loop)."""
+def png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
+    """The (type, data) chunks of a PNG file, or ValueError: the signature; every chunk whole, within
+    the data, with a valid type and CRC; exactly one IHDR, first and well-formed; at most one PLTE and
+    tRNS, before the IDATs; one run of IDATs; IEND last, with nothing after it; no unknown critical chunk."""
+    if not data.startswith(PNG_SIGNATURE):
+        raise ValueError("is not a PNG")
+    chunks, position = [], len(PNG_SIGNATURE)
+    while not chunks or chunks[-1][0] != b"IEND":
+        if len(data) - position < 12:
+            raise ValueError("is not a whole PNG (it ends before its IEND chunk)")
+        length, kind = struct.unpack(">I4s", data[position : position + 8])
+        end = position + 12 + length
+        if length > MAX_CHUNK_LENGTH or end > len(data):
+            raise ValueError("is not a valid PNG (a chunk's length runs past the end of the data)")
+        if not kind.isalpha():  # bytes: ASCII letters only
+            raise ValueError(f"is not a valid PNG (a chunk type {kind!r})")
+        body = data[position + 8 : end - 4]
+        if zlib.crc32(kind + body) != struct.unpack(">I", data[end - 4 : end])[0]:
+            raise ValueError(f"is not a valid PNG (chunk {kind.decode()} fails its CRC)")
+        chunks.append((kind, body))
+        position = end
+    if position != len(data):
+        raise ValueError("is not a valid PNG (data after its IEND chunk)")
+    _check_order([kind for kind, _ in chunks])
+    _check_header(chunks[0][1])
+    return chunks
+
+
+def _check_order(kinds: list[bytes]) -> None:
+    if kinds[0] != b"IHDR":
+        raise ValueError(f"is not a valid PNG (its first chunk is {kinds[0].decode()}, not IHDR)")
+    for kind in (b"IHDR", b"PLTE", b"tRNS", b"IEND"):
+        if kinds.count(kind) > 1:
+            raise ValueError(f"is not a valid PNG (more than one {kind.decode()} chunk)")
+    unknown = [kind for kind in kinds if kind[:1].isupper() and kind not in CRITICAL]
+    if unknown:
+        raise ValueError(f"is not a valid PNG (an unknown critical chunk {unknown[0].decode()})")
+    idats = [i for i, kind in enumerate(kinds) if kind == b"IDAT"]
+    if not idats:
+        raise ValueError("is not a valid PNG (no IDAT chunk)")
+    if idats != list(range(idats[0], idats[-1] + 1)):
+        raise ValueError("is not a valid PNG (its IDAT chunks are not consecutive)")
+    if any(kind in (b"PLTE", b"tRNS") for kind in kinds[idats[0] :]):
+        raise ValueError("is not a valid PNG (PLTE or tRNS after IDAT)")
+    if b"PLTE" in kinds and b"tRNS" in kinds and kinds.index(b"tRNS") < kinds.index(b"PLTE"):
+        raise ValueError("is not a valid PNG (tRNS before PLTE)")
+
+
+def _check_header(header: bytes) -> None:
+    if len(header) != 13:
+        raise ValueError("is not a valid PNG (its IHDR chunk is not 13 bytes)")
+    depth, colour, compression, filtering, interlace = header[8:]
+    if depth not in BIT_DEPTHS.get(colour, ()) or compression or filtering or interlace > 1:
+        raise ValueError("is not a valid PNG (its IHDR has an invalid bit depth, colour type or method)")
+
+
+SAMPLES = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # samples a pixel, by colour type
+ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+
+
+def _check_pixel_data(chunks: list[tuple[bytes, bytes]]) -> None:
+    """The IDATs must inflate to one whole zlib stream of exactly the bytes the header calls for (each
+    row's filter byte and pixels, per interlace pass): PIL would fill missing rows with black, and
+    never looks at extra data. Inflated at most one byte past that size, so a zlib bomb stops there."""
+    width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", chunks[0][1])
+    bits = depth * SAMPLES[colour]
+    expected = 0
+    for x0, y0, dx, dy in ADAM7 if interlace else ((0, 0, 1, 1),):
+        columns, rows = (width - x0 + dx - 1) // dx, (height - y0 + dy - 1) // dy
+        if columns and rows:
+            expected += rows * (1 + (columns * bits + 7) // 8)
+    inflater = zlib.decompressobj()
+    try:
+        raw = inflater.decompress(b"".join(body for kind, body in chunks if kind == b"IDAT"), expected + 1)
+    except zlib.error:
+        raise ValueError("is not a valid PNG (its pixel data is not a zlib stream)") from None
+    if len(raw) != expected or not inflater.eof or inflater.unused_data:
+        raise ValueError(f"is not a valid PNG (its pixel data is not the {expected} bytes its header calls for)")
+
+
+def _pixels(image: Image.Image, channels: int, size: int) -> np.ndarray:
+    """An opened PNG of size × size as (channels, H, W) float32 in [0, 1]: converted to grey (L) or RGB;
+    transparency composited on black. ValueError for unreadable pixels. NumPy, not torch: this runs on
+    the event loop's thread, which must run no parallel torch kernel (server.loop)."""
     try:
         image.load()
         if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # 16-bit grey (or float): to 8 bits
             image = Image.fromarray((np.asarray(image, dtype=np.float64) / 257).clip(0, 255).round().astype(np.uint8))
-        rgba = image.convert("RGBA")
-    except Exception:
+        black = Image.new("RGBA", image.size, (0, 0, 0, 255))
+        flat = Image.alpha_composite(black, image.convert("RGBA")).convert("L" if channels == 1 else "RGB")
+    except Exception:  # PIL's messages are its own: the client hears only that the pixels are bad
         raise ValueError("is not a readable PNG (its pixels could not be decoded)") from None
-    black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-    flat = Image.alpha_composite(black, rgba).convert("L" if channels == 1 else "RGB")
-    array = np.asarray(flat, dtype=np.float32).reshape(flat.height, flat.width, channels)
+    if flat.size != (size, size):
+        raise ValueError(f"is not a {size}×{size} image once decoded")
+    array = np.asarray(flat, dtype=np.float32).reshape(size, size, channels)
     return array.transpose(2, 0, 1) / np.float32(255)

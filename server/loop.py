@@ -428,9 +428,9 @@ class SamplingLoop:
     def _join(self, job: Job) -> None:
         try:
             job.start()
-        except Exception as e:
+        except Exception:  # the exception's text stays in the log: it may describe the server's insides
             log.exception("job %d could not start", job.id)
-            self._leave(job, Failed("error", f"could not start sampling: {e}"))
+            self._leave(job, Failed("error", f"could not start sampling (job {job.id}; the server's log says why)"))
             return
         waited = job.started_at - job.submitted_at
         self.metrics.queue_wait.observe(waited)
@@ -458,10 +458,10 @@ class SamplingLoop:
         began = time.perf_counter()
         try:
             eps = guided_eps(model.unet, x, t, labels, guidance)
-        except Exception as e:  # out of memory, most likely: fail these jobs, keep serving
+        except Exception:  # out of memory, most likely: fail these jobs, keep serving
             log.exception("UNet forward failed for %d jobs of %s", len(jobs), model.name)
             for job in jobs:
-                self._leave(job, Failed("error", f"the model failed: {e}"))
+                self._leave(job, Failed("error", f"the model failed (job {job.id}; the server's log says why)"))
             return
         self.metrics.forward_seconds.observe(time.perf_counter() - began)  # eps is on the CPU, or awaited below
         self.metrics.batch_jobs.observe(len(jobs))
@@ -474,9 +474,9 @@ class SamplingLoop:
         for job, job_eps in zip(jobs, eps.split(sizes), strict=True):
             try:
                 events = job.advance(job_eps)
-            except Exception as e:
+            except Exception:
                 log.exception("job %d failed", job.id)
-                self._leave(job, Failed("error", f"sampling failed: {e}"))
+                self._leave(job, Failed("error", f"sampling failed (job {job.id}; the server's log says why)"))
                 continue
             for event in events:
                 if isinstance(event, Frame) and not job.framed:

@@ -232,8 +232,8 @@ def steps_taken(spec: JobSpec) -> int:
 def _image(text: str, field: str, model: LoadedModel, channels: int, settings: Settings):
     """The request's PNG as (channels, H, W) in [0, 1], and the errors."""
     try:
-        png = images.decode_png(text, settings.max_init_image_bytes, model.image_shape[-1], model.name)
-        return images.image_array(png, channels), []
+        size = model.image_shape[-1]
+        return images.decode_image(text, settings.max_init_image_bytes, size, channels, model.name), []
     except ValueError as e:
         return None, [_error(field, "invalid_image", f"{field} {e}", text)]
 

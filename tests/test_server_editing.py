@@ -236,7 +236,7 @@ BAD = {
         {"init_image": png_b64(picture(size=30))}, "init_image", "must be 8×8 for model cond, not 30×30"
     ),
     "init_image bomb": ({"init_image": raw_png(100_000, 100_000)}, "init_image", "not 100000×100000"),
-    "init_image broken": ({"init_image": raw_png(SIZE, SIZE)}, "init_image", "not a readable PNG"),
+    "init_image broken": ({"init_image": raw_png(SIZE, SIZE)}, "init_image", "pixel data"),
     "init_image a number": ({"init_image": 3}, "init_image", "string"),
     "mask without init_image": ({"mask": png_b64(half_mask())}, "mask", "needs init_image"),
     "mask wrong size": ({"init_image": IMAGE, "mask": png_b64(picture(size=4))}, "mask", "must be 8×8"),
