@@ -51,7 +51,6 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return Settings(_env_file=args.env_file, **flags)
 
 
-WS_TRANSPORT_MAX_BYTES = 1 << 20  # bigger WebSocket messages are closed with 1009 before the app sees them
 SHUTDOWN_BACKSTOP_S = 5  # after the drain, what uvicorn still waits for connections to finish
 
 
@@ -107,9 +106,9 @@ def main(argv: list[str] | None = None) -> None:
         log_level=settings.log_level,
         http=http,
         ws=ws,
-        # the app answers a message over max_body_bytes with an error and 1008; the transport's own
-        # limit, far above it, only bounds the memory a message can take before the app sees it
-        ws_max_size=max(WS_TRANSPORT_MAX_BYTES, 4 * settings.max_body_bytes, 2 * settings.request_bytes),
+        # a message over the largest request is closed with 1009 before the app reads it; within it, the
+        # app answers one over max_body_bytes besides its images with an error and 1008
+        ws_max_size=settings.request_bytes,
         timeout_keep_alive=settings.keep_alive_timeout_s,
         proxy_headers=False,  # the app applies X-Forwarded-For from settings.trusted_proxies only (server.app)
         timeout_graceful_shutdown=SHUTDOWN_BACKSTOP_S,

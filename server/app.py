@@ -345,19 +345,33 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+# RFC 9110's Host: a name or an IPv4 address, or an IPv6 address in brackets, then an optional port
+HOST = re.compile(r"(?:\[(?P<ipv6>[0-9a-f:.]+)\]|(?P<name>[a-z0-9_.-]+))(?::\d{1,5})?")
+
+
 def host_name(header: str) -> str:
-    """The name in a Host header, without its port: "[::1]:8000" → "::1", "a.example:80" → "a.example"."""
+    """The name in a Host header, without its port: "[::1]:8000" → "::1", "a.example:80" → "a.example";
+    "" for anything else ("localhost:80@evil.example", "[::1]evil.example"), which no pattern matches."""
     header = header.strip().lower()
-    if header.startswith("["):
-        return header[1 : header.find("]")] if "]" in header else header
-    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+    found = HOST.fullmatch(header)
+    if found:
+        return found["ipv6"] or found["name"]
+    return header if _is_ipv6(header) else ""  # a bare IPv6 address, as some clients send it
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        return ipaddress.ip_address(text).version == 6
+    except ValueError:
+        return False
 
 
 def host_allowed(header: str | None, allowed: list[str]) -> bool:
     if "*" in allowed:
         return True
     name = host_name(header or "")
-    return any(name == pattern or (pattern.startswith("*.") and name.endswith(pattern[1:])) for pattern in allowed)
+    matches = (name == pattern or (pattern.startswith("*.") and name.endswith(pattern[1:])) for pattern in allowed)
+    return bool(name) and any(matches)
 
 
 class HostCheck:

@@ -76,6 +76,12 @@ class Settings(BaseSettings):
         10.0, gt=0, description="a request's headers and body must arrive within this of its first byte"
     )
     keep_alive_timeout_s: float = Field(5.0, gt=0, description="an idle keep-alive connection is closed after this")
+    max_header_bytes: int = Field(
+        32_768, ge=1024, description="largest request line and headers together; a larger head is answered 431"
+    )
+    max_connections_per_client: int = Field(
+        32, ge=2, description="most open connections per client address; its oldest idle one makes room for a new one"
+    )
     shutdown_grace_s: float = Field(
         5.0, ge=0, description="on SIGTERM, running jobs may finish within this; then they are stopped"
     )

@@ -43,7 +43,6 @@ log = logging.getLogger(__name__)
 
 router = APIRouter()
 
-REQUEST_WAIT_S = 30.0  # a connection that sends no request within this is closed
 CANCEL = {"type": "cancel"}
 
 
@@ -55,19 +54,23 @@ class ClientGone(Exception):
         self.outcome = outcome  # "disconnected" or "slow_client"
 
 
-def origin_allowed(origin: str | None, host: str | None, allowed: list[str]) -> bool:
+def origin_allowed(origin: str | None, host: str | None, allowed: list[str], scheme: str = "ws") -> bool:
     """CORS does not apply to WebSockets, so a page on any site could open one to this server with
     the visitor's network position; the handshake's Origin is checked instead. No Origin means no
-    browser (a script or curl), which could send any Origin anyway."""
+    browser (a script or curl), which could send any Origin anyway. The same origin is the page's
+    scheme (http for ws:, https for wss:, as a trusted proxy's X-Forwarded-Proto sets it), host and port."""
     if origin is None or "*" in allowed or origin in allowed:
         return True
-    return host is not None and urlsplit(origin).netloc.lower() == host.lower()  # same origin
+    parts = urlsplit(origin)
+    page_scheme = "https" if scheme == "wss" else "http"
+    return host is not None and parts.scheme == page_scheme and parts.netloc.lower() == host.lower()
 
 
 @router.websocket("/ws/sample")
 async def ws_sample(websocket: WebSocket):
     state = get_state(websocket)
-    if not origin_allowed(websocket.headers.get("origin"), websocket.headers.get("host"), state.settings.cors_origins):
+    origin, host = websocket.headers.get("origin"), websocket.headers.get("host")
+    if not origin_allowed(origin, host, state.settings.cors_origins, websocket.url.scheme):
         state.metrics.ws_sessions.labels(outcome="forbidden").inc()
         await websocket.close(POLICY_VIOLATION)  # before accept(): the handshake is refused with 403
         return
@@ -101,7 +104,9 @@ async def _read_request(websocket: WebSocket, state: ServerState) -> JobSpec:
     receive = asyncio.ensure_future(websocket.receive())
     draining = asyncio.ensure_future(state.jobs.draining.wait())
     try:
-        await asyncio.wait({receive, draining}, timeout=REQUEST_WAIT_S, return_when=asyncio.FIRST_COMPLETED)
+        # as long as an HTTP request may take to arrive: an idle socket is held no longer over either
+        wait_s = state.settings.request_read_timeout_s
+        await asyncio.wait({receive, draining}, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
     finally:
         draining.cancel()
         if not receive.done():
@@ -109,7 +114,7 @@ async def _read_request(websocket: WebSocket, state: ServerState) -> JobSpec:
     if not receive.done():
         if state.jobs.draining.is_set():
             raise Refused("shutdown", "the server is shutting down")
-        raise InvalidRequest([error("timeout", f"no request within {REQUEST_WAIT_S:g} s")])
+        raise InvalidRequest([error("timeout", f"no request within {wait_s:g} s")])
     message = receive.result()
     if message["type"] == "websocket.disconnect":
         raise WebSocketDisconnect(message.get("code", NORMAL))
