@@ -179,7 +179,8 @@ def page(browser, server_url):
     """The page freshly loaded, with the model list in."""
     browser.set_window_size(1280, 900)
     browser.get(server_url)
-    browser.execute_script("localStorage.clear()")  # the speeds earlier tests measured: each test starts afresh
+    # the speeds, runs and result earlier tests left: each test starts afresh
+    browser.execute_script("localStorage.clear(); sessionStorage.clear()")
     browser.refresh()
     WebDriverWait(browser, 20).until(lambda d: d.execute_script("return document.body.dataset.ready === 'true'"))
     WebDriverWait(browser, 10).until(lambda d: d.find_element(By.ID, "generate").is_enabled())
@@ -359,7 +360,10 @@ def test_stop_cancels_a_run(page):
     step = int(view.get_attribute("data-step"))
     assert 0 < step < SERVER_MAX_STEPS
     assert view.find_element(By.CSS_SELECTOR, ".rv-remaining").text == ""
-    assert "Stopped at step" in view.find_element(By.CSS_SELECTOR, ".rv-message").text
+    message = view.find_element(By.CSS_SELECTOR, ".rv-message").text
+    assert "Stopped at step" in message
+    # the stats say the step the message says (the server may have gone a step past the last frame drawn)
+    assert f"step {step}/" in message and f"step {step}/" in view.find_element(By.CSS_SELECTOR, ".rv-step").text
     assert page.find_element(By.ID, "generate").is_enabled()
     assert not page.find_element(By.ID, "stop").is_enabled()
 
@@ -718,6 +722,74 @@ def test_an_example_fills_its_canvases(page):
     assert all(b.is_enabled() for b in buttons)
 
 
+def test_runs_survive_a_reload_and_back_and_links_leave_in_a_new_tab(page, server_url):
+    """Issue #26, 7, 13 and 14: the runs table and the last result come back after Back and a reload; the
+    links that leave the page open a new tab; "Done" reads at 4.5:1; the footer does not say /docs needs a network."""
+    set_value(page, "steps", "10")
+    Select(page.find_element(By.ID, "n")).select_by_value("4")
+    page.find_element(By.ID, "generate").click()
+    view = main_view(page)
+    assert wait_for_state(page, view, {"done", "error"}) == "done", view.text
+    message = view.find_element(By.CSS_SELECTOR, ".rv-message")
+    colour, behind = page.execute_script(
+        """
+        let box = arguments[0];
+        while (box && getComputedStyle(box).backgroundColor.endsWith(', 0)')) box = box.parentElement;
+        return [getComputedStyle(arguments[0]).color, getComputedStyle(box).backgroundColor];
+        """,
+        message,
+    )
+    assert contrast(colour, behind) >= 4.5, (colour, behind)
+    grid = view.find_element(By.CSS_SELECTOR, ".rv-download").get_attribute("href")
+    row = page.find_element(By.CSS_SELECTOR, "#history tbody tr").text
+    leaving = page.find_elements(By.CSS_SELECTOR, "a[href='docs'], a[href='openapi.json']")
+    assert len(leaving) >= 3 and all(a.get_attribute("target") == "_blank" for a in leaving)
+    assert "online" not in page.find_element(By.CSS_SELECTOR, ".page-footer").text
+
+    for leave, restored in ((lambda: (page.get(server_url + "docs"), page.back()), False), (page.refresh, True)):
+        leave()
+        WebDriverWait(page, 20).until(lambda d: d.execute_script("return document.body.dataset.ready === 'true'"))
+        view = main_view(page)
+        assert wait_for_state(page, view, {"done"}, timeout=10) == "done"
+        assert view.find_element(By.CSS_SELECTOR, ".rv-download").get_attribute("href") == grid
+        assert [r.text for r in page.find_elements(By.CSS_SELECTOR, "#history tbody tr")] == [row]
+        if restored:  # (Back may find the page in the browser's back-forward cache, as it was)
+            assert "Your last run, 10 steps" in view.find_element(By.CSS_SELECTOR, ".rv-message").text
+
+
+def test_the_upload_button_fits_and_shows_its_focus(editing, server_url):
+    """Issue #26, 6 and 11: "Upload…" stays in the form card, on a desktop and on a 390 px phone, and the
+    keyboard's focus on it shows."""
+    page = editing
+    for metrics in (None, {"width": 390, "height": 844, "deviceScaleFactor": 3, "mobile": True}):
+        if metrics:
+            page.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)
+            page.get(server_url)
+            WebDriverWait(page, 20).until(lambda d: d.find_element(By.ID, "generate").is_enabled())
+        try:
+            use = page.find_element(By.ID, "use-start-image")
+            page.execute_script("arguments[0].scrollIntoView({block: 'center'})", use)
+            use.click()
+            upload, form = page.execute_script(
+                "return [document.querySelector('.upload').getBoundingClientRect().toJSON(),"
+                " document.getElementById('generate-form').getBoundingClientRect().toJSON()]"
+            )
+            assert upload["right"] <= form["right"] and upload["left"] >= form["left"], (upload, form)
+            overflow = page.execute_script("return document.documentElement.scrollWidth - window.innerWidth")
+            assert overflow <= 0, f"the page is {overflow}px wider than the screen"
+            page.find_element(By.ID, "start-from-forward").send_keys(Keys.TAB)
+            assert page.switch_to.active_element.get_attribute("id") == "start-upload"
+            ring, card = page.execute_script(
+                "const style = getComputedStyle(document.querySelector('.upload'));"
+                "return [style.outlineStyle === 'none' ? null : style.outlineColor,"
+                " getComputedStyle(document.querySelector('.controls')).backgroundColor]"
+            )
+            assert ring is not None and contrast(ring, card) >= 3, (ring, card)
+        finally:
+            if metrics:
+                page.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
 def test_phone_screen_has_no_sideways_scroll(page, server_url, tmp_path):
     # a phone's screen: 390 × 844 CSS pixels, touch, three device pixels each
     metrics = {"width": 390, "height": 844, "deviceScaleFactor": 3, "mobile": True}
@@ -1039,6 +1111,8 @@ def test_a_student_offers_only_what_it_can_do_and_its_examples_run(browser, extr
     no others, a link cannot set them, the page says what a student is, and every example runs."""
     page = browser
     page.get(extra_server_url + "?model=mnist-fast&sampler=dpm-solver%2B%2B&steps=10")
+    page.execute_script("sessionStorage.clear()")  # no earlier result in the live view: it stays idle below
+    page.refresh()
     WebDriverWait(page, 20).until(lambda d: d.find_element(By.ID, "generate").is_enabled())
     assert Select(page.find_element(By.ID, "model")).first_selected_option.get_attribute("value") == "mnist-fast"
     notice = page.find_element(By.ID, "link-notice").text
@@ -1072,6 +1146,51 @@ def test_a_student_offers_only_what_it_can_do_and_its_examples_run(browser, extr
             assert wait_for_state(page, view, {"done", "error", "cancelled"}, timeout=60) == "done", view.text
     errors = [e for e in page.get_log("browser") if e["level"] == "SEVERE" and "favicon" not in e["message"]]
     assert not errors, errors
+
+
+def test_the_start_image_and_mask_outlive_a_change_of_model(browser, extra_server_url, tmp_path):
+    """Issue #26, 5: an uploaded picture and a painted mask stay when the model changes to one of the same size."""
+    from PIL import Image
+
+    page = browser
+    page.get(extra_server_url)
+    WebDriverWait(page, 20).until(lambda d: d.find_element(By.ID, "generate").is_enabled())
+    use = page.find_element(By.ID, "use-start-image")
+    page.execute_script("arguments[0].scrollIntoView({block: 'center'})", use)
+    use.click()
+    picture = Image.new("RGB", (56, 56))
+    picture.paste((255, 255, 255), (0, 0, 28, 56))
+    picture.save(tmp_path / "half.png")
+    page.find_element(By.ID, "start-upload").send_keys(str(tmp_path / "half.png"))
+    WebDriverWait(page, 5).until(lambda d: "half.png" in d.find_element(By.ID, "start-image-status").text)
+    page.find_element(By.ID, "paint-mask").click()
+    mask = page.find_element(By.ID, "mask-canvas")
+    ActionChains(page).move_to_element(mask).click_and_hold().move_by_offset(20, 20).release().perform()
+    WebDriverWait(page, 5).until(lambda _: int(mask.get_attribute("data-painted") or 0) > 10)
+    before = sent_body(page)
+    Select(page.find_element(By.ID, "model")).select_by_value("mnist-fast")
+    WebDriverWait(page, 5).until(lambda _: sent_body(page)["model"] == "mnist-fast")
+    after = sent_body(page)
+    assert (after["init_image"], after["mask"]) == (before["init_image"], before["mask"])
+    assert "half.png" in page.find_element(By.ID, "start-image-status").text
+
+
+def test_error_messages_read_as_sentences(page):
+    """Issue #26, 12: the server's words are added only where they say more, and never in nested brackets."""
+    messages = page.execute_async_script(
+        """
+        const done = arguments[arguments.length - 1];
+        import('./js/api.js').then((api) => done([
+          api.streamError('the server is shutting down', 1001).message,
+          api.streamError('you already have 4 runs going or waiting (the most)', 1008, 'client_limit').message,
+        ]));
+        """
+    )
+    assert messages[0] == "The server is shutting down."
+    assert messages[1] == (
+        "This browser already has as many runs going or waiting as the server allows. The server says: you already "
+        "have 4 runs going or waiting (the most). Wait for one to finish, or stop one, then try again."
+    )
 
 
 # --- the README's screenshot -----------------------------------------------------------------

@@ -135,11 +135,14 @@ export function postSample(req, { signal } = {}) {
   });
 }
 
+/** `sentence`, then the server's own words when they add something to it. */
+function withDetail(sentence, detail) {
+  const adds = detail && !sentence.toLowerCase().includes(detail.toLowerCase().replace(/\.$/, ""));
+  return adds ? `${sentence} The server says: ${detail.replace(/\.?$/, ".")}` : sentence;
+}
+
 function limitMessage(detail) {
-  return (
-    "This browser already has as many runs going or waiting as the server allows" +
-    `${detail ? ` (${detail})` : ""}. Wait for one to finish, or stop one, then try again.`
-  );
+  return `${withDetail("This browser already has as many runs going or waiting as the server allows.", detail)} Wait for one to finish, or stop one, then try again.`;
 }
 
 // Why a WebSocket closed, in words (RFC 6455's codes): people cannot act on "code 1012".
@@ -158,14 +161,14 @@ export function closeReason(code) {
 }
 
 /** An error the stream reported, worded by its kind (server.jobs.FAILURES) or else its close code. */
-function streamError(detail, code, kind = null) {
+export function streamError(detail, code, kind = null) {
   const text = detail || "no reason given";
   if (kind === "client_limit") return new ApiError(limitMessage(detail), { kind: "limit" });
   if (kind === "busy" || code === 1013) {
     return new ApiError(`The server is full (${text}). Try again in a few seconds.`, { kind: "busy" });
   }
   if (code === 1011) return new ApiError(`Sampling failed on the server: ${text}`, { kind: "server" });
-  if (code === 1001) return new ApiError(`The server is shutting down: ${text}`, { kind: "server" });
+  if (code === 1001) return new ApiError(withDetail("The server is shutting down.", detail), { kind: "server" });
   return new ApiError(`The server rejected the settings: ${text}`, { kind: "input" });
 }
 

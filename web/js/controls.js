@@ -3,7 +3,7 @@
 // contract. No sampler, limit or default is written here: they all come from the server.
 // `validateSettings`, `samplerSteps` and `autoEvery` are pure, so tests can call them.
 
-import { formatDuration, rowsOf, SpeedBook } from "./estimate.js";
+import { formatDuration, plural, rowsOf, SpeedBook } from "./estimate.js";
 import { buildParamFields, describeParams, formValue, parseParam } from "./params.js";
 import { base64Bytes } from "./start-image.js";
 
@@ -89,11 +89,6 @@ export function fixedNote(model, config) {
   if (!fixes) return null;
   const title = findSampler(config, fixes.sampler)?.title ?? fixes.sampler;
   return `${model.name} was distilled for ${title} with ${plural(fixes.steps, "step")} only`;
-}
-
-/** "1 step", "2 steps". */
-export function plural(count, noun) {
-  return `${count} ${noun}${count === 1 ? "" : "s"}`;
 }
 
 function fixedValues({ values, fixed }) {
@@ -246,7 +241,7 @@ export function offerFor(model, config, { sampler, steps }) {
 export function modelLabel(m) {
   const size = `${m.image_size}×${m.image_size}`;
   // a distilled student says what it is: its own few steps are all it takes
-  const what = m.distilled ? `distilled: ${m.default_steps} step${m.default_steps === 1 ? "" : "s"}, ` : "";
+  const what = m.distilled ? `distilled: ${plural(m.default_steps, "step")}, ` : "";
   return m.dataset === m.name ? `${m.name} (${what}${size})` : `${m.name} (${what}${m.dataset}, ${size})`;
 }
 
@@ -458,8 +453,8 @@ export class Controls {
       this.el.everyHint.textContent = "No live frames: the server answers once, with the final images.";
     } else {
       const every = this.el.every.value === "auto" ? autoEvery(Number.isInteger(steps) ? steps : 1) : Number(this.el.every.value);
-      const frames = Number.isInteger(steps) ? Math.ceil(steps / every) : "?";
-      this.el.everyHint.textContent = `${this.el.every.value === "auto" ? "Auto: " : ""}a frame every ${every === 1 ? "step" : `${every} steps`} (${frames} frames).`;
+      const frames = Number.isInteger(steps) ? plural(Math.ceil(steps / every), "frame") : "? frames";
+      this.el.everyHint.textContent = `${this.el.every.value === "auto" ? "Auto: " : ""}a frame every ${every === 1 ? "step" : `${every} steps`} (${frames}).`;
     }
     this.refreshEstimate();
   }

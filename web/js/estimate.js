@@ -24,6 +24,11 @@ export function rowsOf(request, sampler, model) {
   return stepsTaken(request) * (sampler?.evals_per_step ?? 1) * request.n * (guided ? 2 : 1);
 }
 
+/** "1 step", "2 steps". */
+export function plural(count, noun) {
+  return `${count} ${noun}${count === 1 ? "" : "s"}`;
+}
+
 /** "under a second", "about 4 s", "about 2.5 min". */
 export function formatDuration(seconds) {
   if (seconds < 1) return "under a second";

@@ -1,8 +1,39 @@
 // "Your runs": a table of finished runs and what each cost, for comparing samplers and step counts.
+// It lives in sessionStorage (this tab only, bounded), so a reload or Back from another page keeps it.
 
 import { describeParams } from "./params.js";
 
 const MAX_ROWS = 12;
+const RUNS_KEY = "ddpm-demo.runs";
+const MAX_STORED_CHARS = 1_500_000; // of this page's share of sessionStorage (about 5 MB a site)
+
+/** `value` as JSON under `key` in sessionStorage, unless it is over `maxChars`; false if not stored. */
+export function saveSession(key, value, maxChars = MAX_STORED_CHARS) {
+  try {
+    const text = JSON.stringify(value);
+    if (text.length > maxChars) {
+      sessionStorage.removeItem(key);
+      return false;
+    }
+    sessionStorage.setItem(key, text);
+    return true;
+  } catch {
+    return false; // a full or blocked storage costs only what a reload would have kept
+  }
+}
+
+export function loadSession(key) {
+  try {
+    return JSON.parse(sessionStorage.getItem(key) ?? "null");
+  } catch {
+    return null;
+  }
+}
+
+/** What a table row or a restored view needs of a request: its starting image and mask can be large. */
+export function storedRequest({ init_image, mask, branch, ...settings }) {
+  return { ...settings, ...(branch ? { branch: { at_step: branch.at_step } } : {}) };
+}
 
 export class RunHistory {
   /** samplerInfo(name): the sampler's entry of GET /config, for its title and parameters. */
@@ -10,7 +41,15 @@ export class RunHistory {
     this.body = table.tBodies[0];
     this.onReuseSeed = onReuseSeed;
     this.samplerInfo = samplerInfo;
-    this.count = 0;
+    this.entries = []; // newest first, as stored
+  }
+
+  /** The rows of this tab's earlier visits to the page (call once the samplers are known). */
+  restore() {
+    const entries = loadSession(RUNS_KEY);
+    if (!Array.isArray(entries)) return;
+    for (const entry of entries.slice().reverse()) this.show(entry);
+    this.entries = entries;
   }
 
   /**
@@ -18,14 +57,27 @@ export class RunHistory {
    * what it takes alone; its times are marked as such.
    */
   add(request, result, model, { sideBySide = false } = {}) {
+    const className = request.label == null ? "any" : (model?.class_names?.[request.label] ?? String(request.label));
+    const entry = {
+      request: storedRequest(request),
+      result: { seed: result.seed, elapsed_ms: result.elapsed_ms, grid: result.grid },
+      className,
+      sideBySide,
+    };
+    this.show(entry);
+    this.entries = [entry, ...this.entries].slice(0, MAX_ROWS);
+    // the oldest rows go first when the thumbnails of large images do not fit
+    let kept = this.entries.length;
+    while (kept > 0 && !saveSession(RUNS_KEY, this.entries.slice(0, kept))) kept -= 1;
+  }
+
+  show({ request, result, className, sideBySide }) {
     const sampler = this.samplerInfo(request.sampler);
-    if (this.count === 0) this.body.replaceChildren();
-    this.count += 1;
+    if (!this.body.querySelector("tr:not(.empty)")) this.body.replaceChildren();
     const row = this.body.insertRow(0);
     const seed = result.seed;
     const ms = result.elapsed_ms;
     const shared = sideBySide ? " (side by side)" : "";
-    const className = request.label == null ? "any" : (model?.class_names?.[request.label] ?? String(request.label));
     const cells = [
       request.model,
       sampler?.title ?? request.sampler,

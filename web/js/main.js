@@ -5,7 +5,7 @@ import { Compare } from "./compare.js";
 import { Controls, describeRun, validateSettings } from "./controls.js";
 import { Examples } from "./examples.js";
 import { ForwardView } from "./forward-view.js";
-import { RunHistory } from "./history.js";
+import { loadSession, RunHistory, saveSession, storedRequest } from "./history.js";
 import { startRun } from "./runner.js";
 import { RunView } from "./run-view.js";
 import { Share } from "./share.js";
@@ -15,6 +15,7 @@ const form = document.getElementById("generate-form");
 const generateButton = document.getElementById("generate");
 const stopButton = document.getElementById("stop");
 const pageError = document.getElementById("page-error");
+const LAST_RUN_KEY = "ddpm-demo.last-run"; // the live view's last result, for a reload or Back (sessionStorage)
 
 const controls = new Controls(form);
 const mainView = new RunView(document.getElementById("main-view"), { title: "Live view" });
@@ -131,6 +132,8 @@ async function generate() {
     controls.showSeedUsed(seed);
     recordRun({ ...request, seed }, outcome.result);
     lastRun = { request, seed };
+    const { grid, images, elapsed_ms } = outcome.result;
+    saveSession(LAST_RUN_KEY, { request: storedRequest(request), result: { grid, images, seed, elapsed_ms } });
     share.refresh();
     // The address bar now reproduces this run: copy it to share these exact images.
     history.replaceState(null, "", controls.linkFor(request, seed) + window.location.hash);
@@ -202,6 +205,9 @@ async function loadModels() {
     controls.setModels(models);
     controls.applyLink(window.location.search);
     share.refresh();
+    runHistory.restore();
+    const last = loadSession(LAST_RUN_KEY);
+    if (last && !currentRun) mainView.restore(last.request, last.result);
     if (models.length === 0) {
       pageError.textContent =
         "The server has no models loaded. Put a checkpoint (.safetensors) in its checkpoints folder and restart it.";

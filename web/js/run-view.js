@@ -5,7 +5,7 @@
 //   data-state (idle|running|stopping|done|cancelled|error), data-step, data-total, data-frames-drawn,
 //   and data-queue-position while the run waits for a place on the server.
 
-import { formatDuration, remainingSeconds } from "./estimate.js";
+import { formatDuration, plural, remainingSeconds } from "./estimate.js";
 import { FrameKeeper } from "./frames.js";
 import { clearCanvas, decodePng, drawCrisp, gridLayout, pngDataUrl } from "./pixels.js";
 import { canRecordVideo, recordVideo } from "./video.js";
@@ -281,7 +281,15 @@ export class RunView {
       this.root.classList.toggle("zoomable", this.state === "done");
     }
     const server = result.elapsed_ms != null ? ` (${formatSeconds(result.elapsed_ms)} on the server)` : "";
-    this.message(`Done: ${total} steps in ${formatSeconds(clientMs)}${server}.`, "success");
+    this.message(`Done: ${plural(total, "step")} in ${formatSeconds(clientMs)}${server}.`, "success");
+  }
+
+  /** A finished run shown again after a reload or Back (main.js keeps it in sessionStorage): its result, no frames. */
+  async restore(request, result) {
+    this.begin(request, { streaming: false });
+    await this.finish(result);
+    if (result.elapsed_ms != null) this.el.elapsed.textContent = formatSeconds(result.elapsed_ms);
+    this.message(`Your last run, ${plural(request.steps, "step")} from seed ${result.seed}, kept from before this page was reloaded or left.`, "success");
   }
 
   showResult(result, gridImage) {
@@ -461,6 +469,9 @@ export class RunView {
       const note = msg?.unconfirmed ? " (the server did not confirm; the connection was closed)" : "";
       const hint = this.keeper?.size ? " Scrub back through the frames below." : "";
       this.message(`Stopped at step ${step}/${total}${note}.${hint}`, "warn");
+      // the server may have taken a step or two past the last frame drawn: the stats say where it stopped
+      this.el.step.textContent = `step ${step}/${total}`;
+      this.root.dataset.step = String(step);
     }
     if (this.keeper) this.setFilmstrip(this.keeper.frames());
   }

@@ -48,6 +48,14 @@ export function toModelCanvas(source, size, channels) {
   return canvas;
 }
 
+function copyCanvas(canvas) {
+  const copy = document.createElement("canvas");
+  copy.width = canvas.width;
+  copy.height = canvas.height;
+  copy.getContext("2d").drawImage(canvas, 0, 0);
+  return copy;
+}
+
 export class StartImage {
   /** forwardImage(): the forward-process section's x0 as ImageData at the model's size, or null. */
   constructor({ forwardImage, onChange }) {
@@ -70,6 +78,7 @@ export class StartImage {
     };
     this.model = null;
     this.init = null; // {canvas, png}: the starting image at the model's size
+    this.source = null; // {image, from}: the picture it was made from, to make it again for another model
     this.maskPng = null; // null: nothing painted, no mask
     this.painting = false;
     this.el.use.addEventListener("change", () => this.onUse());
@@ -90,9 +99,18 @@ export class StartImage {
     this.el.section.hidden = this.maxBytes == null;
   }
 
+  /**
+   * The visitor's image and mask outlive a change of model: kept as they are for a model of the same
+   * size and channels, made again from the chosen picture (and the mask scaled) for another.
+   */
   setModel(model) {
+    const before = this.model;
     this.model = model;
-    if (!model) return;
+    if (!model || (before && model.image_size === before.image_size && model.channels === before.channels)) return;
+    if (this.source) {
+      this.setImage(toModelCanvas(this.source.image, model.image_size, model.channels), this.source.from, { keepMask: true });
+      return;
+    }
     for (const canvas of [this.el.image, this.el.mask]) canvas.width = canvas.height = model.image_size;
     this.init = null;
     this.clearMask();
@@ -113,12 +131,18 @@ export class StartImage {
     this.onChange?.();
   }
 
-  async setImage(canvas, from) {
+  /** `canvas` (at the model's size) becomes the starting image; keepMask: the painted mask, scaled to it. */
+  async setImage(canvas, from, { keepMask = false } = {}) {
+    const painted = keepMask && this.maskPng ? copyCanvas(this.el.mask) : null;
     this.init = { canvas, png: await canvasPng(canvas) };
     drawCrisp(this.el.image, canvas, { minSize: 224 });
     this.el.mask.width = this.el.image.width;
     this.el.mask.height = this.el.image.height;
     this.clearMask();
+    if (painted) {
+      this.el.mask.getContext("2d").drawImage(painted, 0, 0, this.el.mask.width, this.el.mask.height);
+      await this.storeMask();
+    }
     this.el.status.textContent = `Starting from ${from}, ${canvas.width}×${canvas.height}.`;
     this.onChange?.();
   }
@@ -130,7 +154,8 @@ export class StartImage {
     canvas.width = pixels.width;
     canvas.height = pixels.height;
     canvas.getContext("2d").putImageData(pixels, 0, 0);
-    await this.setImage(toModelCanvas(canvas, this.model.image_size, this.model.channels), "the forward-process image");
+    this.source = { image: canvas, from: "the forward-process image" };
+    await this.setImage(toModelCanvas(canvas, this.model.image_size, this.model.channels), this.source.from);
   }
 
   async takeUpload() {
@@ -138,7 +163,8 @@ export class StartImage {
     if (!file || !this.model) return;
     try {
       const bitmap = await createImageBitmap(file);
-      await this.setImage(toModelCanvas(bitmap, this.model.image_size, this.model.channels), `“${file.name}”`);
+      this.source = { image: bitmap, from: `“${file.name}”` };
+      await this.setImage(toModelCanvas(bitmap, this.model.image_size, this.model.channels), this.source.from);
     } catch {
       this.el.status.textContent = `“${file.name}” is not an image this browser can read.`;
     }
