@@ -354,6 +354,10 @@ def test_stop_cancels_a_run(page):
     WebDriverWait(page, 30).until(lambda _: int(view.get_attribute("data-frames-drawn")) >= 2)
     WebDriverWait(page, 5).until(lambda _: view.find_element(By.CSS_SELECTOR, ".rv-remaining").text.endswith(" left"))
     assert float(view.get_attribute("data-remaining-s")) > 0
+    # issue #26, 10: settings changed mid-run do not hide which run is going
+    Select(page.find_element(By.ID, "sampler")).select_by_value("ddim")
+    title = view.find_element(By.CSS_SELECTOR, ".rv-title").text
+    assert title == f"Live view: mnist, DDPM, {SERVER_MAX_STEPS} steps", title
     page.find_element(By.ID, "stop").click()
 
     assert wait_for_state(page, view, {"cancelled", "done", "error"}, timeout=15) == "cancelled", view.text
@@ -892,6 +896,38 @@ def test_a_branch_with_unchanged_settings_gives_the_same_images(editing, tmp_pat
     assert wait_for_state(page, other, {"done", "error"}) == "done", other.text
     assert images_of(other) != images_of(view)
     page.save_screenshot(str(tmp_path / "branches.png"))
+
+
+def test_a_branch_chosen_on_a_phone_says_so_on_screen(editing, server_url):
+    """Issue #26, 9: on a 390 px phone, "Branch from this step" brings its notice on screen, and Generate
+    says it branches."""
+    page = editing
+    page.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride", {"width": 390, "height": 844, "deviceScaleFactor": 3, "mobile": True}
+    )
+    try:
+        page.get(server_url)
+        WebDriverWait(page, 20).until(lambda d: d.find_element(By.ID, "generate").is_enabled())
+        choose(page, "ddim", 10, 4, 5)
+        page.find_element(By.ID, "generate").click()
+        view = main_view(page)
+        assert wait_for_state(page, view, {"done", "error"}) == "done", view.text
+        branch = view.find_element(By.CSS_SELECTOR, ".rv-branch")
+        page.execute_script("arguments[0].scrollIntoView({block: 'center'})", branch)
+        branch.click()
+        generate = page.find_element(By.ID, "generate")
+        assert generate.text == "Generate the branch"
+        WebDriverWait(page, 5).until(
+            lambda d: d.execute_script(
+                "const box = document.getElementById('branch-notice').getBoundingClientRect();"
+                "const bar = document.querySelector('.actions').getBoundingClientRect();"
+                "return box.top >= 0 && box.bottom <= bar.top"
+            )
+        )
+        page.find_element(By.CSS_SELECTOR, "#branch-notice button").click()
+        assert generate.text == "Generate"
+    finally:
+        page.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
 
 
 def test_sdedit_and_inpainting_start_from_the_drawing(editing, server_url, tmp_path):

@@ -51,10 +51,14 @@ function chooseBranch(step) {
   cancel.addEventListener("click", () => {
     branch = null;
     branchNotice.hidden = true;
+    setRunning(false);
   });
   branchNotice.append(cancel);
   branchNotice.hidden = false;
-  generateButton.focus();
+  setRunning(false); // Generate now says it branches
+  // the notice sits with the settings, far below the filmstrip on a phone: show it, as the settings are next
+  bringIntoView(branchNotice, "center");
+  generateButton.focus({ preventScroll: true });
 }
 
 /**
@@ -104,16 +108,16 @@ function setRunning(running) {
   stopButton.disabled = !running;
   if (running && focusWasOn === generateButton) stopButton.focus();
   if (!running && focusWasOn === stopButton && !generateButton.disabled) generateButton.focus();
-  generateButton.textContent = running ? "Generating…" : "Generate";
+  generateButton.textContent = running ? "Generating…" : branch ? "Generate the branch" : "Generate";
   form.setAttribute("aria-busy", String(running));
 }
 
-/** On a phone the live view sits below the controls: show it, or the visitor sees nothing happen. */
-function bringIntoView(element) {
+/** On a phone the live view and the settings are a screen apart: show `element`, or the visitor sees nothing happen. */
+function bringIntoView(element, block = "start") {
   const rect = element.getBoundingClientRect();
   if (rect.top > window.innerHeight * 0.6 || rect.bottom < 0) {
     const smooth = !window.matchMedia("(prefers-reduced-motion: reduce)").matches;
-    element.scrollIntoView({ block: "start", behavior: smooth ? "smooth" : "auto" });
+    element.scrollIntoView({ block, behavior: smooth ? "smooth" : "auto" });
   }
 }
 
@@ -160,6 +164,8 @@ async function runBranch(request) {
 
 /** The one run of the main form at a time, into `view`: Generate is Stop until it ends. */
 async function runInView(request, view, stream) {
+  // the form may change while the run goes: the view names the run it shows
+  if (view === mainView) view.el.title.textContent = `Live view: ${request.model}, ${describeRun(request, controls.config)}`;
   const run = startRun(request, view, { stream, estimateS: controls.estimateFor(request)?.seconds ?? null });
   currentRun = run;
   setRunning(true);
@@ -184,12 +190,12 @@ document.addEventListener("keydown", (event) => {
 });
 
 controls.onModelChanged((model) => {
+  branch = null; // a branch belongs to a run of the model shown before
   setRunning(Boolean(currentRun));
   compare.setModel(model);
   examples.setModel(model);
   forward.setModel(model);
   startImage.setModel(model);
-  branch = null; // a branch belongs to a run of the model shown before
   branchNotice.hidden = true;
 });
 
@@ -207,7 +213,10 @@ async function loadModels() {
     share.refresh();
     runHistory.restore();
     const last = loadSession(LAST_RUN_KEY);
-    if (last && !currentRun) mainView.restore(last.request, last.result);
+    if (last && !currentRun) {
+      mainView.el.title.textContent = `Live view: ${last.request.model}, ${describeRun(last.request, config)}`;
+      mainView.restore(last.request, last.result);
+    }
     if (models.length === 0) {
       pageError.textContent =
         "The server has no models loaded. Put a checkpoint (.safetensors) in its checkpoints folder and restart it.";
