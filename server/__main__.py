@@ -65,9 +65,14 @@ class Server(uvicorn.Server):
         self.app = app
         self.settings = settings
 
+    def handle_exit(self, sig, frame) -> None:
+        super().handle_exit(sig, frame)
+        # the models may be loading: the event loop waits for them, this handler does not
+        self.app.state.stopping.set()
+
     async def startup(self, sockets=None) -> None:
         await super().startup(sockets)
-        if self.started:
+        if self.started and not self.should_exit:
             host, port = self.servers[0].sockets[0].getsockname()[:2]
             print(f"Open http://{browsable_host(host)}:{port} in your browser", flush=True)
 
@@ -79,6 +84,10 @@ class Server(uvicorn.Server):
             settings = self.settings
             await state.jobs.drain(settings.shutdown_grace_s, settings.ws_send_timeout_s, lambda: self.force_exit)
         await super().shutdown(sockets)
+        if self.force_exit:
+            # uvicorn skips the application's shutdown after a second Ctrl-C; the lifespan task would then
+            # be cancelled mid-wait when the signal is raised again, with a traceback. Ours is quick.
+            await self.lifespan.shutdown()
 
 
 def browsable_host(host: str) -> str:

@@ -17,6 +17,7 @@ import hashlib
 import ipaddress
 import logging
 import re
+import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -101,6 +102,8 @@ SECURITY_HEADERS = {
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     metrics = Metrics()
+    # set by the server on SIGTERM or Ctrl-C (server.__main__), which may come while the models load
+    stopping = threading.Event()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -112,7 +115,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if settings.torch_threads:
                 # process-wide; with every core busy elsewhere, threads that wait on each other make each op slower
                 torch.set_num_threads(settings.torch_threads)
-            return ModelRegistry.load(settings.checkpoint_dir, device, settings.default_model)
+            return ModelRegistry.load(settings.checkpoint_dir, device, settings.default_model, stopping.is_set)
 
         loop = SamplingLoop(device, settings.max_jobs, metrics, settings.max_queue)
         registry = loop.start(prepare)
@@ -145,6 +148,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url=None,
         redoc_url=None,
     )
+    app.state.stopping = stopping
     app.include_router(api.router)
     app.include_router(config.router)
     app.include_router(ws.router)

@@ -242,7 +242,8 @@ class JobBridge:
         while self.loop.active_jobs and time.monotonic() < deadline and not give_up():
             await asyncio.sleep(0.05)
         if self.loop.active_jobs:
-            log.warning("shutting down: stopping %d jobs still running after %g s", self.loop.active_jobs, grace_s)
+            why = "at a second signal" if give_up() else f"after {grace_s:g} s"
+            log.warning("shutting down: stopping %d jobs still running %s", self.loop.active_jobs, why)
         await asyncio.to_thread(self.loop.stop)
         try:
             await asyncio.wait_for(self._no_clients.wait(), settle_s)

@@ -4,8 +4,9 @@ The one way in: bytes or text → `parse_request` → a pydantic request model, 
 every problem. Before `json.loads` sees the text, it must be UTF-8, within the size limit and nested
 at most MAX_DEPTH deep (deeper JSON would exhaust the parser's recursion); numbers are bounded, NaN
 and Infinity refused (they are not JSON), a number with an integral value is an integer however it
-is written (4.0 is 4, as in JSON Schema), and strings must be Unicode (a lone surrogate escape such
-as "\\ud800" is not, RFC 7493). What the server parses it can therefore always echo.
+is written (4.0 and 4e0 are 4, as in JSON Schema; decided on the digits, not on the nearest float),
+strings must be Unicode (a lone surrogate escape such as "\\ud800" is not, RFC 7493) and an object's
+names unique (RFC 7493 too). What the server parses it can therefore always echo.
 
 The one way out: `safe_errors` turns any list of errors (pydantic's or ours) into JSON-ready
 {type, loc, msg, input} dicts, and cannot raise: every value it echoes is bounded and printable.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from decimal import Decimal
 
 from pydantic import BaseModel, ValidationError
 
@@ -85,7 +87,9 @@ def parse_json(data: bytes | str, max_bytes: int) -> object:
     if deepest > MAX_DEPTH:
         raise InvalidRequest([error("json_invalid", f"JSON nested more than {MAX_DEPTH} levels deep")])
     try:
-        value = json.loads(data, parse_int=_int, parse_float=_float, parse_constant=_no_constant)
+        value = json.loads(
+            data, parse_int=_int, parse_float=_float, parse_constant=_no_constant, object_pairs_hook=_unique_keys
+        )
     except json.JSONDecodeError as e:
         raise InvalidRequest(
             [error("json_invalid", f"invalid JSON: {e.msg} (line {e.lineno}, column {e.colno})")]
@@ -120,7 +124,18 @@ def _float(text: str) -> float | int:
     value = float(text)
     if not math.isfinite(value):
         raise ValueError("a number too large for a float")
-    return int(value) if value.is_integer() and abs(value) <= MAX_EXACT_INTEGER else value
+    exact = Decimal(text)  # as written: 4503599627370496.5 is no integer, though its nearest float is
+    return int(exact) if exact == exact.to_integral_value() and abs(exact) <= MAX_EXACT_INTEGER else value
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """An object whose names are unique (RFC 7493, I-JSON): of two values for one field, neither is taken."""
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        names = [name for name, _ in pairs]
+        duplicate = next(name for name in names if names.count(name) > 1)
+        raise ValueError(f"the field {safe_text(duplicate[:ECHO_CHARS])!r} appears more than once")
+    return value
 
 
 def _no_constant(name: str):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,6 +50,7 @@ class LoadedModel:
     # one image's share of an iteration of the sampling loop (its forward and its steps): first timed by
     # warm_up, then kept up to date by the loop on the batches it runs (record_row_time)
     seconds_per_row: float | None = None
+    _row_times: int = field(default=0, repr=False)  # iterations the loop has measured
 
     @classmethod
     def of(cls, name: str, checkpoint: Checkpoint, device: torch.device) -> LoadedModel:
@@ -59,10 +61,13 @@ class LoadedModel:
         return cls(name, checkpoint, device, own["sampler"], own["steps"], True, checkpoint.sampler_defaults())
 
     def record_row_time(self, seconds: float) -> None:
-        """One iteration's time per row, from the sampling loop: smoothed, so one slow step moves it only a
-        little, yet a machine that got busier (or idle) shows in the estimates within a run or two."""
-        last = self.seconds_per_row
-        self.seconds_per_row = seconds if last is None else last + ROW_TIME_SMOOTHING * (seconds - last)
+        """One iteration's time per row, from the sampling loop. The first replaces the start-up timing
+        (taken while the other models loaded), the next ones are averaged in, then smoothed: one slow step
+        moves the figure only a little, yet a machine that got busier (or idle) shows within a run or two."""
+        self._row_times += 1
+        weight = max(ROW_TIME_SMOOTHING, 1 / self._row_times)
+        last = self.seconds_per_row if self._row_times > 1 else seconds
+        self.seconds_per_row = last + weight * (seconds - last)
 
     @property
     def unet(self):
@@ -116,29 +121,42 @@ class ModelRegistry:
         self.default = default or (PREFERRED_DEFAULT if PREFERRED_DEFAULT in models else next(iter(models), None))
 
     @classmethod
-    def load(cls, folder: Path, device: torch.device, default: str | None = None) -> ModelRegistry:
+    def load(
+        cls, folder: Path, device: torch.device, default: str | None = None, stop: Callable[[], bool] = lambda: False
+    ) -> ModelRegistry:
         """Load every *.safetensors directly inside `folder`, and every diffusers model folder there
         (model.diffusers_models; other subfolders such as classifiers/ are not looked at). One that
-        cannot be loaded, for whatever reason, is logged and skipped; the others still serve."""
-        models = {}
-        # hidden names are downloads or writes in progress (model.fetch, atomic_write)
-        paths = sorted(
-            path
-            for path in (folder.iterdir() if folder.is_dir() else [])
-            if not path.name.startswith(".")
-            and ((path.suffix == ".safetensors" and path.is_file()) or is_diffusers_folder(path))
-        )
+        cannot be loaded, for whatever reason, is logged and skipped; the others still serve. Two of
+        one name (mnist.safetensors and a folder mnist/): the first by path serves, the other is
+        skipped. `stop` is asked before each: once it says so (a signal came), the rest are not loaded."""
+        models, sources = {}, {}
+        paths = []
+        for path in sorted(folder.iterdir() if folder.is_dir() else []):
+            if path.name.startswith("."):  # downloads or writes in progress (model.fetch, atomic_write)
+                continue
+            if path.suffix == ".safetensors" and not path.is_file():
+                what = "a directory" if path.is_dir() else "a symbolic link that leads nowhere or loops"
+                log.warning("skipping %s: not a checkpoint file but %s", path, what)
+            elif path.suffix == ".safetensors" or is_diffusers_folder(path):
+                paths.append(path)
         if not paths:
             log.error("no checkpoints (*.safetensors or diffusers folders) in %s: nothing to serve", folder.resolve())
         folders = [path.name for path in paths if path.is_dir()]
         if folders and not diffusers_installed():
             log.warning("skipping %s: diffusers is not installed: pip install -e '.[diffusers]'", ", ".join(folders))
             paths = [path for path in paths if not path.is_dir()]
-        for path in paths:
+        for i, path in enumerate(paths):
+            if stop():
+                log.warning("stopping: not loading the %d checkpoints left", len(paths) - i)
+                break
+            name = path.name if path.is_dir() else path.stem
+            if name in sources:
+                log.warning("skipping %s: model %s is loaded from %s already", path, name, sources[name])
+                continue
             started = time.perf_counter()
             try:
                 checkpoint = load_model(path, device)
-                model = LoadedModel.of(path.name if path.is_dir() else path.stem, checkpoint, device)
+                model = LoadedModel.of(name, checkpoint, device)
                 warm_up(model)
             except CheckpointError as e:
                 log.warning("skipping a checkpoint: %s", e)
@@ -146,7 +164,7 @@ class ModelRegistry:
             except Exception as e:  # out of memory, most likely; whatever it is, the other models still serve
                 log.warning("skipping a checkpoint: %s: %s: %s", path, type(e).__name__, e, exc_info=True)
                 continue
-            models[model.name] = model
+            models[name], sources[name] = model, path
             log.info(
                 "loaded %s from %s on %s in %.1f s: %s",
                 model.name,
