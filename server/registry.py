@@ -13,6 +13,7 @@ import torch
 from model.checkpoint import Checkpoint, CheckpointError
 from model.diffusers_models import DiffusersUNet, diffusers_installed, is_diffusers_folder, load_model
 from model.samplers import guided_eps
+from server.threads import CpuThreads
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +146,9 @@ class ModelRegistry:
         if folders and not diffusers_installed():
             log.warning("skipping %s: diffusers is not installed: pip install -e '.[diffusers]'", ", ".join(folders))
             paths = [path for path in paths if not path.is_dir()]
+        # the start-up timing on the threads the sampling loop will use: on a machine whose cores other
+        # processes keep busy, spinning threads made it 5-15x the loop's own (server.threads)
+        threads = CpuThreads(torch.get_num_threads()) if device.type == "cpu" else None
         for i, path in enumerate(paths):
             if stop():
                 log.warning("stopping: not loading the %d checkpoints left", len(paths) - i)
@@ -157,7 +161,7 @@ class ModelRegistry:
             try:
                 checkpoint = load_model(path, device)
                 model = LoadedModel.of(name, checkpoint, device)
-                warm_up(model)
+                warm_up(model, threads)
             except CheckpointError as e:
                 log.warning("skipping a checkpoint: %s", e)
                 continue
@@ -173,6 +177,8 @@ class ModelRegistry:
                 time.perf_counter() - started,
                 describe(checkpoint),
             )
+        if threads is not None:
+            torch.set_num_threads(threads.most)  # the loop's own CpuThreads starts from the count it was given
         if default is not None and default not in models:
             log.warning("default model %r is not loaded; using the first one instead", default)
             default = None
@@ -195,7 +201,7 @@ def describe(checkpoint: Checkpoint) -> str:
 
 
 @torch.inference_mode()
-def warm_up(model: LoadedModel) -> None:
+def warm_up(model: LoadedModel, threads: CpuThreads | None = None) -> None:
     """One forward at the batch shape of a guided request, so the first user does not pay for lazy
     initialisation (cuDNN autotuning, allocator growth, the first-call overhead of each kernel); then
     one timed forward of TIMING_ROWS rows, after an untimed one of that shape: the model's first
@@ -209,6 +215,8 @@ def warm_up(model: LoadedModel) -> None:
         t = torch.full((TIMING_ROWS,), model.schedule.num_timesteps // 2, device=model.device)
         labels = torch.zeros(TIMING_ROWS, dtype=torch.long, device=model.device) if model.num_classes else None
         guided_eps(model.unet, x, t, labels, 1.0)  # the first call at a new shape pays for its setup: not timed
+        if threads is not None:
+            threads.adapt()
         _synchronize(model.device)
         began = time.perf_counter()
         guided_eps(model.unet, x, t, labels, 1.0)  # unguided, as the loop calls it: one row each
