@@ -1,4 +1,4 @@
-"""A small CNN classifier for MNIST and Fashion-MNIST: the project's offline judge of samples.
+"""A small CNN classifier for MNIST, Fashion-MNIST and CIFAR-10: the project's offline judge of samples.
 
 `python -m model.classifier --dataset mnist --data-root ../shared/data --out checkpoints/classifiers/mnist.safetensors`
 trains it on the training set, measures it on the test set and saves both the weights and that test
@@ -160,6 +160,17 @@ def classify(model: Classifier, images: torch.Tensor, batch_size: int = 250) -> 
     return torch.cat(preds), torch.cat(feats)
 
 
+def augment_batch(x: torch.Tensor, generator: torch.Generator, shift: int = 4) -> torch.Tensor:
+    """The usual CIFAR augmentation: a random horizontal flip and a random translation of up to `shift`
+    pixels (reflect-padded), per image."""
+    n, _, h, w = x.shape
+    flip = torch.rand(n, generator=generator) < 0.5
+    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    padded = F.pad(x, (shift,) * 4, mode="reflect")
+    dy, dx = torch.randint(0, 2 * shift + 1, (2, n), generator=generator)
+    return torch.stack([p[:, i : i + h, j : j + w] for p, i, j in zip(padded, dy.tolist(), dx.tolist(), strict=True)])
+
+
 def train_classifier(
     images: torch.Tensor,
     labels: torch.Tensor,
@@ -171,8 +182,12 @@ def train_classifier(
     seed: int = 0,
     device: torch.device | str = "cpu",
     progress: bool = True,
+    augment: bool = False,
+    bf16: bool = False,
 ) -> Classifier:
-    """Adam with a one-cycle learning rate; images in [-1, 1], (N, C, H, W)."""
+    """Adam with a one-cycle learning rate; images in [-1, 1], (N, C, H, W). `augment`: random flips and
+    shifts (for photographs; a flipped digit is another symbol); `bf16`: autocast (2× faster on CPUs with
+    AVX512-BF16)."""
     torch.manual_seed(seed)
     model = Classifier(ClassifierConfig(images.shape[1], images.shape[-1], num_classes, width)).to(device)
     steps_per_epoch = len(images) // batch_size
@@ -185,7 +200,9 @@ def train_classifier(
         order = torch.randperm(len(images), generator=generator)
         for b in range(steps_per_epoch):
             idx = order[b * batch_size : (b + 1) * batch_size]
-            loss = F.cross_entropy(model(images[idx].to(device)), labels[idx].to(device))
+            x = augment_batch(images[idx], generator) if augment else images[idx]
+            with torch.autocast(torch.device(device).type, torch.bfloat16, enabled=bf16):
+                loss = F.cross_entropy(model(x.to(device)), labels[idx].to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -214,7 +231,7 @@ def accuracy(model: Classifier, images: torch.Tensor, labels: torch.Tensor) -> f
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(
-        description="Train the small CNN that judges MNIST/Fashion-MNIST samples, and save it with its test accuracy.",
+        description="Train the small CNN that judges a data set's samples, and save it with its test accuracy.",
         formatter_class=HelpFormatter,
     )
     p.add_argument("--dataset", choices=[n for n, d in DATASETS.items() if d.class_names], default="mnist")
@@ -225,6 +242,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--width", type=int, default=16, help="channels of the first convolution")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--augment",
+        action=argparse.BooleanOptionalAction,
+        help="random flips and shifts (default: where the data set's diffusion training flips, i.e. photographs)",
+    )
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads)")
     args = p.parse_args(argv)
@@ -239,12 +262,15 @@ def main(argv: list[str] | None = None) -> None:
 
     start = time.perf_counter()
     info = DATASETS[args.dataset]
+    augment = info.flip if args.augment is None else args.augment
     model = train_classifier(
-        train_x, train_y, len(info.class_names), args.epochs, args.batch_size, args.lr, args.width, args.seed, device
-    )
+        train_x, train_y, len(info.class_names), args.epochs, args.batch_size, args.lr, args.width, args.seed, device,
+        augment=augment, bf16=args.bf16,
+    )  # fmt: skip
     acc = accuracy(model, test_x, test_y)
     out = args.out or default_classifier_path(args.dataset)
-    training = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed}
+    training = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+                "augment": augment, "bf16": args.bf16}  # fmt: skip
     save_classifier(out, model, args.dataset, list(info.class_names), acc, len(test_x), training)
     print(
         f"{args.dataset}: test accuracy {acc:.2%} on {len(test_x)} test images "

@@ -7,6 +7,7 @@ from model.classifier import (
     ClassifierConfig,
     ClassifierError,
     accuracy,
+    augment_batch,
     classify,
     dataset_tensors,
     default_classifier_path,
@@ -55,6 +56,31 @@ def test_training_learns_a_simple_rule():
     images = (labels.float() - 0.5).view(-1, 1, 1, 1) + 0.3 * torch.randn(512, 1, 8, 8, generator=gen)
     model = train_classifier(images, labels, 2, epochs=2, batch_size=32, width=4, progress=False)
     assert accuracy(model, images, labels) > 0.95
+
+
+def test_augmentation_flips_and_shifts_each_image_within_its_pixels():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.arange(64.0).view(1, 1, 8, 8).repeat(200, 3, 1, 1)
+    out = augment_batch(x, gen, shift=2)
+    assert out.shape == x.shape and set(out.unique().tolist()) <= set(x.unique().tolist())
+    flipped = (out[:, 0, 3, 3] - out[:, 0, 3, 4]).eq(1).float().mean()  # pixels run right to left
+    assert 0.3 < flipped < 0.7
+    assert len({tuple(o[0, :, 0].tolist()) for o in out}) > 10  # many different shifts
+
+
+def test_a_colour_classifier_learns_and_its_metadata_says_so(tmp_path):
+    """Red or blue 16×16 images, with augmentation and bf16: the RGB path end to end."""
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 2, (256,), generator=gen)
+    colour = torch.stack([labels.float(), torch.zeros(256), 1 - labels.float()], 1) * 2 - 1
+    images = colour.view(-1, 3, 1, 1) + 0.3 * torch.randn(256, 3, 16, 16, generator=gen)
+    model = train_classifier(images, labels, 2, epochs=2, batch_size=32, width=4, progress=False, augment=True,
+                             bf16=True)  # fmt: skip
+    acc = accuracy(model, images, labels)
+    assert acc > 0.95
+    path = save_classifier(tmp_path / "c.safetensors", model, "cifar10", ["blue", "red"], acc, 256)
+    loaded = load_classifier(path)
+    assert (loaded.model.config.in_channels, loaded.class_names) == (3, ["blue", "red"])
 
 
 def test_files_that_are_not_classifiers_are_refused_clearly(tmp_path):

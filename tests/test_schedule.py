@@ -86,6 +86,40 @@ def test_loss_is_the_noise_prediction_error():
     assert s.loss(oracle, x0).item() < 1e-6
 
 
+@pytest.mark.parametrize("prediction", ["epsilon", "v"])
+@pytest.mark.parametrize("gamma", [None, 5.0])
+def test_the_loss_weights_each_timestep_as_min_snr_gamma_says(prediction, gamma):
+    """A network that predicts zeros costs the target's size, weighted per t by min(SNR, γ)/SNR for ε and
+    min(SNR, γ)/(SNR + 1) for v (Hang et al. 2023, eq. 9-10), from the same draws of t and ε."""
+    s = NoiseSchedule.from_name("linear")
+    x0 = torch.rand(256, 3, 4, 4) * 2 - 1
+    torch.manual_seed(1)
+    t = torch.randint(0, 1000, (256,))
+    noise = torch.randn_like(x0)
+    target = noise if prediction == "epsilon" else s.v(x0, t, noise)
+    snr = s.alphas_cumprod[t] / (1 - s.alphas_cumprod[t])
+    weight = torch.ones(256) if gamma is None else snr.clamp(max=gamma) / (snr if prediction == "epsilon" else snr + 1)
+    expected = (weight * target.pow(2).mean(dim=(1, 2, 3))).mean()
+    torch.manual_seed(1)
+    got = s.loss(lambda x, t, y: torch.zeros_like(x), x0, None, prediction, gamma)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-5)
+    if gamma is not None:  # the weights are at most 1 and fall to γ/SNR where the image is nearly clean
+        assert weight.max() <= 1 and weight[t < 20].max() < 0.05
+
+
+def test_a_v_network_that_knows_x0_has_no_loss():
+    s = NoiseSchedule.from_name("linear")
+    x0 = torch.randn(32, 1, 8, 8)
+
+    def oracle(x_t, t, y):  # v = √ᾱ ε - √(1-ᾱ) x0, with ε recovered from x_t and x0
+        eps = (x_t - s.sqrt_alphas_cumprod[t].view(-1, 1, 1, 1) * x0) / s.sqrt_one_minus_alphas_cumprod[t].view(
+            -1, 1, 1, 1
+        )
+        return s.v(x0, t, eps)
+
+    assert s.loss(oracle, x0, prediction="v", min_snr_gamma=5.0).item() < 1e-6
+
+
 def test_respace_keeps_alphas_cumprod_at_the_chosen_steps():
     s = NoiseSchedule.from_name("linear")
     chosen = list(range(9, 1000, 10))

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from torch.optim.swa_utils import AveragedModel
 
 from conftest import REPO
-from model.checkpoint import load_checkpoint
+from model.checkpoint import EpsilonFromV, load_checkpoint
 from model.distill import parse_args as distill_args
 from model.train import EpochBatches, bias_corrected_ema, lr_factor, main, parse_args
 
@@ -79,6 +79,38 @@ def test_an_unconditional_run_on_labeled_data_names_no_classes(tmp_path):
     main(argv)
     ckpt = load_checkpoint(tmp_path / "run" / "model.safetensors")
     assert (ckpt.config.num_classes, ckpt.class_names) == (0, [])
+
+
+def test_a_colour_run_on_class_folders_keeps_their_names_and_its_objective(tmp_path):
+    """Class folders → a conditional RGB model naming its classes, trained on v with Min-SNR weighting."""
+    root = tmp_path / "pets"
+    for c, colour in (("dog", (200, 90, 20)), ("cat", (20, 90, 200))):
+        (root / "train" / c).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (8, 8), tuple(v + 10 * i for v in colour)).save(root / "train" / c / f"{i}.png")
+    argv = ["--dataset", "imagefolder", "--data-root", str(root), "--image-size", "8", *TINY_MODEL,
+            "--batch-size", "4", "--steps", "2", "--prediction", "v", "--min-snr-gamma", "5",
+            "--sample-every", "2", "--no-progress", "--out", str(tmp_path / "run")]  # fmt: skip
+    main(argv)
+    ckpt = load_checkpoint(tmp_path / "run" / "model.safetensors")
+    assert ckpt.class_names == ["cat", "dog"] and ckpt.dataset == "imagefolder"
+    assert (ckpt.config.in_channels, ckpt.config.num_classes, ckpt.config.prediction) == (3, 2, "v")
+    assert isinstance(ckpt.unet, EpsilonFromV)  # served and sampled as an ε-model
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (saved["prediction"], saved["min_snr_gamma"]) == ("v", 5.0)
+    assert (tmp_path / "run" / "samples" / "grid_0000002.png").stat().st_size > 0
+
+
+def test_a_new_run_can_start_from_an_earlier_runs_weights(shapes, tmp_path):
+    main(args_for(shapes, tmp_path / "first", "--steps", "3", "--ckpt-every", "3"))
+    first = load_file(tmp_path / "first" / "model.safetensors")
+    main(args_for(shapes, tmp_path / "second", "--steps", "1", "--lr", "0", "--init-from",
+                  str(tmp_path / "first" / "model.safetensors")))  # fmt: skip
+    second = load_file(tmp_path / "second" / "model.safetensors")
+    assert all(torch.equal(first[k], second[k]) for k in first)  # lr 0: the warm start is all there is
+    with pytest.raises(SystemExit, match="is not this run's"):
+        main(args_for(shapes, tmp_path / "third", "--steps", "1", "--base-channels", "4", "--init-from",
+                      str(tmp_path / "first" / "model.safetensors")))  # fmt: skip
 
 
 def test_a_few_hundred_steps_drive_the_loss_down(shapes, tmp_path):
@@ -160,7 +192,7 @@ def test_the_shipped_configs_are_valid_options():
             assert (REPO / args.teacher).exists() and args.teacher.stem in cfg.name
         else:
             assert parse_args(["--config", str(cfg)]).dataset in cfg.name
-    assert len(configs) == 4
+    assert len(configs) == 5
 
 
 def test_batches_are_a_function_of_the_step_and_split_across_processes():
