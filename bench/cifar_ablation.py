@@ -1,8 +1,8 @@
 """Which CIFAR-10 model and loss learn most per CPU-hour? Each candidate trains for the same CPU time
 (this process's, one thread: other work on the machine does not change it), then is judged by
-Inception FID of N samples (DDIM-50, w = 1) against N train images, and by its held-out x_0 error.
+Inception FID of N samples (DDIM, w = 1) against N train images, and by its held-out x_0 error.
 
-    python bench/cifar_ablation.py --data-root data/cifar10 --cpu-minutes 12 --only eps v
+    python bench/cifar_ablation.py --data-root data/cifar10 --cpu-minutes 8 --only eps v
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def run(name: str, args, dataset, test, judge) -> dict:
     x0_error = held_out_x0_error(ema, schedule, prediction, *test)
     unet = EpsilonFromV(ema, schedule) if prediction == "v" else ema
     ckpt = Checkpoint(unet, schedule, "cifar10", list(dataset.class_names))
-    samples = generate(ckpt, "ddim", 50, args.n, batch_size=100, progress=False)
+    samples = generate(ckpt, "ddim", args.sample_steps, args.n, batch_size=100, progress=False)
     fid = judge.score(samples.images, samples.labels)["fid"]
     params = sum(p.numel() for p in net.parameters())
     return dict(
@@ -104,11 +104,12 @@ def run(name: str, args, dataset, test, judge) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-root", type=Path, default=Path("data/cifar10"))
-    p.add_argument("--cpu-minutes", type=float, default=12.0)
+    p.add_argument("--cpu-minutes", type=float, default=8.0)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast, as the run")
     p.add_argument("--n", type=int, default=500, help="samples and train images of the FID")
+    p.add_argument("--sample-steps", type=int, default=25, help="DDIM steps of the FID's samples")
     p.add_argument("--only", nargs="+", choices=sorted(CANDIDATES), help="default: every candidate")
     p.add_argument("--inception-weights", type=Path)
     p.add_argument("--out", type=Path, default=Path("runs/cifar-ablation.jsonl"))
