@@ -19,6 +19,7 @@ to have its answer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -245,7 +246,10 @@ class JobBridge:
             why = "at a second signal" if give_up() else f"after {grace_s:g} s"
             log.warning("shutting down: stopping %d jobs still running %s", self.loop.active_jobs, why)
         await asyncio.to_thread(self.loop.stop)
-        try:
-            await asyncio.wait_for(self._no_clients.wait(), settle_s)
-        except TimeoutError:
+        deadline = time.monotonic() + settle_s
+        # in slices: a second signal (give_up) ends this wait too
+        while not self._no_clients.is_set() and not give_up() and (left := deadline - time.monotonic()) > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._no_clients.wait(), min(left, 0.05))
+        if self._clients and not give_up():
             log.warning("shutting down: %d clients did not take their answer within %g s", self._clients, settle_s)
