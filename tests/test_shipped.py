@@ -17,6 +17,7 @@ from PIL import Image
 from conftest import REPO
 from model.checkpoint import load_checkpoint, read_metadata
 from model.classifier import classify, default_classifier_path, load_classifier
+from model.data import DATASETS as DATASET_INFO
 from model.evaluate import generate
 from model.unet import PRESETS, UNetConfig
 from server.app import create_app
@@ -24,6 +25,7 @@ from server.settings import Settings
 
 CHECKPOINTS = REPO / "checkpoints"
 DATASETS = ["mnist", "fashion-mnist"]
+CIFAR10_CLASSES = DATASET_INFO["cifar10"].class_names
 # the distilled students that ship, by name: (their dataset, their steps), from their metadata
 STUDENTS = {
     path.stem: (meta["dataset"], meta["sampling"]["steps"])
@@ -44,6 +46,32 @@ def test_a_shipped_checkpoint_is_small_and_was_made_by_its_config(dataset):
     assert path.stat().st_size < 5_000_000
 
 
+def test_the_colour_checkpoint_is_a_snapshot_of_its_config_and_names_its_classes():
+    """The CIFAR-10 model: a step of the run its config describes (training goes on from it: a later session
+    warm-starts from this file), small enough to ship, its classes named from their folders."""
+    path = CHECKPOINTS / "cifar10.safetensors"
+    ckpt = load_checkpoint(path)
+    config = json.loads((CHECKPOINTS / "configs" / "cifar10.json").read_text())
+    assert ckpt.dataset == "cifar10" and ckpt.ema and 0 < ckpt.step <= config["steps"]
+    assert ckpt.config == UNetConfig(
+        **{**PRESETS[config["preset"]], "in_channels": 3, "image_size": 32, "num_classes": 10},
+        prediction=config["prediction"],
+    )
+    assert ckpt.class_names == [
+        "airplane",
+        "automobile",
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
+    ]
+    assert path.stat().st_size < 20_000_000
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("dataset", DATASETS)
 def test_the_classifier_reads_guided_samples_as_the_class_they_were_asked_for(dataset):
@@ -59,7 +87,7 @@ def test_the_classifier_reads_guided_samples_as_the_class_they_were_asked_for(da
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", DATASETS + list(STUDENTS))
+@pytest.mark.parametrize("name", [*DATASETS, "cifar10", *STUDENTS])
 def test_the_servers_defaults_give_the_class_asked_for(name, tmp_path):
     """POST /sample with only {"model", "n": 16, "label": k, "seed": s}: the server's default sampler,
     steps and guidance (a distilled student: its own 1 or 2 steps), for each of the ten classes, read back
@@ -76,10 +104,12 @@ def test_the_servers_defaults_give_the_class_asked_for(name, tmp_path):
                 images.append(np.asarray(Image.open(io.BytesIO(base64.b64decode(png)))))
             labels += [k] * len(body["images"])
     classifier = load_classifier(default_classifier_path(dataset))
-    preds, _ = classify(classifier.model, torch.from_numpy(np.stack(images))[:, None])
+    pixels = torch.from_numpy(np.stack(images))
+    preds, _ = classify(classifier.model, pixels[:, None] if pixels.ndim == 3 else pixels.permute(0, 3, 1, 2))
     measured = (preds == torch.tensor(labels)).double().mean().item()
-    # the bars of issue 13; 160 samples read a true 97% as under 94% with probability about 2%
-    bar = 0.97 if dataset == "mnist" else 0.9 * classifier.test_accuracy
+    # the bars of issues 13 and 23; 160 samples read a true 97% as under 94% with probability about 2%
+    bar = {"mnist": 0.97, "fashion-mnist": 0.9 * classifier.test_accuracy, "cifar10": 0.6 * classifier.test_accuracy}
+    bar = bar[dataset]
     assert measured >= bar - 0.03, f"{dataset}: {measured:.1%} of 160 served samples read as their class"
 
 
