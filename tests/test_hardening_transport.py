@@ -3,6 +3,7 @@ changed, when the installed uvicorn is not one the subclasses were tested with o
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 
 import pytest
@@ -46,6 +47,10 @@ def test_the_attributes_the_subclasses_read_are_uvicorns(base):
         pass
 
     config = Config(app, lifespan="off")
-    protocol = base(config=config, server_state=ServerState(), app_state={}, _loop=None)
+    loop = asyncio.new_event_loop()  # its own: an earlier test may have left no current loop behind
+    try:
+        protocol = base(config=config, server_state=ServerState(), app_state={}, _loop=loop)
+    finally:
+        loop.close()
     missing = [name for name in ATTRIBUTES[base] if not hasattr(protocol, name)]
     assert not missing, f"{base.__name__} no longer has {missing}: server/transport.py reads them"
