@@ -50,6 +50,11 @@ class Checkpoint:
         return self.unet.config
 
     @property
+    def net(self) -> UNet:
+        """The UNet itself, as trained (a v-predictor unwrapped from its ε view)."""
+        return self.unet.net if isinstance(self.unet, EpsilonFromV) else self.unet
+
+    @property
     def teacher(self) -> str | None:
         """The name (file name without .safetensors) of the model a distilled student was made from."""
         teacher = (self.distillation or {}).get("teacher")

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from model.checkpoint import Checkpoint, EpsilonFromV, atomic_write, load_checkpoint, save_checkpoint
+from model.checkpoint import Checkpoint, atomic_write, load_checkpoint, save_checkpoint
 from model.cli import HelpFormatter, parse_with_config
 from model.data import load_dataset
 from model.samplers import ddim_steps, ddim_timesteps, guided_eps, initial_noise, make_generator, sample
@@ -196,7 +196,7 @@ def run_round(
     config = UNetConfig.from_dict({**teacher.config.to_dict(), "guidance_input": True, "prediction": "v"})
     student = UNet(config).to(rt.device)
     # the student starts as its teacher: the same weights (round 0: plus a guidance embedding that adds 0)
-    teacher_net = teacher.unet.net if isinstance(teacher.unet, EpsilonFromV) else teacher.unet
+    teacher_net = teacher.net
     missing, unexpected = student.load_state_dict(teacher_net.state_dict(), strict=False)
     assert not unexpected and all(k.startswith("guidance_mlp.") for k in missing), (missing, unexpected)
     if rt.channels_last:

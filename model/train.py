@@ -455,7 +455,7 @@ def train(args: argparse.Namespace) -> Path:
 def warm_start(model: UNet, path: Path) -> None:
     """Copy the weights of an earlier run's checkpoint (its EMA) into a new run's model."""
     start = load_checkpoint(path)
-    net = start.unet.net if isinstance(start.unet, EpsilonFromV) else start.unet
+    net = start.net
     if net.config != model.config:
         raise SystemExit(f"--init-from {path}: its UNet config {net.config} is not this run's {model.config}")
     model.load_state_dict(net.state_dict())
