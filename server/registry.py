@@ -114,6 +114,28 @@ class LoadedModel:
         }
 
 
+def model_paths(folder: Path) -> list[Path]:
+    """The *.safetensors files directly inside `folder` and its diffusers model folders, by name; what
+    looks like a checkpoint but cannot be one (a directory or a broken link named *.safetensors, a
+    diffusers folder without diffusers installed) is logged and left out."""
+    paths = []
+    for path in sorted(folder.iterdir() if folder.is_dir() else []):
+        if path.name.startswith("."):  # downloads or writes in progress (model.fetch, atomic_write)
+            continue
+        if path.suffix == ".safetensors" and not path.is_file():
+            what = "a directory" if path.is_dir() else "a symbolic link that leads nowhere or loops"
+            log.warning("skipping %s: not a checkpoint file but %s", path, what)
+        elif path.suffix == ".safetensors" or is_diffusers_folder(path):
+            paths.append(path)
+    if not paths:
+        log.error("no checkpoints (*.safetensors or diffusers folders) in %s: nothing to serve", folder.resolve())
+    folders = [path.name for path in paths if path.is_dir()]
+    if folders and not diffusers_installed():
+        log.warning("skipping %s: diffusers is not installed: pip install -e '.[diffusers]'", ", ".join(folders))
+        paths = [path for path in paths if not path.is_dir()]
+    return paths
+
+
 class ModelRegistry:
     def __init__(self, models: dict[str, LoadedModel], default: str | None = None):
         self.models = models
@@ -131,21 +153,7 @@ class ModelRegistry:
         one name (mnist.safetensors and a folder mnist/): the first by path serves, the other is
         skipped. `stop` is asked before each: once it says so (a signal came), the rest are not loaded."""
         models, sources = {}, {}
-        paths = []
-        for path in sorted(folder.iterdir() if folder.is_dir() else []):
-            if path.name.startswith("."):  # downloads or writes in progress (model.fetch, atomic_write)
-                continue
-            if path.suffix == ".safetensors" and not path.is_file():
-                what = "a directory" if path.is_dir() else "a symbolic link that leads nowhere or loops"
-                log.warning("skipping %s: not a checkpoint file but %s", path, what)
-            elif path.suffix == ".safetensors" or is_diffusers_folder(path):
-                paths.append(path)
-        if not paths:
-            log.error("no checkpoints (*.safetensors or diffusers folders) in %s: nothing to serve", folder.resolve())
-        folders = [path.name for path in paths if path.is_dir()]
-        if folders and not diffusers_installed():
-            log.warning("skipping %s: diffusers is not installed: pip install -e '.[diffusers]'", ", ".join(folders))
-            paths = [path for path in paths if not path.is_dir()]
+        paths = model_paths(folder)
         # the start-up timing on the threads the sampling loop will use: on a machine whose cores other
         # processes keep busy, spinning threads made it 5-15x the loop's own (server.threads)
         threads = CpuThreads(torch.get_num_threads()) if device.type == "cpu" else None
