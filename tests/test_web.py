@@ -761,6 +761,23 @@ def test_runs_survive_a_reload_and_back_and_links_leave_in_a_new_tab(page, serve
             assert "Your last run, 10 steps" in view.find_element(By.CSS_SELECTOR, ".rv-message").text
 
 
+def test_leaving_mid_run_asks_first(page):
+    """Issue #26, 7: a reload mid-run would close the run's connection and the server would stop the run:
+    the page asks first (it cancels `beforeunload`, which makes the browser ask; chromedriver answers such
+    questions itself, so the test reads the event). With no run going it does not ask."""
+    asks = "const e = new Event('beforeunload', {cancelable: true}); dispatchEvent(e); return e.defaultPrevented"
+    assert page.execute_script(asks) is False
+    Select(page.find_element(By.ID, "sampler")).select_by_value("ddpm")
+    set_value(page, "steps", str(SERVER_MAX_STEPS))
+    view = main_view(page)
+    page.find_element(By.ID, "generate").click()
+    WebDriverWait(page, 30).until(lambda _: int(view.get_attribute("data-frames-drawn")) >= 1)
+    assert page.execute_script(asks) is True
+    page.find_element(By.ID, "stop").click()
+    assert wait_for_state(page, view, {"cancelled", "done", "error"}, timeout=15) == "cancelled"
+    assert page.execute_script(asks) is False
+
+
 def test_the_upload_button_fits_and_shows_its_focus(editing, server_url):
     """Issue #26, 6 and 11: "Upload…" stays in the form card, on a desktop and on a 390 px phone, and the
     keyboard's focus on it shows."""

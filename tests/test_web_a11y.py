@@ -1,5 +1,5 @@
 """The page checked by axe-core (Deque's accessibility engine, the one behind Lighthouse's audit) in the
-states a visitor sees: the first screen, a finished run, a refused setting, the start image and mask
+states a visitor sees: the first screen, a run going, a finished run, a refused setting, the start image and mask
 open, the code box and the forward panel; on a desktop and on a phone. No serious or critical
 violation may be left. Same machinery as tests/test_web.py (real server, headless Chromium)."""
 
@@ -44,10 +44,19 @@ def visit_the_states(driver) -> dict[str, list[str]]:
     driver.find_element(By.ID, "generate").click()
     WebDriverWait(driver, 5).until(lambda d: d.find_element(By.ID, "form-error").text)
     found["a refused setting"] = serious_violations(driver)
+    Select(driver.find_element(By.ID, "sampler")).select_by_value("ddpm")
+    set_value(driver, "steps", "900")
+    view = main_view(driver)
+    driver.find_element(By.ID, "generate").click()
+    WebDriverWait(driver, 30).until(lambda _: int(view.get_attribute("data-frames-drawn")) >= 2)
+    found["during a run"] = serious_violations(driver)
+    driver.find_element(By.ID, "stop").click()
+    assert wait_for_state(driver, view, {"cancelled", "done", "error"}) == "cancelled"
+    Select(driver.find_element(By.ID, "sampler")).select_by_value("dpm-solver++")
     set_value(driver, "steps", "10")
     Select(driver.find_element(By.ID, "label")).select_by_value("3")
     driver.find_element(By.ID, "generate").click()
-    assert wait_for_state(driver, main_view(driver), {"done", "error"}) == "done"
+    assert wait_for_state(driver, view, {"done", "error"}) == "done"
     found["a finished run"] = serious_violations(driver)
     # clicked from script: on a phone the sticky Generate bar may lie over them
     driver.execute_script("document.querySelector('#code-box summary').click()")
@@ -63,7 +72,7 @@ def visit_the_states(driver) -> dict[str, list[str]]:
 
 def test_no_serious_accessibility_violations_on_a_desktop(page):  # noqa: F811
     found = visit_the_states(page)
-    assert len(found) == 6 and not any(found.values()), {state: v for state, v in found.items() if v}
+    assert len(found) == 7 and not any(found.values()), {state: v for state, v in found.items() if v}
 
 
 def test_no_serious_accessibility_violations_on_a_phone(page, server_url):  # noqa: F811
@@ -74,7 +83,7 @@ def test_no_serious_accessibility_violations_on_a_phone(page, server_url):  # no
         found = visit_the_states(page)
     finally:
         page.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
-    assert len(found) == 6 and not any(found.values()), {state: v for state, v in found.items() if v}
+    assert len(found) == 7 and not any(found.values()), {state: v for state, v in found.items() if v}
 
 
 def test_axe_finds_what_it_should(page):  # noqa: F811

@@ -189,6 +189,11 @@ document.addEventListener("keydown", (event) => {
   }
 });
 
+// Leaving the page closes its connections, and the server stops a run whose client has gone: ask first.
+window.addEventListener("beforeunload", (event) => {
+  if (currentRun || compare.running || examples.running) event.preventDefault();
+});
+
 controls.onModelChanged((model) => {
   branch = null; // a branch belongs to a run of the model shown before
   setRunning(Boolean(currentRun));
