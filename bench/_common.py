@@ -30,14 +30,6 @@ def add_common_args(parser) -> None:
     parser.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads); default: torch's")
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: CUDA is not available here")
-    return torch.device(name)
-
-
 def gpu_options(args, device: torch.device, names: tuple[str, ...] = GPU_ONLY) -> list[str]:
     """The GPU-only options asked for (--compile, --bf16, --cuda-graphs, ...); on the CPU they are
     dropped with a note, so that one command line serves both."""

@@ -35,11 +35,11 @@ from _common import (
     machine_line,
     markdown_table,
     median,
-    resolve_device,
     timed,
     variants,
 )
 
+from model.device import resolve_device
 from model.samplers import initial_noise, make_generator, sample, sampling_run
 
 

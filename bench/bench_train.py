@@ -28,13 +28,13 @@ from _common import (
     machine_line,
     markdown_table,
     median,
-    resolve_device,
     synchronize,
     timed,
     variants,
 )
 
 from model.checkpoint import EpsilonFromV
+from model.device import resolve_device
 from model.distill import progressive_loss
 from model.samplers import ddim_timesteps
 from model.schedule import NoiseSchedule

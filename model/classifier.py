@@ -30,6 +30,7 @@ from tqdm import tqdm
 from model.checkpoint import atomic_write
 from model.cli import HelpFormatter
 from model.data import DATASETS, load_dataset
+from model.device import resolve_device
 
 FORMAT_VERSION = 1
 CLASSIFIER_DIR = Path(__file__).resolve().parents[1] / "checkpoints" / "classifiers"
@@ -253,7 +254,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device)
     try:
         train_x, train_y = dataset_tensors(args.dataset, args.data_root, train=True)
         test_x, test_y = dataset_tensors(args.dataset, args.data_root, train=False)

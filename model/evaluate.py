@@ -54,6 +54,7 @@ from model.classifier import (
 )
 from model.cli import HelpFormatter, add_sampler_arguments, sampler_params, unused_sampler_flags
 from model.data import DATASETS
+from model.device import resolve_device
 from model.diffusers_models import DiffusersUNet, load_model
 from model.fid import (
     CACHE_DIR,
@@ -402,16 +403,6 @@ def summary_line(row: dict, floor: dict) -> str:
 # --- the command -------------------------------------------------------------------------------
 
 
-def best_device(name: str = "auto") -> torch.device:
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description="FID and classifier scores of a checkpoint's samples, for one sampler or a sweep.",
@@ -547,7 +538,7 @@ def evaluate(args: argparse.Namespace, fid_features: FeatureFn | None = None) ->
     `fid_features` replaces the Inception network (tests measure the plumbing with a small one)."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = best_device(args.device)
+    device = resolve_device(args.device)
     samplers = [parse_sampler(s, args) for s in args.sampler]
     unused = unused_sampler_flags(args, [choice.sampler for choice in samplers])
     if unused:

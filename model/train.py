@@ -34,6 +34,7 @@ from tqdm import tqdm
 from model.checkpoint import EpsilonFromV, atomic_write, load_checkpoint, save_checkpoint
 from model.cli import HelpFormatter, parse_with_config
 from model.data import DATASETS, load_dataset
+from model.device import resolve_device
 from model.samplers import ddim_steps, ddim_timesteps, denoise, guided_eps, initial_noise, make_generator
 from model.schedule import SCHEDULES, NoiseSchedule
 from model.unet import PREDICTIONS, PRESETS, UNet, UNetConfig
@@ -220,8 +221,7 @@ class Runtime:
 def init_runtime(args: argparse.Namespace) -> Runtime:
     """Pick the device (one GPU per torchrun process), join the process group, set threads."""
     distributed = "LOCAL_RANK" in os.environ
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    args.device = str(resolve_device(args.device))
     if distributed:
         local_rank = int(os.environ["LOCAL_RANK"])
         if args.device.startswith("cuda"):

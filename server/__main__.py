@@ -10,8 +10,8 @@ import sys
 import uvicorn
 from fastapi import FastAPI
 
+from model.device import resolve_device
 from server.app import create_app
-from server.registry import resolve_device
 from server.settings import Settings
 from server.transport import protocols
 

@@ -38,13 +38,14 @@ from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
+from model.device import resolve_device
 from model.samplers import SAMPLERS
 from server import api, config, ws
 from server.jobs import POLICY_VIOLATION, JobBridge, Refused
 from server.loop import SamplingLoop
 from server.metrics import Metrics
 from server.parsing import IMAGE_FIELDS, error
-from server.registry import ModelRegistry, resolve_device
+from server.registry import ModelRegistry
 from server.schemas import SampleRequest, StreamRequest
 from server.settings import Settings
 from server.state import ServerState

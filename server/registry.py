@@ -22,17 +22,6 @@ TIMING_ROWS = 8  # the batch warm_up times: a typical one (8 jobs of 1 image, or
 ROW_TIME_SMOOTHING = 0.1  # weight of the latest iteration in a model's seconds_per_row
 
 
-def resolve_device(name: str) -> torch.device:
-    """'auto' → cuda if there is one, else cpu. Asking for CUDA where there is none is an error:
-    silently running a GPU deployment on the CPU would only look like a very slow server."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} requested but CUDA is not available; use --device auto or cpu")
-    return device
-
-
 @dataclass
 class LoadedModel:
     """A checkpoint ready to sample from; `name` is its file name without .safetensors, or the name

@@ -22,6 +22,7 @@ from torchvision.utils import make_grid
 
 from conftest import server_unet
 from model.checkpoint import save_checkpoint
+from model.device import resolve_device
 from model.samplers import SAMPLERS, ddim_timesteps
 from model.schedule import NoiseSchedule
 from model.unet import UNet, UNetConfig
@@ -29,7 +30,6 @@ from model.visualize import to_unit
 from server import images
 from server.__main__ import browsable_host, parse_args, settings_from_args
 from server.app import create_app
-from server.registry import resolve_device
 from server.settings import Settings
 
 WAIT_S = 30  # generous: the machine is shared; a passing test never waits this long
