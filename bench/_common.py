@@ -16,7 +16,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `python bench/x.py` from anywhere, without installing the project
     sys.path.insert(0, str(REPO))
 
-from model.checkpoint import Checkpoint, load_checkpoint  # noqa: E402
+from model import formats  # noqa: E402
+from model.checkpoint import Checkpoint  # noqa: E402
 from model.schedule import NoiseSchedule  # noqa: E402
 from model.unet import build_unet  # noqa: E402
 
@@ -47,10 +48,10 @@ def variants(options: list[str]) -> list[tuple[str, ...]]:
 
 
 def load_model(path: Path, device: torch.device) -> tuple[Checkpoint, str]:
-    """The checkpoint at `path`, or, while it does not exist yet, a random 'tiny' conditional model
-    of the same architecture (the timing does not depend on the weights). Returns it and a note."""
-    if path.is_file():
-        checkpoint = load_checkpoint(path, device)
+    """The model at `path` (model.formats), or, while it does not exist yet, a random 'tiny' conditional
+    model of the MNIST architecture (the timing does not depend on the weights). Returns it and a note."""
+    if path.exists():
+        checkpoint = formats.load_model(path, device)
         return checkpoint, f"{path.relative_to(REPO) if path.is_relative_to(REPO) else path} (step {checkpoint.step})"
     torch.manual_seed(0)
     unet = build_unet("tiny", in_channels=1, image_size=28, num_classes=10)

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from model.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from model.checkpoint import Checkpoint, CheckpointError
 from model.schedule import NoiseSchedule, SamplingConfig, _at, cosine_betas, linear_betas
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
@@ -229,14 +229,6 @@ def scheduler_defaults(class_name: str) -> dict[str, object]:
 # --- loading ---------------------------------------------------------------------------------------
 
 
-def diffusers_installed() -> bool:
-    try:
-        import diffusers  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def load_diffusers_model(folder: str | Path, device: torch.device | str = "cpu") -> Checkpoint:
     """A diffusers model folder as a Checkpoint: a DiffusersUNet (eval mode) and its schedule, on `device`."""
     folder = Path(folder)
@@ -289,12 +281,6 @@ def load_diffusers_model(folder: str | Path, device: torch.device | str = "cpu")
     dataset = PAPERS_MODELS.get(folder.name, "diffusers")
     # ema=True: these are the weights diffusers' pipelines sample with (whether they are EMA is not recorded)
     return Checkpoint(model, schedule, dataset, [], 0, True, folder)
-
-
-def load_model(path: str | Path, device: torch.device | str = "cpu") -> Checkpoint:
-    """A checkpoint file of this project, or a diffusers model folder."""
-    path = Path(path)
-    return load_diffusers_model(path, device) if path.is_dir() else load_checkpoint(path, device)
 
 
 def _first_line(error: Exception) -> str:

@@ -25,9 +25,10 @@ from pathlib import Path
 
 import torch
 
-from model.checkpoint import Checkpoint, atomic_write, load_checkpoint, save_checkpoint
+from model.checkpoint import Checkpoint, atomic_write, save_checkpoint
 from model.cli import HelpFormatter, parse_with_config
 from model.data import load_dataset
+from model.formats import load_model
 from model.samplers import ddim_steps, ddim_timesteps, guided_eps, initial_noise, make_generator, sample
 from model.schedule import NoiseSchedule, _at
 from model.train import RunLog, Runtime, TrainState, batches, guard_run_folder, init_runtime, restore_rng
@@ -246,7 +247,7 @@ def run_round(
     if rt.distributed:
         torch.distributed.barrier()  # rank 0's checkpoint is the next round's teacher
     if rt.rank == 0:
-        images = sample_student(load_checkpoint(folder / "model.safetensors", rt.device), student_steps, 100, 3.0)
+        images = sample_student(load_model(folder / "model.safetensors", rt.device), student_steps, 100, 3.0)
         save_sample_grid(images, folder / "samples" / f"grid_{student_steps}_steps_w3.png", nrow=10)
     return folder / "model.safetensors"
 
@@ -259,7 +260,9 @@ def round_done(folder: Path, total: int) -> bool:
 def distill(args: argparse.Namespace) -> Path:
     rt = init_runtime(args)
     guard_run_folder(args.out, args.resume)  # --out/state.pt marks a started run
-    teacher = load_checkpoint(args.teacher, rt.device)
+    teacher = load_model(args.teacher, rt.device)
+    if not isinstance(teacher.net, UNet):
+        raise SystemExit(f"{args.teacher}: only this project's checkpoints can be distilled (into its UNet)")
     if not teacher.config.num_classes:
         raise SystemExit(f"{args.teacher}: an unconditional model has no guidance to distil")
     if teacher.config.guidance_input:
@@ -279,7 +282,7 @@ def distill(args: argparse.Namespace) -> Path:
         total = args.guidance_round_steps if index == 0 else args.round_steps
         if not round_done(folder, total):
             run_round(args, rt, index, folder, steps, teacher, dataset, provenance)
-        teacher = load_checkpoint(folder / "model.safetensors", rt.device)
+        teacher = load_model(folder / "model.safetensors", rt.device)
     final = args.out / "model.safetensors"
     atomic_write(final, lambda tmp: shutil.copyfile(folder / "model.safetensors", tmp))
     rt.close()

@@ -55,7 +55,7 @@ from model.classifier import (
 from model.cli import HelpFormatter, add_sampler_arguments, sampler_params, unused_sampler_flags
 from model.data import DATASETS
 from model.device import resolve_device
-from model.diffusers_models import DiffusersUNet, load_model
+from model.diffusers_models import DiffusersUNet
 from model.fid import (
     CACHE_DIR,
     FeatureFn,
@@ -68,6 +68,7 @@ from model.fid import (
     frechet_distance,
     load_inception_weights,
 )
+from model.formats import load_model
 from model.samplers import (
     SAMPLERS,
     Sampler,

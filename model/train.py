@@ -31,10 +31,11 @@ from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
-from model.checkpoint import EpsilonFromV, atomic_write, load_checkpoint, save_checkpoint
+from model.checkpoint import EpsilonFromV, atomic_write, save_checkpoint
 from model.cli import HelpFormatter, parse_with_config
 from model.data import DATASETS, load_dataset
 from model.device import resolve_device
+from model.formats import load_model
 from model.samplers import ddim_steps, ddim_timesteps, denoise, guided_eps, initial_noise, make_generator
 from model.schedule import SCHEDULES, NoiseSchedule
 from model.unet import PREDICTIONS, PRESETS, UNet, UNetConfig
@@ -454,7 +455,7 @@ def train(args: argparse.Namespace) -> Path:
 
 def warm_start(model: UNet, path: Path) -> None:
     """Copy the weights of an earlier run's checkpoint (its EMA) into a new run's model."""
-    start = load_checkpoint(path)
+    start = load_model(path)
     net = start.net
     if net.config != model.config:
         raise SystemExit(f"--init-from {path}: its UNet config {net.config} is not this run's {model.config}")

@@ -23,9 +23,10 @@ from PIL import Image, ImageColor, ImageDraw, ImageFont
 from torchvision.transforms.functional import to_pil_image
 from torchvision.utils import make_grid, save_image
 
-from model.checkpoint import Checkpoint, CheckpointError, atomic_write, load_checkpoint
+from model.checkpoint import Checkpoint, CheckpointError, atomic_write
 from model.cli import HelpFormatter, add_sampler_arguments, sampler_params, unused_sampler_flags
 from model.data import load_dataset
+from model.formats import load_model
 from model.samplers import SAMPLERS, Step, denoise, get_sampler, guided_eps, initial_noise, make_generator, sampling_run
 from model.schedule import SCHEDULES, NoiseSchedule
 
@@ -404,7 +405,7 @@ def run(args: argparse.Namespace) -> Path:
         return save_picture(quality_against_nfe(tables, args.metrics), args.out)
     if args.command == "forward":
         if args.checkpoint:
-            schedule = load_checkpoint(args.checkpoint).schedule
+            schedule = load_model(args.checkpoint).schedule
         else:
             schedule = NoiseSchedule.from_name(args.schedule, args.timesteps)
         bad = [t for t in args.t if not 0 <= t < schedule.num_timesteps]
@@ -414,7 +415,7 @@ def run(args: argparse.Namespace) -> Path:
         x0 = torch.stack([data[i][0] for i in range(args.n)])
         return save_picture(forward_noising(schedule, x0, args.t, args.seed, args.scale), args.out)
 
-    ckpt = load_checkpoint(args.checkpoint, args.device)
+    ckpt = load_model(args.checkpoint, args.device)
     own = ckpt.sampling or {}  # a distilled student's sampler and steps, which it needs
     sampler = get_sampler(args.sampler or own.get("sampler", "ddim"))
     unused = unused_sampler_flags(args, [sampler])

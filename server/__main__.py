@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         dest="checkpoint_dir",
         help="folder of *.safetensors and diffusers models (default: checkpoints)",
     )
-    parser.add_argument("--device", help="auto (default: cuda if available, else cpu), cpu, cuda or cuda:N")
+    parser.add_argument("--device", help="auto (default: cuda, else mps, else cpu), cpu, cuda or cuda:N")
     parser.add_argument("--default-model", help="model used when a request names none")
     parser.add_argument("--threads", dest="torch_threads", type=int, help="PyTorch CPU threads (default: one per core)")
     parser.add_argument("--max-jobs", type=int, help="most jobs sampling at once, the batch (default 8)")

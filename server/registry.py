@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 
 from model.checkpoint import Checkpoint, CheckpointError
-from model.diffusers_models import DiffusersUNet, diffusers_installed, is_diffusers_folder, load_model
+from model.diffusers_models import DiffusersUNet
+from model.formats import FORMATS, load_model, model_format
 from model.samplers import guided_eps
 from server.threads import CpuThreads
 
@@ -104,9 +105,9 @@ class LoadedModel:
 
 
 def model_paths(folder: Path) -> list[Path]:
-    """The *.safetensors files directly inside `folder` and its diffusers model folders, by name; what
-    looks like a checkpoint but cannot be one (a directory or a broken link named *.safetensors, a
-    diffusers folder without diffusers installed) is logged and left out."""
+    """The models directly inside `folder` (model.formats: *.safetensors files, diffusers model folders),
+    by name; what looks like a model but cannot be one (a directory or a broken link named *.safetensors,
+    a format whose package is not installed) is logged and left out."""
     paths = []
     for path in sorted(folder.iterdir() if folder.is_dir() else []):
         if path.name.startswith("."):  # downloads or writes in progress (model.fetch, atomic_write)
@@ -114,15 +115,15 @@ def model_paths(folder: Path) -> list[Path]:
         if path.suffix == ".safetensors" and not path.is_file():
             what = "a directory" if path.is_dir() else "a symbolic link that leads nowhere or loops"
             log.warning("skipping %s: not a checkpoint file but %s", path, what)
-        elif path.suffix == ".safetensors" or is_diffusers_folder(path):
+        elif model_format(path):
             paths.append(path)
     if not paths:
         log.error("no checkpoints (*.safetensors or diffusers folders) in %s: nothing to serve", folder.resolve())
-    folders = [path.name for path in paths if path.is_dir()]
-    if folders and not diffusers_installed():
-        log.warning("skipping %s: diffusers is not installed: pip install -e '.[diffusers]'", ", ".join(folders))
-        paths = [path for path in paths if not path.is_dir()]
-    return paths
+    for kind in FORMATS:
+        if names := [path.name for path in paths if model_format(path) is kind and not kind.installed]:
+            install = f"{kind.extra} is not installed: pip install -e '.[{kind.extra}]'"
+            log.warning("skipping %s: %s", ", ".join(names), install)
+    return [path for path in paths if model_format(path).installed]
 
 
 class ModelRegistry:
@@ -150,7 +151,7 @@ class ModelRegistry:
             if stop():
                 log.warning("stopping: not loading the %d checkpoints left", len(paths) - i)
                 break
-            name = path.name if path.is_dir() else path.stem
+            name = model_format(path).name(path)
             if name in sources:
                 log.warning("skipping %s: model %s is loaded from %s already", path, name, sources[name])
                 continue

@@ -23,7 +23,7 @@ class Settings(BaseSettings):
     checkpoint_dir: Path = Field(
         Path("checkpoints"), description="every *.safetensors and diffusers model folder directly inside is served"
     )
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto: cuda if available, else cpu")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto: cuda, else mps, else cpu")
     torch_threads: int | None = Field(
         None,
         ge=1,

@@ -22,16 +22,17 @@ from test_evaluate import small_features
 from test_server import serve
 
 from conftest import server_unet
+from model import visualize
 from model.checkpoint import CheckpointError, save_checkpoint
 from model.diffusers_models import (
     DiffusersUNet,
     eps_from_prediction,
     load_diffusers_model,
-    load_model,
     schedule_from_config,
     scheduler_defaults,
 )
 from model.evaluate import evaluate, parse_args
+from model.formats import load_model
 from model.samplers import ddim_timesteps
 from model.schedule import NoiseSchedule
 from server.registry import ModelRegistry
@@ -436,3 +437,14 @@ def test_evaluation_samples_a_diffusers_folder_as_its_config_says(folder, tmp_pa
     # the config's choices, which generate() puts under the flags given
     own = load_model(folder / "ddim-v_prediction-clip").sampler_defaults()
     assert own == {"ddim": {"spacing": "leading"}, "ddpm": {"variance": "fixed_small"}}
+
+
+def test_visualize_draws_a_diffusers_folder_the_server_serves(folder, tmp_path):
+    grid, process = tmp_path / "grid.png", tmp_path / "process.png"
+    visualize.main(["grid", str(folder / "ddim-epsilon-clip"), "-n", "4", "--steps", "2", "--scale", "1",
+                    "--out", str(grid)])  # fmt: skip
+    assert Image.open(grid).size == (grid_side(4, 32), grid_side(4, 32))
+    # the bare layout, class-conditional: a label for every sample
+    visualize.main(["process", str(folder / "classes"), "-n", "2", "--steps", "3", "--columns", "3",
+                    "--out", str(process)])  # fmt: skip
+    assert Image.open(process).mode == "RGB"
