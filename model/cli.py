@@ -1,7 +1,9 @@
-"""What the command-line tools share: the help format, and the sampler flags derived from the table."""
+"""What the command-line tools share: the help format, the sampler flags derived from the table, and the
+options of a training run (training and distillation)."""
 
 import argparse
 import json
+from pathlib import Path
 
 from model.samplers import SAMPLERS, Sampler
 
@@ -65,3 +67,37 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None = 
             parser.error(f"{args.config}: unknown options {sorted(unknown)}")
         parser.set_defaults(**values)
     return parser.parse_args(argv)
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> dict[str, argparse._ArgumentGroup]:
+    """--config and the options that model.train's parts of a run read (batches, TrainState, init_runtime,
+    RunLog), in the groups data, optimization, speed and output, returned for each tool to add its own to.
+    Training and distillation each set their batch size, warmup, EMA decay, run folder and intervals."""
+    parser.add_argument("--config", type=Path, help="JSON file of option values (keys: the option names with "
+                        "underscores); options on the command line win")  # fmt: skip
+    groups = {name: parser.add_argument_group(name) for name in ("data", "optimization", "speed", "output")}
+    g = groups["data"]
+    g.add_argument("--data-root", type=Path, default=Path("data"), help="where the dataset's files are")
+    g.add_argument("--download", action="store_true", help="let torchvision download the dataset")
+    g.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    g = groups["optimization"]
+    g.add_argument("--batch-size", type=int, help="global batch size (split over processes)")
+    g.add_argument("--lr", type=float, default=2e-4)
+    g.add_argument("--warmup", type=int, help="steps of linear learning-rate warmup")
+    g.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine decay ends at lr × this")
+    g.add_argument("--weight-decay", type=float, default=0.0)
+    g.add_argument("--grad-clip", type=float, default=1.0)
+    g.add_argument("--ema-decay", type=float)
+    g.add_argument("--seed", type=int, default=0)
+    g = groups["speed"]
+    g.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda or cuda:N")
+    g.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help="bf16 autocast (CUDA default)")
+    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="(CUDA default)")
+    g.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads)")
+    g = groups["output"]
+    g.add_argument("--out", type=Path, help="the run folder")
+    g.add_argument("--resume", action="store_true", help="continue the run in --out from its state.pt")
+    g.add_argument("--log-every", type=int)
+    g.add_argument("--ckpt-every", type=int)
+    g.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    return groups

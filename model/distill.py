@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from model.checkpoint import Checkpoint, atomic_write, save_checkpoint
-from model.cli import HelpFormatter, parse_with_config
+from model.cli import HelpFormatter, add_run_arguments, parse_with_config
 from model.data import load_dataset
 from model.formats import load_model
 from model.samplers import ddim_steps, ddim_timesteps, guided_eps, initial_noise, make_generator, sample
@@ -42,15 +42,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m model.distill",
         description="Distil a class-conditional teacher (trained with label dropout, for classifier-free guidance) "
-        "into a student that takes w as an input and samples in --final-steps DDIM steps. Options can also come "
-        "from --config FILE.json (keys are the option names with underscores); options on the command line win.",
+        "into a student that takes w as an input and samples in --final-steps DDIM steps.",
         formatter_class=HelpFormatter,
     )
-    p.add_argument("--config", type=Path, help="JSON file of option values")
     p.add_argument("--teacher", type=Path, help="the teacher checkpoint (.safetensors); required")
-    p.add_argument("--data-root", type=Path, default=Path("data"), help="where the teacher's dataset's files are")
-    p.add_argument("--download", action="store_true", help="let torchvision download the dataset")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    add_run_arguments(p)  # its warmup is each round's
     g = p.add_argument_group("distillation")
     g.add_argument("--guidance-range", type=float, nargs=2, default=(0.0, 8.0), metavar=("LOW", "HIGH"),
                    help="w is drawn uniformly from this range")  # fmt: skip
@@ -60,26 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--final-steps", type=int, default=2, help="the student's steps after the last round")
     g.add_argument("--guidance-round-steps", type=int, default=1000, help="optimizer steps of round 0")
     g.add_argument("--round-steps", type=int, default=1000, help="optimizer steps of each progressive round")
-    g = p.add_argument_group("optimization")
-    g.add_argument("--batch-size", type=int, default=64)
-    g.add_argument("--lr", type=float, default=2e-4)
-    g.add_argument("--warmup", type=int, default=50, help="steps of linear learning-rate warmup, each round")
-    g.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine decay ends at lr × this")
-    g.add_argument("--weight-decay", type=float, default=0.0)
-    g.add_argument("--grad-clip", type=float, default=1.0)
-    g.add_argument("--ema-decay", type=float, default=0.995)
-    g.add_argument("--seed", type=int, default=0)
-    g = p.add_argument_group("speed")
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    g.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help="bf16 autocast (CUDA default)")
-    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="(CUDA default)")
-    g.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads)")
-    g = p.add_argument_group("output")
-    g.add_argument("--out", type=Path, default=Path("runs/distill"), help="the run folder")
-    g.add_argument("--resume", action="store_true", help="continue the run in --out")
-    g.add_argument("--log-every", type=int, default=25)
-    g.add_argument("--ckpt-every", type=int, default=100)
-    g.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    p.set_defaults(batch_size=64, warmup=50, ema_decay=0.995, out=Path("runs/distill"), log_every=25, ckpt_every=100)
 
     args = parse_with_config(p, argv)
     if args.teacher is None:

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
 from model.checkpoint import EpsilonFromV, atomic_write, save_checkpoint
-from model.cli import HelpFormatter, parse_with_config
+from model.cli import HelpFormatter, add_run_arguments, parse_with_config
 from model.data import DATASETS, load_dataset
 from model.device import resolve_device
 from model.formats import load_model
@@ -44,18 +44,11 @@ from model.visualize import save_denoising_strip, save_sample_grid
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m model.train",
-        description="Train a DDPM/DDIM noise predictor. Options can also come from --config FILE.json "
-        "(keys are the option names with underscores); options on the command line win.",
-        formatter_class=HelpFormatter,
+        prog="python -m model.train", description="Train a DDPM/DDIM noise predictor.", formatter_class=HelpFormatter
     )
-    p.add_argument("--config", type=Path, help="JSON file of option values")
-    g = p.add_argument_group("data")
-    g.add_argument("--dataset", choices=sorted(DATASETS), default="mnist")
-    g.add_argument("--data-root", type=Path, default=Path("data"), help="where the dataset's files are")
-    g.add_argument("--download", action="store_true", help="let torchvision download the dataset")
-    g.add_argument("--image-size", type=int, help="resize/crop to this size (default: the dataset's own)")
-    g.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    groups = add_run_arguments(p)
+    groups["data"].add_argument("--dataset", choices=sorted(DATASETS), default="mnist")
+    groups["data"].add_argument("--image-size", type=int, help="resize/crop to this size (default: the dataset's own)")
     g = p.add_argument_group("model")
     g.add_argument("--preset", choices=sorted(PRESETS), default="tiny", help="UNet configuration")
     g.add_argument("--base-channels", type=int, help="override the preset's base width")
@@ -73,34 +66,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     g.add_argument("--schedule", choices=SCHEDULES, default="linear")
     g.add_argument("--timesteps", type=int, default=1000)
-    g = p.add_argument_group("optimization")
-    g.add_argument("--batch-size", type=int, default=128, help="global batch size (split over processes)")
-    g.add_argument("--steps", type=int, default=10_000, help="optimizer steps")
-    g.add_argument("--epochs", type=float, help="train this many epochs instead of --steps")
-    g.add_argument("--lr", type=float, default=2e-4)
-    g.add_argument("--warmup", type=int, default=500, help="steps of linear learning-rate warmup")
-    g.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine decay ends at lr × this")
-    g.add_argument("--weight-decay", type=float, default=0.0)
-    g.add_argument("--grad-clip", type=float, default=1.0)
-    g.add_argument("--ema-decay", type=float, default=0.9999)
-    g.add_argument("--seed", type=int, default=0)
-    g = p.add_argument_group("speed")
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    g.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help="bf16 autocast (CUDA default)")
-    g.add_argument("--compile", action="store_true", help="torch.compile the UNet")
-    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="(CUDA default)")
-    g.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads)")
-    g = p.add_argument_group("output")
-    g.add_argument("--out", type=Path, default=Path("runs/default"), help="the run folder")
-    g.add_argument("--resume", action="store_true", help="continue the run in --out from its state.pt")
-    g.add_argument(
+    groups["optimization"].add_argument("--steps", type=int, default=10_000, help="optimizer steps")
+    groups["optimization"].add_argument("--epochs", type=float, help="train this many epochs instead of --steps")
+    groups["speed"].add_argument("--compile", action="store_true", help="torch.compile the UNet")
+    groups["output"].add_argument(
         "--init-from", type=Path, help="start a new run from these weights (a checkpoint of the same UNet config)"
     )
-    g.add_argument("--log-every", type=int, default=50)
-    g.add_argument("--sample-every", type=int, default=2000, help="0: never")
-    g.add_argument("--ckpt-every", type=int, default=1000)
-    g.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
-
+    groups["output"].add_argument("--sample-every", type=int, default=2000, help="0: never")
+    p.set_defaults(
+        batch_size=128, warmup=500, ema_decay=0.9999, out=Path("runs/default"), log_every=50, ckpt_every=1000
+    )
     return parse_with_config(p, argv)
 
 
