@@ -31,7 +31,7 @@ from model.data import load_dataset
 from model.formats import load_model
 from model.samplers import ddim_steps, ddim_timesteps, guided_eps, initial_noise, make_generator, sample
 from model.schedule import NoiseSchedule, _at
-from model.train import RunLog, Runtime, TrainState, batches, guard_run_folder, init_runtime, restore_rng
+from model.train import Runtime, guard_run_folder, init_runtime, open_run
 from model.unet import UNet, UNetConfig
 from model.visualize import save_sample_grid
 
@@ -155,6 +155,16 @@ def sample_student(ckpt: Checkpoint, steps: int, n: int, guidance: float, seed: 
     return sample(run, lambda x_t, t: guided_eps(ckpt.unet, x_t, t, labels, guidance))
 
 
+def student_of(teacher: Checkpoint, rt: Runtime) -> UNet:
+    """A v-predicting student that takes w as an input and starts as its teacher: the same weights (round 0:
+    plus a guidance embedding that adds 0)."""
+    config = UNetConfig.from_dict({**teacher.config.to_dict(), "guidance_input": True, "prediction": "v"})
+    student = UNet(config).to(rt.device)
+    missing, unexpected = student.load_state_dict(teacher.net.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("guidance_mlp.") for k in missing), (missing, unexpected)
+    return student.to(memory_format=torch.channels_last) if rt.channels_last else student
+
+
 def run_round(
     args: argparse.Namespace,
     rt: Runtime,
@@ -166,38 +176,23 @@ def run_round(
     provenance: dict,
 ) -> Path:
     """Train one round's student in `folder` (resuming it if it has a state.pt); returns its checkpoint."""
-    state_path = folder / "state.pt"
-    resume = state_path.is_file()
     total = args.guidance_round_steps if index == 0 else args.round_steps
     schedule = teacher.schedule
     torch.manual_seed(args.seed + index)
-    config = UNetConfig.from_dict({**teacher.config.to_dict(), "guidance_input": True, "prediction": "v"})
-    student = UNet(config).to(rt.device)
-    # the student starts as its teacher: the same weights (round 0: plus a guidance embedding that adds 0)
-    teacher_net = teacher.net
-    missing, unexpected = student.load_state_dict(teacher_net.state_dict(), strict=False)
-    assert not unexpected and all(k.startswith("guidance_mlp.") for k in missing), (missing, unexpected)
-    if rt.channels_last:
-        student = student.to(memory_format=torch.channels_last)
-    state = TrainState(student, args, total)
-    saved = state.load(state_path, rt) if resume else None
-    loader = batches(dataset, args, state.step, rt)
-    log = RunLog(folder, {**vars(args), "round": index}, rt, state.step, total, resume, not args.no_progress)
-    if saved:
-        restore_rng(saved, rt)
-
-    grid = ddim_timesteps(schedule.num_timesteps, 2 * student_steps, SPACING)
+    student = student_of(teacher, rt)
+    state, loader, log = open_run(student, dataset, args, total, folder, {**vars(args), "round": index}, rt)
+    # round 0 runs the teacher only on the first progressive round's teacher grid; the others on their own
+    grid = ddim_timesteps(schedule.num_timesteps, (1 if index == 0 else 2) * student_steps, SPACING)
     low, high = args.guidance_range
-    num_classes = config.num_classes
     student.train()
     while state.step < total:
         x0, labels = next(loader)
         null = torch.rand(labels.shape, device=rt.device) < args.null_share
-        labels = torch.where(null, torch.full_like(labels, num_classes), labels)
+        labels = torch.where(null, torch.full_like(labels, student.config.num_classes), labels)
         w = low + (high - low) * torch.rand(labels.shape, device=rt.device)
         with rt.autocast():
-            if index == 0:  # the teacher is only ever run on the first progressive round's teacher grid
-                t = torch.tensor(ddim_timesteps(schedule.num_timesteps, student_steps, SPACING), device=rt.device)
+            if index == 0:
+                t = torch.tensor(grid, device=rt.device)
                 t = t[torch.randint(0, len(t), labels.shape, device=rt.device)]
                 loss = guidance_loss(student, teacher.unet, schedule, x0, t, labels, w)
             else:
@@ -207,7 +202,7 @@ def run_round(
         log.step(step, x0.shape[0], step % args.log_every == 0 or step == total, loss=loss, lr=state.lr,
                  grad_norm=grad_norm)  # fmt: skip
         if step % args.ckpt_every == 0 or step == total:
-            state.save(state_path, rt)
+            state.save(folder / "state.pt", rt)
         if rt.rank == 0 and (step % args.ckpt_every == 0 or step == total):
             save_checkpoint(
                 folder / "model.safetensors",

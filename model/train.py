@@ -369,6 +369,21 @@ def batches(dataset, args: argparse.Namespace, step: int, rt: Runtime) -> Iterat
     return on_device()
 
 
+def open_run(
+    model: UNet, dataset, args: argparse.Namespace, total: int, folder: Path, config: dict, rt: Runtime
+) -> tuple[TrainState, Iterator[tuple[torch.Tensor, torch.Tensor]], RunLog]:
+    """The state of a run in `folder` (resumed from its state.pt if it has one), the batches from its step
+    and its log; every process's random stream is continued last, once the rest has drawn from it."""
+    resume = (folder / "state.pt").is_file()
+    state = TrainState(model, args, total)
+    saved = state.load(folder / "state.pt", rt) if resume else None
+    loader = batches(dataset, args, state.step, rt)
+    log = RunLog(folder, config, rt, state.step, total, resume, not args.no_progress)
+    if saved:
+        restore_rng(saved, rt)
+    return state, loader, log
+
+
 # --- the training run ---------------------------------------------------------------------------
 
 
@@ -391,15 +406,9 @@ def train(args: argparse.Namespace) -> Path:
     model = model.to(rt.device)
     if rt.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    state = TrainState(model, args, args.steps)
-    saved = state.load(state_path, rt) if args.resume else None
-
+    state, loader, log = open_run(model, dataset, args, args.steps, args.out, vars(args), rt)
     trained = DistributedDataParallel(model) if rt.distributed else model
     forward = torch.compile(trained) if args.compile else trained
-    loader = batches(dataset, args, state.step, rt)
-    log = RunLog(args.out, vars(args), rt, state.step, args.steps, args.resume, not args.no_progress)
-    if saved:
-        restore_rng(saved, rt)
 
     model.train()
     while state.step < args.steps:
