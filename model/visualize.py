@@ -229,13 +229,7 @@ def line_chart(
         x, _ = xy(step, 10**y_lo if log_y else y_lo)
         draw.line([x, height - bottom, x, height - bottom + 4], fill="black")
         draw.text((x, height - bottom + 6), f"{step:g}", fill="black", font=font, anchor="mt")
-    if log_y:
-        decades = range(math.floor(y_lo), math.ceil(y_hi) + 1)
-        y_ticks = [m * 10.0**d for d in decades for m in (1, 2, 5) if y_lo <= math.log10(m * 10.0**d) <= y_hi]
-        y_ticks = y_ticks if len(y_ticks) >= 2 else [10**v for v in (y_lo, y_hi)]
-    else:
-        y_ticks = nice_ticks(y_lo, y_hi, 5)
-    for value in y_ticks:
+    for value in y_ticks(y_lo, y_hi, log_y):
         _, y = xy(x_lo, value)
         draw.line([left, y, width - right, y], fill="#e6e6e6")
         draw.text((left - 6, y), f"{value:.3g}", fill="black", font=font, anchor="rm")
@@ -245,28 +239,42 @@ def line_chart(
             draw.line([x, y, min(x + 4, width - right), y], fill="black")
         draw.text((left + 4, y - 2), f"real data {floor:.3g}", fill="black", font=font, anchor="ld")
     for i, (name, pts) in enumerate(series.items()):
-        pts = [p for p in pts if not log_y or p[1] > 0]
         colour = COLOURS[i % len(COLOURS)]
-        if smooth is None:
-            if len(pts) > 1:
-                draw.line([xy(*p) for p in pts], fill=colour, width=2)
-            for p in pts:
-                x, y = xy(*p)
-                draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
-            legend = name
-        else:
-            faint = tuple(round(255 - (255 - c) * 0.3) for c in ImageColor.getrgb(colour))  # 30% of the colour
-            if len(pts) > 1:
-                draw.line([xy(*p) for p in pts], fill=faint, width=1)
-                avg = smoothed([v for _, v in pts], smooth)
-                draw.line([xy(s, v) for (s, _), v in zip(pts, avg, strict=True)], fill=colour, width=2)
-            legend = f"{name} ({pts[-1][1]:.4g} at {pts[-1][0]})"
+        legend = draw_series(draw, xy, [p for p in pts if not log_y or p[1] > 0], colour, smooth, name)
         draw.text((width - right - 8, top + 8 + 14 * i), legend, fill=colour, font=font, anchor="ra")
     scale = "log scale" if log_y else "linear scale"
     note = f"; solid: moving average {smooth:g}" if smooth is not None else ""
     draw.text((left, top / 2), f"{title} ({scale}{note})", fill="black", font=font, anchor="lm")
     draw.text(((left + width - right) / 2, height - 12), x_label, fill="black", font=font, anchor="mm")
     return image
+
+
+def y_ticks(lo: float, hi: float, log_y: bool) -> list[float]:
+    """The y axis' ticks between lo and hi (log10 of the values on a log axis): 1, 2 and 5 × 10^k on a log
+    axis (at least its ends), round numbers on a linear one."""
+    if not log_y:
+        return nice_ticks(lo, hi, 5)
+    decades = range(math.floor(lo), math.ceil(hi) + 1)
+    ticks = [m * 10.0**d for d in decades for m in (1, 2, 5) if lo <= math.log10(m * 10.0**d) <= hi]
+    return ticks if len(ticks) >= 2 else [10**v for v in (lo, hi)]
+
+
+def draw_series(draw: ImageDraw.ImageDraw, xy, pts: list[tuple[float, float]], colour: str, smooth, name: str) -> str:
+    """One series' (step, value) points, placed by `xy`; returns its legend. Without `smooth`, dots joined
+    by a line; with it, the raw values faint and their moving average solid, and the legend says the last."""
+    if smooth is None:
+        if len(pts) > 1:
+            draw.line([xy(*p) for p in pts], fill=colour, width=2)
+        for p in pts:
+            x, y = xy(*p)
+            draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
+        return name
+    faint = tuple(round(255 - (255 - c) * 0.3) for c in ImageColor.getrgb(colour))  # 30% of the colour
+    if len(pts) > 1:
+        draw.line([xy(*p) for p in pts], fill=faint, width=1)
+        avg = smoothed([v for _, v in pts], smooth)
+        draw.line([xy(s, v) for (s, _), v in zip(pts, avg, strict=True)], fill=colour, width=2)
+    return f"{name} ({pts[-1][1]:.4g} at {pts[-1][0]})"
 
 
 def panels(images: list[Image.Image], columns: int) -> Image.Image:
