@@ -18,6 +18,7 @@ if str(REPO) not in sys.path:  # `python bench/x.py` from anywhere, without inst
 
 from model import formats  # noqa: E402
 from model.checkpoint import Checkpoint  # noqa: E402
+from model.device import synchronize  # noqa: E402
 from model.schedule import NoiseSchedule  # noqa: E402
 from model.unet import build_unet  # noqa: E402
 
@@ -61,11 +62,6 @@ def load_model(path: Path, device: torch.device) -> tuple[Checkpoint, str]:
                 p.normal_(0, 0.02)
     checkpoint = Checkpoint(unet.to(device).eval(), NoiseSchedule.from_name("linear", 1000).to(device), "random")
     return checkpoint, f"random 'tiny' model of the MNIST architecture ({path.name} was not there yet)"
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def timed(fn: Callable[[], object], device: torch.device) -> tuple[float, object]:

@@ -28,13 +28,12 @@ from _common import (
     machine_line,
     markdown_table,
     median,
-    synchronize,
     timed,
     variants,
 )
 
 from model.checkpoint import EpsilonFromV
-from model.device import resolve_device
+from model.device import resolve_device, synchronize
 from model.distill import progressive_loss
 from model.samplers import ddim_timesteps
 from model.schedule import NoiseSchedule

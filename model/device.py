@@ -1,4 +1,4 @@
-"""The one choice of device that every tool and the server make from a --device name."""
+"""The device: the one choice that every tool and the server make from a --device name, and waiting for it."""
 
 import torch
 
@@ -12,3 +12,9 @@ def resolve_device(name: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {name!r} requested but CUDA is not available; use --device auto or cpu")
     return device
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the work queued on a GPU, so that a time taken after it counts that work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

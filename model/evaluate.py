@@ -54,7 +54,7 @@ from model.classifier import (
 )
 from model.cli import HelpFormatter, add_sampler_arguments, sampler_params, unused_sampler_flags
 from model.data import DATASETS
-from model.device import resolve_device
+from model.device import resolve_device, synchronize
 from model.diffusers_models import DiffusersUNet
 from model.fid import (
     CACHE_DIR,
@@ -141,6 +141,14 @@ def parse_sampler(text: str, args: argparse.Namespace | None = None) -> SamplerC
     return SamplerChoice(sampler.name, tuple(given.items()))
 
 
+def parse_samplers(args: argparse.Namespace) -> list[SamplerChoice]:
+    """--sampler's choices, with the parameter flags they take; a flag that none of them takes is an error."""
+    samplers = [parse_sampler(s, args) for s in args.sampler]
+    if unused := unused_sampler_flags(args, [choice.sampler for choice in samplers]):
+        raise ValueError(f"{', '.join(unused)}: none of the samplers {', '.join(args.sampler)} takes it")
+    return samplers
+
+
 # --- samples -----------------------------------------------------------------------------------
 
 
@@ -187,8 +195,7 @@ def generate(
         params = sampler.sampler.resolve({**ckpt.sampler_defaults().get(sampler.name, {}), **dict(sampler.given)})
         run = sampling_run(sampler.name, ckpt.schedule, x, steps, generator, **params)
         x0 = sample(run, lambda x_t, t, y=y: guided_eps(ckpt.unet, x_t, t, y, guidance))
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        synchronize(device)
         seconds += time.perf_counter() - tick
         images.append(to_uint8(x0).cpu())
         if y is not None:
@@ -404,13 +411,8 @@ def summary_line(row: dict, floor: dict) -> str:
 # --- the command -------------------------------------------------------------------------------
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description="FID and classifier scores of a checkpoint's samples, for one sampler or a sweep.",
-        formatter_class=HelpFormatter,
-    )
-    p.add_argument("checkpoint", type=Path)
-    g = p.add_argument_group("sampling")
+def add_sampling_arguments(g: argparse._ArgumentGroup) -> None:
+    """The cells to sample (samplers × steps or NFE, the sweeps, guidance weights) and how (N, batch, seed)."""
     g.add_argument(
         "--sampler",
         nargs="+",
@@ -445,6 +447,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("-n", "--num-samples", type=int, default=50_000, help="samples per cell (the papers use 50,000)")
     g.add_argument("--batch-size", type=int, default=250)
     g.add_argument("--seed", type=int, default=0, help="every cell starts from the same noise")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description="FID and classifier scores of a checkpoint's samples, for one sampler or a sweep.",
+        formatter_class=HelpFormatter,
+    )
+    p.add_argument("checkpoint", type=Path)
+    add_sampling_arguments(p.add_argument_group("sampling"))
     g = p.add_argument_group("scores")
     g.add_argument(
         "--metrics",
@@ -540,50 +551,25 @@ def evaluate(args: argparse.Namespace, fid_features: FeatureFn | None = None) ->
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    samplers = [parse_sampler(s, args) for s in args.sampler]
-    unused = unused_sampler_flags(args, [choice.sampler for choice in samplers])
-    if unused:
-        raise ValueError(f"{', '.join(unused)}: none of the samplers {', '.join(args.sampler)} takes it")
+    samplers = parse_samplers(args)
     ckpt = load_model(args.checkpoint, device)
     ckpt.dataset = args.dataset or ckpt.dataset
-    conditional = (args.conditioning or "class") == "class" and ckpt.config.num_classes > 0
-    if args.conditioning == "class" and not ckpt.config.num_classes:
-        raise ValueError(f"{args.checkpoint} is unconditional: use --conditioning none")
-    if ckpt.config.num_classes and ckpt.unet.null_label is None and (args.conditioning == "none" or args.guidance != 1):
-        raise ValueError(f"{args.checkpoint} has no unconditional class: sample it with labels and --guidance 1")
+    conditional = conditioning(args, ckpt)
     out = args.out or Path("runs/eval") / args.checkpoint.stem
-    has_classifier = bool(DATASETS.get(ckpt.dataset, DATASETS["folder"]).class_names)
-    metrics = args.metrics or ["fid"] + (
-        ["classifier"] if (args.classifier or default_classifier_path(ckpt.dataset)).is_file() else []
-    )
-    if "classifier" in metrics and not has_classifier:
-        raise ValueError(f"{ckpt.dataset} has no labels: the classifier scores need MNIST or Fashion-MNIST")
-
+    class_names = list(DATASETS.get(ckpt.dataset, DATASETS["folder"]).class_names)
     real = RealImages(ckpt.dataset, args.data_root, ckpt.config.image_size)
-    judges = []
-    if "fid" in metrics:
-        if fid_features is None:
-            fid_features = InceptionFeatures(build_inception(load_inception_weights(args.inception_weights)), device)
-        cache = args.fid_cache if isinstance(fid_features, InceptionFeatures) else None
-        judges.append(FIDJudge(fid_features, real, args.ref_images, cache, args.fid_batch_size, not args.no_progress))
-    if "classifier" in metrics:
-        judges.append(classifier_judge(ckpt, real, args, device))
-    n_floor = min(args.num_samples, real.size("test"))
-    floor = {"n": n_floor}
+    judges = make_judges(args, ckpt, real, device, fid_features)
+    floor = {"n": min(args.num_samples, real.size("test"))}
     for judge in judges:
-        floor.update(judge.floor(n_floor, conditional))
-
-    header = report_header(args, ckpt, judges, conditional, n_floor, device)
+        floor.update(judge.floor(floor["n"], conditional))
+    header = report_header(args, ckpt, judges, conditional, floor["n"], device)
     if not ckpt.ema:
         print(
             f"warning: {args.checkpoint} holds raw weights, not EMA ones; the papers sample from the EMA",
             file=sys.stderr,
         )
     print("\n".join(header[2:]))
-    rows = read_rows(out / "results.csv") if args.resume else []
-    if stale := [r for r in rows if (r["n"], r.get("seed", args.seed)) != (args.num_samples, args.seed)]:
-        print(f"--resume: sampling {len(stale)} cells again (their N or seed differs from this run's)", file=sys.stderr)
-        rows = [r for r in rows if r not in stale]
+    rows = resumed_rows(args, out)
     done = {(r["sampler"], r["steps"]) for r in rows}
     several_w = conditional and len(args.guidance) > 1
     for guidance in args.guidance if conditional else [1.0]:
@@ -615,9 +601,47 @@ def evaluate(args: argparse.Namespace, fid_features: FeatureFn | None = None) ->
                 row.update(judge.score(samples.images, samples.labels))
             rows.append(row)
             print(summary_line(row, floor), flush=True)
-            write_reports(out, rows, floor, header, DATASETS[ckpt.dataset].class_names if has_classifier else [])
+            write_reports(out, rows, floor, header, class_names)
     print(f"\n{markdown_report(rows, floor, [], [])}\nwritten: {out / 'results.md'}, {out / 'results.csv'}")
     return rows, floor
+
+
+def conditioning(args: argparse.Namespace, ckpt: Checkpoint) -> bool:
+    """Whether the samples are conditioned on classes (--conditioning, else whether the model has any),
+    checked against what the model can do."""
+    if args.conditioning == "class" and not ckpt.config.num_classes:
+        raise ValueError(f"{args.checkpoint} is unconditional: use --conditioning none")
+    if ckpt.config.num_classes and ckpt.unet.null_label is None and (args.conditioning == "none" or args.guidance != 1):
+        raise ValueError(f"{args.checkpoint} has no unconditional class: sample it with labels and --guidance 1")
+    return (args.conditioning or "class") == "class" and ckpt.config.num_classes > 0
+
+
+def make_judges(
+    args: argparse.Namespace, ckpt: Checkpoint, real: RealImages, device: torch.device, fid_features: FeatureFn | None
+) -> list:
+    """The judges of --metrics (default: FID, and the classifier where there is one for the dataset)."""
+    metrics = args.metrics or ["fid"] + (
+        ["classifier"] if (args.classifier or default_classifier_path(ckpt.dataset)).is_file() else []
+    )
+    if "classifier" in metrics and not DATASETS.get(ckpt.dataset, DATASETS["folder"]).class_names:
+        raise ValueError(f"{ckpt.dataset} has no labels: the classifier scores need MNIST or Fashion-MNIST")
+    judges = []
+    if "fid" in metrics:
+        if fid_features is None:
+            fid_features = InceptionFeatures(build_inception(load_inception_weights(args.inception_weights)), device)
+        cache = args.fid_cache if isinstance(fid_features, InceptionFeatures) else None
+        judges.append(FIDJudge(fid_features, real, args.ref_images, cache, args.fid_batch_size, not args.no_progress))
+    if "classifier" in metrics:
+        judges.append(classifier_judge(ckpt, real, args, device))
+    return judges
+
+
+def resumed_rows(args: argparse.Namespace, out: Path) -> list[dict]:
+    """With --resume, the cells of --out's results.csv sampled with this run's N and seed."""
+    rows = read_rows(out / "results.csv") if args.resume else []
+    if stale := [r for r in rows if (r["n"], r.get("seed", args.seed)) != (args.num_samples, args.seed)]:
+        print(f"--resume: sampling {len(stale)} cells again (their N or seed differs from this run's)", file=sys.stderr)
+    return [r for r in rows if r not in stale]
 
 
 def main(argv: list[str] | None = None) -> None:

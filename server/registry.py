@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from model.checkpoint import Checkpoint, CheckpointError
+from model.device import synchronize
 from model.diffusers_models import DiffusersUNet
 from model.formats import FORMATS, load_model, model_format
 from model.samplers import guided_eps
@@ -207,21 +208,15 @@ def warm_up(model: LoadedModel, threads: CpuThreads | None = None) -> None:
     x = torch.zeros(2, *model.image_shape, device=model.device)
     t = torch.full((2,), model.schedule.num_timesteps - 1, device=model.device)
     labels = torch.zeros(2, dtype=torch.long, device=model.device) if model.num_classes else None
-    with torch.inference_mode():
-        guided_eps(model.unet, x, t, labels, 3.0)  # as the loop calls it: a student takes w, a teacher doubles
-        x = torch.zeros(TIMING_ROWS, *model.image_shape, device=model.device)
-        t = torch.full((TIMING_ROWS,), model.schedule.num_timesteps // 2, device=model.device)
-        labels = torch.zeros(TIMING_ROWS, dtype=torch.long, device=model.device) if model.num_classes else None
-        guided_eps(model.unet, x, t, labels, 1.0)  # the first call at a new shape pays for its setup: not timed
-        if threads is not None:
-            threads.adapt()
-        _synchronize(model.device)
-        began = time.perf_counter()
-        guided_eps(model.unet, x, t, labels, 1.0)  # unguided, as the loop calls it: one row each
-        _synchronize(model.device)
-        model.seconds_per_row = (time.perf_counter() - began) / TIMING_ROWS
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    guided_eps(model.unet, x, t, labels, 3.0)  # as the loop calls it: a student takes w, a teacher doubles
+    x = torch.zeros(TIMING_ROWS, *model.image_shape, device=model.device)
+    t = torch.full((TIMING_ROWS,), model.schedule.num_timesteps // 2, device=model.device)
+    labels = torch.zeros(TIMING_ROWS, dtype=torch.long, device=model.device) if model.num_classes else None
+    guided_eps(model.unet, x, t, labels, 1.0)  # the first call at a new shape pays for its setup: not timed
+    if threads is not None:
+        threads.adapt()
+    synchronize(model.device)
+    began = time.perf_counter()
+    guided_eps(model.unet, x, t, labels, 1.0)  # unguided, as the loop calls it: one row each
+    synchronize(model.device)
+    model.seconds_per_row = (time.perf_counter() - began) / TIMING_ROWS
