@@ -44,6 +44,7 @@ class Checkpoint:
     path: Path | None = None
     sampling: dict | None = None  # a distilled student's own sampler, steps and their parameters
     distillation: dict | None = None  # how a distilled student was made (model.distill's provenance)
+    origin: str | None = None  # what a format other than this project's says of the weights (model.formats)
 
     @property
     def config(self) -> UNetConfig:
@@ -53,6 +54,12 @@ class Checkpoint:
     def net(self) -> UNet:
         """The UNet itself, as trained (a v-predictor unwrapped from its ε view)."""
         return self.unet.net if isinstance(self.unet, EpsilonFromV) else self.unet
+
+    @property
+    def weights(self) -> str:
+        """What the weights are, for logs and reports: how long they were trained and whether they are the
+        EMA, or what their format says of them."""
+        return self.origin or f"trained {self.step} steps, {'EMA' if self.ema else 'raw (not EMA!)'} weights"
 
     @property
     def teacher(self) -> str | None:

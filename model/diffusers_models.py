@@ -80,12 +80,11 @@ class DiffusersUNet(nn.Module):
     it samples with a label for every image and without classifier-free guidance.
     """
 
-    def __init__(self, unet: nn.Module, schedule: NoiseSchedule, prediction_type: str, description: str):
+    def __init__(self, unet: nn.Module, schedule: NoiseSchedule, prediction_type: str):
         super().__init__()
         self.unet = unet
         self.schedule = schedule
         self.prediction_type = prediction_type
-        self.description = description
         size = unet.config.sample_size
         self.config = PredictorConfig(
             in_channels=unet.config.in_channels,
@@ -277,10 +276,10 @@ def load_diffusers_model(folder: str | Path, device: torch.device | str = "cpu")
         f"diffusers UNet2DModel ({parameters / 1e6:.1f}M parameters) with a {class_name} config: "
         f"{prediction_type} prediction, clip_sample {schedule.sampling.clip}, variance {schedule.sampling.variance}"
     )
-    model = DiffusersUNet(unet, schedule, prediction_type, description).eval()
+    model = DiffusersUNet(unet, schedule, prediction_type).eval()
     dataset = PAPERS_MODELS.get(folder.name, "diffusers")
     # ema=True: these are the weights diffusers' pipelines sample with (whether they are EMA is not recorded)
-    return Checkpoint(model, schedule, dataset, [], 0, True, folder)
+    return Checkpoint(model, schedule, dataset, [], 0, True, folder, origin=description)
 
 
 def _first_line(error: Exception) -> str:

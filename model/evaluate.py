@@ -55,7 +55,6 @@ from model.classifier import (
 from model.cli import HelpFormatter, add_sampler_arguments, sampler_params, unused_sampler_flags
 from model.data import DATASETS
 from model.device import resolve_device, synchronize
-from model.diffusers_models import DiffusersUNet
 from model.fid import (
     CACHE_DIR,
     FeatureFn,
@@ -527,13 +526,8 @@ def report_header(
     return [
         f"# Evaluation of `{args.checkpoint}`",
         "",
-        f"- model: {ckpt.dataset}, {ckpt.config.image_size}px, "
-        + (
-            f"{ckpt.unet.description}, "
-            if isinstance(ckpt.unet, DiffusersUNet)
-            else f"trained {ckpt.step} steps, {'EMA' if ckpt.ema else 'raw (not EMA!)'} weights, "
-        )
-        + f"{ckpt.schedule.name} schedule, T={ckpt.schedule.num_timesteps}",
+        f"- model: {ckpt.dataset}, {ckpt.config.image_size}px, {ckpt.weights}, "
+        f"{ckpt.schedule.name} schedule, T={ckpt.schedule.num_timesteps}",
         f"- samples: N={args.num_samples} per cell, {sampling}; seed {args.seed}; each sampler at its "
         "default parameters (the model's own where its files state them) unless its name says otherwise "
         "(model/samplers.py: SAMPLERS)",

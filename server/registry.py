@@ -12,7 +12,6 @@ import torch
 
 from model.checkpoint import Checkpoint, CheckpointError
 from model.device import synchronize
-from model.diffusers_models import DiffusersUNet
 from model.formats import FORMATS, load_model, model_format
 from model.samplers import guided_eps
 from server.threads import CpuThreads
@@ -191,12 +190,9 @@ class ModelRegistry:
 def describe(checkpoint: Checkpoint) -> str:
     config = checkpoint.config
     classes = f"{config.num_classes} classes" if config.num_classes else "unconditional"
-    weights = "EMA weights" if checkpoint.ema else "raw weights (not EMA)"
     schedule = f"{checkpoint.schedule.name} schedule, T = {checkpoint.schedule.num_timesteps}"
     shape = f"{config.in_channels}×{config.image_size}×{config.image_size}"
-    if isinstance(checkpoint.unet, DiffusersUNet):
-        return f"{checkpoint.dataset}, {shape}, {classes}, {schedule}, {checkpoint.unet.description}"
-    return f"{checkpoint.dataset}, {shape}, {classes}, {schedule}, step {checkpoint.step}, {weights}"
+    return f"{checkpoint.dataset}, {shape}, {classes}, {schedule}, {checkpoint.weights}"
 
 
 @torch.inference_mode()
