@@ -27,7 +27,7 @@ GPU_ONLY = ("compile", "bf16", "cuda_graphs")
 
 
 def add_common_args(parser) -> None:
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: cuda if available")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: cuda, mps or cpu")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each row (the median is reported)")
     parser.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads); default: torch's")
 
