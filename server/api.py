@@ -116,18 +116,7 @@ async def sample(request: Request, state: State):
         headers = {"X-Seed": str(spec.seed), "X-Elapsed-Ms": f"{event.elapsed_ms:.1f}"}
         return Response(grid, media_type="image/png", headers=headers)
     grid, pngs = await state.encode(images.grid_and_images_b64, event.images)
-    return SampleResponse(
-        images=pngs,
-        grid=grid,
-        seed=spec.seed,
-        model=spec.model.name,
-        sampler=spec.sampler,
-        steps=spec.steps,
-        params=spec.params,
-        label=spec.label,
-        guidance=spec.guidance,
-        elapsed_ms=event.elapsed_ms,
-    )
+    return SampleResponse(images=pngs, grid=grid, elapsed_ms=event.elapsed_ms, **spec.echo(SampleResponse.model_fields))
 
 
 @router.get("/metrics", response_class=PlainTextResponse, tags=["health"], summary="Prometheus metrics")

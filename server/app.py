@@ -39,7 +39,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from model.samplers import SAMPLERS
-from server import api, config, ws
+from server import api, config, schemas, ws
 from server.jobs import POLICY_VIOLATION, JobBridge, Refused
 from server.loop import SamplingLoop
 from server.metrics import Metrics
@@ -278,18 +278,15 @@ def _request_schema(request_model: type[SampleRequest], settings: Settings, regi
     models = list(registry.models.values()) if registry else []
     for name in IMAGE_FIELDS:  # base64 PNGs; their size, format and pixels are checked by the server
         fields[name]["anyOf"][0].update(contentEncoding="base64", contentMediaType="image/png")
-    if "preview_size" in fields:
-        _bound(fields["preview_size"], maximum=settings.preview_size)
-    max_steps = min(settings.max_steps, max((m.schedule.num_timesteps for m in models), default=settings.max_steps))
-    _bound(fields["n"], maximum=settings.max_n)
-    fields["n"]["default"] = min(fields["n"]["default"], settings.max_n)
-    _bound(fields["steps"], maximum=max_steps)
-    _bound(fields["guidance"], maximum=settings.max_guidance)
-    num_classes = max((m.num_classes for m in models), default=None)
-    if num_classes == 0:
+    for name, limit in schemas.bounds(
+        schemas.Scope(settings, tuple(models)), request_model
+    ).items():  # the rules' (schemas.RULES)
+        if limit["maximum"] is not None:
+            _bound(fields[name], maximum=limit["maximum"])
+        if fields[name].get("default") is not None:  # a fixed default the limit may cut (n: 16, at most max_n)
+            fields[name]["default"] = limit["default"]
+    if models and not any(m.num_classes for m in models):
         fields["label"]["anyOf"] = [{"type": "null"}]
-    elif num_classes:
-        _bound(fields["label"], maximum=num_classes - 1)
     if models:
         fields["model"]["anyOf"] = [{"type": "string", "enum": sorted(registry.models)}, {"type": "null"}]
     return request

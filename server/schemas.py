@@ -1,19 +1,22 @@
 """The API's contract: what clients send and what they get back, for REST and the WebSocket.
 
 Requests are strict: an unknown field, a string where a number belongs or a number out of range
-is refused (422, or an error message on the WebSocket), never guessed at. The limits that depend
-on the server's settings or on the model (n, steps, guidance, label) and the sampler's own
-parameters (from the sampler table, model.samplers.SAMPLERS) are checked in server.validation,
-with errors of the same shape.
+is refused (422, or an error message on the WebSocket), never guessed at. A request field is defined
+here once: its type and fixed range in the request model, and in RULES what depends on the server
+and the model (its limit, its default), whether a branch takes it from its origin, and its name in a
+sentence. server.validation checks the rules, the OpenAPI schema states them, GET /config publishes
+them for the page, and the job's spec and the replies take the fields by name.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from model.samplers import SAMPLERS
+from model.samplers import SAMPLERS, Sampler
 
 # Seeds stay below 2^53 so that JavaScript, whose numbers are doubles, can send them back exactly.
 MAX_SEED = 2**53 - 1
@@ -134,6 +137,119 @@ class StreamRequest(SampleRequest):
 SampleRequest.model_rebuild()
 Branch.model_rebuild()
 StreamRequest.model_rebuild()
+
+
+# --- what a field's type cannot say: the limits and defaults of this server and model -----------------
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What a field's limits and defaults depend on: the server's settings (server.settings.Settings),
+    the models a request may name (the one it names, once known) and its sampler (None: any)."""
+
+    settings: Any
+    models: tuple = ()  # server.registry.LoadedModel
+    sampler: Sampler | None = None
+
+    @property
+    def model(self):
+        return self.models[0] if len(self.models) == 1 else None
+
+    @property
+    def timesteps(self) -> int | None:
+        return max((m.schedule.num_timesteps for m in self.models), default=None)
+
+    @property
+    def sampler_steps(self) -> int | None:
+        """The most steps the sampler takes on the model (None: any sampler, or any model)."""
+        return None if self.sampler is None or self.timesteps is None else self.sampler.max_steps(self.timesteps)
+
+    @property
+    def max_steps(self) -> int:
+        return min(self.settings.max_steps, self.sampler_steps or self.timesteps or self.settings.max_steps)
+
+    def default_steps(self) -> int | None:
+        """The steps of a request that gives none: those its model or the server pairs with this sampler
+        when it is their default, else the sampler's own (all T for DDPM); at most max_steps."""
+        model, sampler, settings = self.model, self.sampler, self.settings
+        if model is None or sampler is None:
+            return None
+        if sampler.name == model.default_sampler and model.default_steps:
+            steps = model.default_steps
+        elif sampler.name == settings.default_sampler and settings.default_steps and not model.default_sampler:
+            steps = settings.default_steps
+        else:
+            steps = sampler.steps_for(model.schedule.num_timesteps)
+        return min(steps, self.max_steps)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A request field beyond its type: its name in a sentence (the page's messages), its largest value
+    and its default where the server or the model sets them (from a Scope; `over` says why a value is
+    refused), the field it needs to differ from its default, and whether it is part of a run's start
+    (a branch takes those from the run it continues)."""
+
+    title: str
+    maximum: Callable[[Scope], float | None] | None = None
+    over: str = "at most {most:g}"  # formatted with most (the maximum) and s (the Scope)
+    default: Callable[[Scope, Any], Any] | None = None  # (scope, the schema's default) → the default
+    needs: tuple[str, str] | None = None  # (field, what it is for)
+    start: bool = False
+
+
+RULES: dict[str, Rule] = {
+    "model": Rule("The model", start=True),
+    "sampler": Rule("The sampler"),
+    "steps": Rule(
+        "Steps",
+        maximum=lambda s: s.max_steps,
+        over="at most {most} steps ({s.sampler.name} on a model of T = {s.timesteps} takes {s.sampler_steps}, "
+        "the server allows {s.settings.max_steps})",
+        default=lambda s, value: s.default_steps(),
+    ),
+    "n": Rule(
+        "The number of images",
+        maximum=lambda s: s.settings.max_n,
+        over="at most {most} images per request",
+        default=lambda s, value: min(value, s.settings.max_n),  # the default fits
+        start=True,
+    ),
+    "seed": Rule("The seed", start=True),
+    "label": Rule(
+        "The class",
+        maximum=lambda s: (classes - 1) if (classes := max((m.num_classes for m in s.models), default=0)) else None,
+        over="{s.model.name} has classes 0 … {most}",
+    ),
+    "guidance": Rule(
+        "Guidance", maximum=lambda s: s.settings.max_guidance, default=lambda s, value: s.settings.default_guidance
+    ),
+    "init_image": Rule("The starting image", start=True),
+    "strength": Rule("Strength", needs=("init_image", "the image to start from"), start=True),
+    "mask": Rule("The mask", needs=("init_image", "the image whose unmasked pixels are kept"), start=True),
+    "branch": Rule("The branch"),
+    "interpolate_to": Rule("The seed to interpolate to", start=True),
+    "every": Rule("Every"),
+    "preview_size": Rule(
+        "The preview size",
+        maximum=lambda s: s.settings.preview_size,
+        over="at most {most} (the server's preview_size)",
+        default=lambda s, value: s.settings.preview_size,
+    ),
+}
+START_FIELDS = tuple(name for name, rule in RULES.items() if rule.start)  # a branch's are its origin's
+
+
+def bounds(scope: Scope, request_model: type[SampleRequest] = StreamRequest) -> dict[str, dict]:
+    """Each field's largest value and its default in this scope, where the rules set them: the limits
+    the OpenAPI schema states and GET /config publishes."""
+    out = {}
+    for name, info in request_model.model_fields.items():
+        rule = RULES[name]
+        most = None if rule.maximum is None else rule.maximum(scope)
+        default = info.default if rule.default is None else rule.default(scope, info.default)
+        out[name] = {"maximum": most, "default": default}
+    return out
 
 
 class SampleResponse(BaseModel):

@@ -201,15 +201,7 @@ async def _render(item: Event | BaseModel, spec: JobSpec, state: ServerState) ->
         return FrameMessage(step=item.step, total=item.total, t=item.t, x_t=x_t, x0=x0)
     if isinstance(item, Finished):
         grid, pngs = await state.encode(images.grid_and_images_b64, item.images)
-        return DoneMessage(
-            grid=grid,
-            images=pngs,
-            seed=spec.seed,
-            model=spec.model.name,
-            sampler=spec.sampler,
-            steps=spec.steps,
-            elapsed_ms=item.elapsed_ms,
-        )
+        return DoneMessage(grid=grid, images=pngs, elapsed_ms=item.elapsed_ms, **spec.echo(DoneMessage.model_fields))
     if isinstance(item, Cancelled):
         return CancelledMessage(step=item.step)
     if isinstance(item, Queued):
@@ -231,21 +223,11 @@ def _encode_frame(frame: Frame) -> tuple[str, str]:
 
 def _start_message(spec: JobSpec) -> StartMessage:
     channels, image_size, _ = spec.model.image_shape
+    preview_size = min(image_size, spec.preview_size or image_size)
+    at_step = 0 if spec.branch is None else spec.branch.at_step
+    shape = {"image_size": image_size, "channels": channels, "preview_size": preview_size}
     return StartMessage(
-        total=spec.steps_taken,
-        at_step=0 if spec.branch is None else spec.branch.at_step,
-        seed=spec.seed,
-        model=spec.model.name,
-        sampler=spec.sampler,
-        steps=spec.steps,
-        n=spec.n,
-        every=spec.every,
-        image_size=image_size,
-        channels=channels,
-        preview_size=min(image_size, spec.preview_size or image_size),
-        params=spec.params,
-        label=spec.label,
-        guidance=spec.guidance,
+        **{**spec.echo(StartMessage.model_fields), "total": spec.plan.steps_taken, "at_step": at_step, **shape}
     )
 
 
