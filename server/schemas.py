@@ -360,11 +360,39 @@ class Load(BaseModel):
     queued_jobs: int = Field(description="Runs waiting for a place now.")
 
 
+class FieldRule(BaseModel):
+    name: str = Field(description="The request field (a WebSocket request also takes every and preview_size).")
+    title: str = Field(description="The field in a sentence: “The number of images”.")
+    type: str = Field(description="Its JSON type: integer, number, boolean, string or object.")
+    nullable: bool = Field(description="null is allowed: the server's default, or none.")
+    default: ParamValue | None = Field(description="Its value when a request leaves it out (the loosest model's).")
+    minimum: float | None
+    exclusive_minimum: float | None
+    maximum: float | None = Field(description="Its largest value on this server (the loosest model's).")
+    needs: str | None = Field(description="The field it needs when it is not at its default.")
+    start: bool = Field(description="A part of a run's start: a branch takes it from the run it continues.")
+    description: str
+
+
+class FieldBounds(BaseModel):
+    maximum: float | None
+    default: ParamValue | None
+
+
+class RequestRules(BaseModel):
+    fields: list[FieldRule]
+    models: dict[str, dict[str, dict[str, FieldBounds]]] = Field(
+        description="By model, then by sampler: the largest value and the default of each field whose rules "
+        "depend on them (the steps a request without steps gets, say)."
+    )
+
+
 class ServerConfig(BaseModel):
     limits: Limits
     defaults: Defaults
     samplers: list[SamplerInfo] = Field(description="Every sampler a request may name, with its parameters.")
     load: Load = Field(description="The sampling loop now: its measured rate and its jobs.")
+    request: RequestRules = Field(description="The request's fields and their rules, for a client's own checks.")
 
 
 class ScheduleInfo(BaseModel):
