@@ -170,25 +170,23 @@ class Scope:
 
     def default_steps(self) -> int | None:
         """The steps of a request that gives none: those its model or the server pairs with this sampler
-        when it is their default, else the sampler's own (all T for DDPM); at most max_steps."""
+        when it is their default, else the sampler's own (all T for DDPM)."""
         model, sampler, settings = self.model, self.sampler, self.settings
         if model is None or sampler is None:
             return None
         if sampler.name == model.default_sampler and model.default_steps:
-            steps = model.default_steps
-        elif sampler.name == settings.default_sampler and settings.default_steps and not model.default_sampler:
-            steps = settings.default_steps
-        else:
-            steps = sampler.steps_for(model.schedule.num_timesteps)
-        return min(steps, self.max_steps)
+            return model.default_steps
+        if sampler.name == settings.default_sampler and settings.default_steps and not model.default_sampler:
+            return settings.default_steps
+        return sampler.steps_for(model.schedule.num_timesteps)
 
 
 @dataclass(frozen=True)
 class Rule:
     """A request field beyond its type: its name in a sentence (the page's messages), its largest value
     and its default where the server or the model sets them (from a Scope; `over` says why a value is
-    refused), the field it needs to differ from its default, and whether it is part of a run's start
-    (a branch takes those from the run it continues)."""
+    refused; a default over the maximum is cut to it), the field it needs to differ from its default,
+    and whether it is part of a run's start (a branch takes those from the run it continues)."""
 
     title: str
     maximum: Callable[[Scope], float | None] | None = None

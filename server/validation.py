@@ -94,14 +94,15 @@ def _sampler(request: SampleRequest, model: LoadedModel, settings: Settings) -> 
 
 
 def _fields(request: SampleRequest, scope: Scope) -> tuple[dict, list[dict]]:
-    """Every field's value, with its rule's default where it was not given, and the errors of those
-    over their rule's limit or without the field they need."""
+    """Every field's value, with its rule's default (at most its maximum) where it was not given, and
+    the errors of those over their rule's maximum or without the field they need."""
     values, errors = {}, []
     for name, info in type(request).model_fields.items():
         rule, value = RULES[name], getattr(request, name)
+        most = None if rule.maximum is None else rule.maximum(scope)
         if rule.default is not None and (value is None or name not in request.model_fields_set):
             value = rule.default(scope, value)
-        most = None if rule.maximum is None else rule.maximum(scope)
+            value = value if most is None or value is None else min(value, most)
         if value is not None and most is not None and value > most:
             errors.append(_error(name, "less_than_equal", rule.over.format(most=most, s=scope), value))
         if rule.needs and value != info.default and getattr(request, rule.needs[0]) is None:

@@ -393,7 +393,6 @@ export class Controls {
     this.el.steps.value = fixed ?? this.stepsBySampler.get(sampler.name) ?? String(samplerSteps(sampler, this.model, this.config));
     const own = modelParams(this.model, sampler);
     this.paramFields = buildParamFields(this.el.params, sampler, {
-      idPrefix: "",
       // what the visitor set for this sampler, over the model's own values, except those a distilled model fixes
       values: { ...own.values, ...this.paramsBySampler.get(sampler.name), ...fixedValues(own) },
       fixed: own.fixed,
