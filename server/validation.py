@@ -17,7 +17,7 @@ from model.samplers import SAMPLERS, Sampler
 from server import images
 from server.loop import BranchSpec, JobSpec
 from server.registry import LoadedModel, ModelRegistry
-from server.schemas import RULES, START_FIELDS, SampleRequest, Scope, StreamRequest
+from server.schemas import RULES, START_FIELDS, SampleRequest, Scope
 from server.settings import Settings
 
 
@@ -48,26 +48,21 @@ def resolve(request: SampleRequest, registry: ModelRegistry, settings: Settings)
         _raise(_start(request, model, sampler, params, values, settings))
     else:
         _raise(_branch(request, origin, (sampler.name, values["steps"], params)))
-        values |= {name: getattr(origin.plan, name) for name in START_FIELDS if name in _PLAN}
+        values |= {name: getattr(origin.plan, name) for name in START_FIELDS if hasattr(origin.plan, name)}
     if values["seed"] is None:
         values["seed"] = secrets.randbelow(2**32)
     branch = None if origin is None else (origin.plan, request.branch.at_step)
-    plan = editing.Plan(sampler, model.schedule, params=params, branch=branch, **_take(values, _PLAN))
+    plan = editing.Plan(sampler, model.schedule, params=params, branch=branch, **_settings(editing.Plan, values))
     branch = None if origin is None else BranchSpec(origin, request.branch.at_step)
-    return JobSpec(model, sampler.name, params=params, branch=branch, plan=plan, **_take(values, _SPEC))
+    return JobSpec(model, sampler.name, params=params, branch=branch, plan=plan, **_settings(JobSpec, values))
 
 
-def _settings_of(cls) -> tuple[str, ...]:
-    """The request's fields that `cls` (a dataclass) takes by name, beside the model, sampler and branch."""
-    return tuple(f.name for f in fields(cls) if f.name in StreamRequest.model_fields and f.name not in _OWN)
+def _settings(cls, values: dict) -> dict:
+    """The values `cls` (a dataclass) takes by the request's names, but its model, sampler and branch."""
+    return {f.name: values[f.name] for f in fields(cls) if f.name in values and f.name not in _OWN}
 
 
 _OWN = ("model", "sampler", "branch")  # a model, a Sampler and a branch where the request has names
-_PLAN, _SPEC = _settings_of(editing.Plan), _settings_of(JobSpec)
-
-
-def _take(values: dict, names: tuple[str, ...]) -> dict:
-    return {name: values[name] for name in names if name in values}
 
 
 def _raise(errors: list[dict]) -> None:
