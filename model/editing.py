@@ -168,6 +168,7 @@ class Plan:
     strength: float = 1.0
     mask: torch.Tensor | None = None  # (1, H, W), True where the image is repainted
     interpolate_to: int | None = None  # the images are a row from seed's x_T to this seed's
+    temperature: float = 1.0  # x_T is scaled by it: below 1, smoother and more typical images
     branch: tuple[Plan, int] | None = None  # (origin, at_step): replay origin to at_step, then go on as this plan
 
     @cached_property
@@ -206,6 +207,7 @@ class Plan:
             x = initial_noise((1, *image_shape), generator, device)
             end = initial_noise((1, *image_shape), make_generator(root.interpolate_to, device), device)
             x = slerp(x, end, root.n)
+        x = x * root.temperature
         run = self._run(x, generator, device)
         if root.mask is not None:
             known, keep = (t.to(device) for t in (root.init_image, ~root.mask))

@@ -97,7 +97,7 @@ class SampleRequest(BaseModel):
         description="Continue another run from one of its steps with this request's settings: the server replays "
         "`from` (the original request, seed included) to `at_step` (a frame's step), then runs on with this "
         "request's label, guidance, sampler, parameters and steps. The start (model, n, seed, init_image, strength, "
-        "mask, interpolate_to) is `from`'s: leave them out here, or send the same.",
+        "mask, interpolate_to, temperature) is `from`'s: leave them out here, or send the same.",
     )
     interpolate_to: int | None = Field(
         None,
@@ -106,6 +106,15 @@ class SampleRequest(BaseModel):
         description="A row of n ≥ 2 images between two seeds: the starting noises are spherically interpolated from "
         "seed's to this seed's, so the first image is seed's n = 1 run and the last this seed's. Needs a "
         "deterministic sampler (not ddpm, nor ddim with eta > 0).",
+    )
+    temperature: float = Field(
+        1.0,
+        ge=0,
+        le=2,
+        allow_inf_nan=False,
+        description="Scales the starting noise x_T, as Glow's temperature and GANs' truncation trick do: below 1 the "
+        "images are smoother and more typical, less varied (0 starts every image from x_T = 0); above 1, wilder. "
+        "Clearest with a deterministic sampler (ddim with eta 0, dpm-solver++, unipc).",
     )
 
 
@@ -227,6 +236,7 @@ RULES: dict[str, Rule] = {
     "mask": Rule("The mask", needs=("init_image", "the image whose unmasked pixels are kept"), start=True),
     "branch": Rule("The branch"),
     "interpolate_to": Rule("The seed to interpolate to", start=True),
+    "temperature": Rule("The noise temperature", start=True),
     "every": Rule("Every"),
     "preview_size": Rule(
         "The preview size",
