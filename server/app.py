@@ -27,7 +27,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.stopping = threading.Event()
     for router in (api.router, config.router, ws.router):
         app.include_router(router)
-    openapi.document(app, settings)
+    openapi.add_docs(app, settings)
     errors.add_handlers(app, lambda kind: metrics.errors.labels(kind=kind).inc())
     # the API's routes, to match requests against before routing (the included routers' own, since
     # FastAPI includes a router as one route of its own)

@@ -1,15 +1,9 @@
-"""Every way a request can fail, in one place, at the bottom of server/ (it imports none of it).
-
-FAILURES says what each kind of failure is over REST (status) and over the WebSocket (close code,
-after an error message). Everything that can stop a request, from a bad field to the server
-shutting down, is a `Refused(kind, detail)`; a request whose fields are wrong is an
-`InvalidRequest(errors)` first, where the errors have pydantic's shape ({type, loc, msg, input}),
-so that a client handles a 422 the same way whichever check refused it.
-
-The one way out: `safe_errors` turns any list of errors (pydantic's or ours) into JSON-ready dicts,
-and cannot raise: every value it echoes is bounded and printable. `add_handlers` gives the REST
-answers; the WebSocket sends `Refused.body()` as an error message and closes (server.ws).
-"""
+"""Every way a request can fail, at the bottom of server/ (it imports none of it): FAILURES, what
+each kind is over REST (status) and over the WebSocket (close code, after an error message); the
+`Refused(kind, detail)` that stops a request, from a bad field to a shutdown; the `InvalidRequest`
+of a request's wrong fields, with pydantic's error shape, so that a client handles a 422 the same
+way whichever check refused it; `safe_errors`, which makes any such list JSON-ready without ever
+raising; and the REST answers (`add_handlers`). server.ws sends `Refused.body()` and closes."""
 
 from __future__ import annotations
 

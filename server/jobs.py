@@ -1,4 +1,4 @@
-"""The one bridge between the sampling thread and the event loop, and what the routes share.
+"""The one bridge between the sampling thread and the event loop, and what the routes share (ServerState).
 
 A route hands a JobSpec to `JobBridge.submit` with an Outbox and the client's address: the loop's
 events (Queued while it waits, Started, frames, then Finished, Cancelled or Failed) arrive in it
@@ -12,9 +12,6 @@ at most `max_per_client` jobs running or queued ("client_limit").
 Shutdown is bounded here too: `drain` stops admitting, lets the running jobs finish within a grace
 period, fails the rest ("shutdown": 503, or an error and 1001) and waits briefly for every client
 to have its answer.
-
-The routes find the bridge, with the loop, the models and the settings, in the ServerState that
-the app's lifespan starts and stops (`get_state`).
 """
 
 from __future__ import annotations
@@ -234,10 +231,9 @@ class ServerState:
         metrics.models.set(len(registry.models))
         encoder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="png")
         jobs = JobBridge(loop, metrics, settings.request_timeout_s, settings.max_jobs_per_client)
-        served = ", ".join(registry.models) or "no models"
         log.info(
             "serving %s on %s (default %s), at most %d jobs at once and %d waiting, %d PyTorch CPU threads",
-            served,
+            ", ".join(registry.models) or "no models",
             device,
             registry.default,
             settings.max_jobs,

@@ -69,12 +69,8 @@ def trusted_hosts(settings: Settings) -> list[str]:
 
 
 def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+    address = _ip_address(host.strip("[]"))
+    return host == "localhost" or (address is not None and address.is_loopback)
 
 
 # RFC 9110's Host: a name or an IPv4 address, or an IPv6 address in brackets, then an optional port
@@ -88,14 +84,15 @@ def host_name(header: str) -> str:
     found = HOST.fullmatch(header)
     if found:
         return found["ipv6"] or found["name"]
-    return header if _is_ipv6(header) else ""  # a bare IPv6 address, as some clients send it
+    address = _ip_address(header)  # a bare IPv6 address, as some clients send it
+    return header if address is not None and address.version == 6 else ""
 
 
-def _is_ipv6(text: str) -> bool:
+def _ip_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
-        return ipaddress.ip_address(text).version == 6
+        return ipaddress.ip_address(text)
     except ValueError:
-        return False
+        return None
 
 
 def host_allowed(header: str | None, allowed: list[str]) -> bool:

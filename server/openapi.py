@@ -1,5 +1,5 @@
 """The API's documentation: the OpenAPI schema with the limits of the settings and the loaded models
-(`document`), and /docs and /redoc with their files from a Python package, so that they work offline."""
+(`add_docs`), and /docs and /redoc with their files from a Python package, so that they work offline."""
 
 from __future__ import annotations
 
@@ -57,9 +57,10 @@ DOCS_CSP = (
 )
 
 
-def document(app: FastAPI, settings: Settings) -> None:
-    """The docs pages, and app.openapi: api_schema, kept once the models are loaded."""
-    add_docs(app)
+def add_docs(app: FastAPI, settings: Settings) -> None:
+    """app.openapi: api_schema, kept once the models are loaded; /docs (Swagger UI) and /redoc (ReDoc)
+    with their files from the fastapi-offline package, so that they need no network; relative URLs,
+    so that they work under a proxy's path prefix too."""
 
     def openapi() -> dict:
         state = getattr(app.state, "server", None)
@@ -71,11 +72,6 @@ def document(app: FastAPI, settings: Settings) -> None:
         return app.openapi_schema
 
     app.openapi = openapi
-
-
-def add_docs(app: FastAPI) -> None:
-    """/docs (Swagger UI) and /redoc (ReDoc) with their files from the fastapi-offline package, so
-    that they need no network; relative URLs, so that they work under a proxy's path prefix too."""
     app.mount("/docs-assets", StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
     swagger = get_swagger_ui_html(
         openapi_url="openapi.json",
@@ -113,7 +109,6 @@ def api_schema(app: FastAPI, settings: Settings, registry: ModelRegistry | None)
     the schema accepts, the server accepts (for a server of one model, exactly)."""
     schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
     components = schema.setdefault("components", {}).setdefault("schemas", {})
-    models = list(registry.models.values()) if registry else []
     request = _request_schema(SampleRequest, settings, registry)
     components["SampleRequest"] = by_sampler(request)
     # a branch's "from" is a request as the WebSocket takes it (every and preview_size allowed, and ignored)
@@ -121,10 +116,9 @@ def api_schema(app: FastAPI, settings: Settings, registry: ModelRegistry | None)
     branch = StreamRequest.model_json_schema(ref_template="#/components/schemas/{model}")["$defs"]["Branch"]
     branch["properties"]["from"] = {**branch["properties"]["from"], "$ref": "#/components/schemas/StreamRequest"}
     components["Branch"] = branch
-    if models:
-        names = sorted(registry.models)
+    if registry and registry.models:
         path = schema["paths"]["/models/{name}/schedule"]["get"]
-        next(p for p in path["parameters"] if p["name"] == "name")["schema"]["enum"] = names
+        next(p for p in path["parameters"] if p["name"] == "name")["schema"]["enum"] = sorted(registry.models)
     return schema
 
 

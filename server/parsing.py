@@ -136,18 +136,8 @@ def _no_constant(name: str):
 
 
 def _is_unicode(value) -> bool:
-    if isinstance(value, str):
-        return _encodable(value)
-    if isinstance(value, dict):
-        return all(_encodable(key) and _is_unicode(item) for key, item in value.items())
-    if isinstance(value, list):
-        return all(_is_unicode(item) for item in value)
-    return True
-
-
-def _encodable(text: str) -> bool:
     try:
-        text.encode("utf-8")
+        json.dumps(value, ensure_ascii=False).encode("utf-8")  # every key and string, at any depth
     except UnicodeEncodeError:
         return False
     return True
