@@ -11,7 +11,6 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
-from starlette.routing import Route
 
 from server import api, config, errors, middleware, openapi, ws
 from server.jobs import ServerState
@@ -29,10 +28,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
     openapi.add_docs(app, settings)
     errors.add_handlers(app, lambda kind: metrics.errors.labels(kind=kind).inc())
-    # the API's routes, to match requests against before routing (the included routers' own, since
-    # FastAPI includes a router as one route of its own)
-    routes = [*api.router.routes, *ws.router.routes, *(route for route in app.routes if isinstance(route, Route))]
-    middleware.add_middleware(app, settings, metrics, routes)
+    middleware.add_middleware(app, settings, metrics, api.router, ws.router)
     add_ui(app, settings)  # last: a mount at / would otherwise shadow the API routes
     return app
 

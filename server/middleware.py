@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import re
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.datastructures import Headers, MutableHeaders
@@ -40,9 +40,12 @@ SECURITY_HEADERS = {
 }
 
 
-def add_middleware(app: FastAPI, settings: Settings, metrics: Metrics, routes: list[BaseRoute]) -> None:
-    """All of it, in the order of the module docstring (the last added is the outermost); `routes`
-    are the API's, which RequestMetrics and MethodCheck match requests against before routing."""
+def add_middleware(app: FastAPI, settings: Settings, metrics: Metrics, *routers: APIRouter) -> None:
+    """All of it, in the order of the module docstring (the last added is the outermost). RequestMetrics
+    and MethodCheck match requests against the API's routes before routing: the routers' own, since
+    FastAPI includes a router as one route of its own, and the app's (the docs)."""
+    routes = [route for router in routers for route in router.routes]
+    routes += [route for route in app.routes if isinstance(route, Route)]
     app.add_middleware(BodyLimit, max_bytes=settings.request_bytes, metrics=metrics)
     app.add_middleware(MethodCheck, routes=routes)
     if settings.cors_origins:

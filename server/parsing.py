@@ -42,10 +42,8 @@ def parse_request(
                 [error("too_long", f"the request is larger than {max_bytes} bytes, besides its images")]
             )
         return model.model_validate(value)
-    except InvalidRequest as e:
-        raise InvalidRequest([{**error, "loc": [*loc, *error["loc"]]} for error in e.errors]) from None
-    except ValidationError as e:
-        errors = e.errors(include_url=False, include_context=False)
+    except (InvalidRequest, ValidationError) as e:
+        errors = e.errors if isinstance(e, InvalidRequest) else e.errors(include_url=False, include_context=False)
         raise InvalidRequest([{**error, "loc": [*loc, *error["loc"]]} for error in errors]) from None
 
 
