@@ -9,7 +9,7 @@ that takes longer than ws_send_timeout_s drops the client.
 
 Every way a session can end is one outcome: done or cancelled (close 1000), disconnected or
 slow_client (nothing more can be sent), or a Refused kind, sent as an error message and closed with
-the code of server.jobs.FAILURES. Any exception, expected or not, becomes one of these.
+the code of server.errors.FAILURES. Any exception, expected or not, becomes one of these.
 """
 
 from __future__ import annotations
