@@ -8,19 +8,17 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from server import images
-from server.jobs import client_address
+from server.errors import CLIENT_CLOSED_REQUEST, InvalidRequest
+from server.jobs import ServerState, client_address, get_state
 from server.loop import Finished
 from server.metrics import CONTENT_TYPE
 from server.parsing import parse_request, require_json
 from server.schemas import Error, ModelInfo, Ready, SampleRequest, SampleResponse, ScheduleInfo, Status
-from server.state import ServerState, get_state
-from server.validation import InvalidRequest, resolve
+from server.validation import resolve
 
 router = APIRouter()
 
 State = Annotated[ServerState, Depends(get_state)]
-
-CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left before the answer
 
 
 @router.get("/healthz", response_model=Status, tags=["health"], summary="The process is up")

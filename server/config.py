@@ -9,8 +9,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 
 from model.samplers import SAMPLERS
+from server.jobs import ServerState, get_state
 from server.schemas import MAX_SEED, RULES, Scope, ServerConfig, StreamRequest, bounds
-from server.state import ServerState, get_state
 
 router = APIRouter()
 

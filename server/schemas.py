@@ -483,6 +483,6 @@ class ErrorMessage(BaseModel):
     type: Literal["error"] = "error"
     kind: str = Field(
         description="What ended the run: invalid, busy (the queue is full), client_limit (this client has its "
-        "most runs), shutdown, timeout or error (server.jobs.FAILURES)"
+        "most runs), shutdown, timeout or error (server.errors.FAILURES)"
     )
     detail: str | list[dict]

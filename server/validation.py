@@ -15,16 +15,11 @@ import torch
 from model import editing
 from model.samplers import SAMPLERS, Sampler
 from server import images
+from server.errors import InvalidRequest
 from server.loop import BranchSpec, JobSpec
 from server.registry import LoadedModel, ModelRegistry
 from server.schemas import RULES, START_FIELDS, SampleRequest, Scope
 from server.settings import Settings
-
-
-class InvalidRequest(ValueError):
-    def __init__(self, errors: list[dict]):
-        super().__init__("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors))
-        self.errors = errors
 
 
 def resolve(request: SampleRequest, registry: ModelRegistry, settings: Settings) -> JobSpec:

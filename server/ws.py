@@ -9,7 +9,7 @@ that takes longer than ws_send_timeout_s drops the client.
 
 Every way a session can end is one outcome: done or cancelled (close 1000), disconnected or
 slow_client (nothing more can be sent), or a Refused kind, sent as an error message and closed with
-the code of server.jobs.FAILURES. Any exception, expected or not, becomes one of these.
+the code of server.errors.FAILURES. Any exception, expected or not, becomes one of these.
 """
 
 from __future__ import annotations
@@ -25,9 +25,10 @@ from pydantic import BaseModel
 from starlette.websockets import WebSocketDisconnect
 
 from server import images
-from server.jobs import NORMAL, POLICY_VIOLATION, Outbox, Refused, client_address
+from server.errors import NORMAL, POLICY_VIOLATION, InvalidRequest, Refused, error
+from server.jobs import Outbox, ServerState, client_address, get_state
 from server.loop import Cancelled, Event, Failed, Finished, Frame, Job, JobSpec, Queued, Started
-from server.parsing import error, parse_json, parse_request
+from server.parsing import parse_json, parse_request
 from server.schemas import (
     CancelledMessage,
     DoneMessage,
@@ -36,8 +37,7 @@ from server.schemas import (
     StartMessage,
     StreamRequest,
 )
-from server.state import ServerState, get_state
-from server.validation import InvalidRequest, resolve
+from server.validation import resolve
 
 log = logging.getLogger(__name__)
 
