@@ -17,6 +17,8 @@ these unchanged: they ask for ε exactly as a plain run does.
   from x_{t_k} on its own grid for its `steps`, cut to the timesteps below t_k and prefixed by t_k.
 - `slerp`: n starting noises along the great circle between two (Shoemake 1985; as in the DDIM
   paper's interpolation, Song et al. 2021, §5.3).
+- `Plan`: a run's settings resolved once into all of the above: what the server validates, counts
+  and runs.
 
 A step's `x_t` is its run's state: `inpaint` edits it in place, and the run goes on from the edit.
 """
@@ -25,10 +27,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
-from model.samplers import Sampler, Step, StepGenerator
+from model.samplers import Sampler, Step, StepGenerator, initial_noise, make_generator
 from model.schedule import NoiseSchedule
 
 
@@ -145,3 +149,78 @@ def slerp(a: torch.Tensor, b: torch.Tensor, n: int) -> torch.Tensor:
         row = ((torch.sin((1 - w) * theta) * a64 + torch.sin(w * theta) * b64) / math.sin(theta)).to(a.dtype)
     row[0], row[-1] = a[0], b[0]
     return row
+
+
+@dataclass(frozen=True, eq=False)
+class Plan:
+    """A run, resolved once: its sampler with every parameter's value (Sampler.resolve), its start
+    (x_T from seed, or a row between two seeds' noise; SDEdit's image and strength; inpainting's mask)
+    and, for a branch, the run it replays and the step it leaves it at. Its `timesteps` say how long
+    it is before it runs; `begin` makes its step generator."""
+
+    sampler: Sampler
+    schedule: NoiseSchedule
+    steps: int
+    params: dict
+    n: int
+    seed: int
+    init_image: torch.Tensor | None = None  # (C, H, W) in [-1, 1]: SDEdit's start and inpainting's known image
+    strength: float = 1.0
+    mask: torch.Tensor | None = None  # (1, H, W), True where the image is repainted
+    interpolate_to: int | None = None  # the images are a row from seed's x_T to this seed's
+    temperature: float = 1.0  # x_T is scaled by it: below 1, smoother and more typical images
+    branch: tuple[Plan, int] | None = None  # (origin, at_step): replay origin to at_step, then go on as this plan
+
+    @cached_property
+    def timesteps(self) -> list[int]:
+        """The timesteps the run visits, its x_T's first and -1 (the final image) last: one more than its steps."""
+        if self.sampler.grid is None:  # a sampler registered without one: its steps, plainly
+            return [0] * self.steps + [-1]
+        grid = self.sampler.timesteps(self.schedule, self.steps, self.params)
+        if self.branch is None:
+            return [*sdedit_timesteps(grid, self.strength), -1]
+        origin, at_step = self.branch
+        if self.same_run(origin) or origin.timesteps[at_step] < 0:
+            return origin.timesteps
+        return [*origin.timesteps[:at_step], *continuation_timesteps(grid, origin.timesteps[at_step]), -1]
+
+    @property
+    def steps_taken(self) -> int:
+        """The steps the run takes, replayed ones included."""
+        return len(self.timesteps) - 1
+
+    def same_run(self, other: Plan) -> bool:
+        """The same step generator: the same sampler, steps and parameters."""
+        return (self.sampler.name, self.steps, self.params) == (other.sampler.name, other.steps, other.params)
+
+    def root(self) -> Plan:
+        """The run a chain of branches starts from: it holds the start."""
+        return self if self.branch is None else self.branch[0].root()
+
+    def begin(self, device: torch.device, image_shape: tuple) -> tuple[StepGenerator, torch.Generator]:
+        """The run's step generator from x_T drawn from the seed(s), and the generator it draws from."""
+        root = self.root()
+        generator = make_generator(root.seed, device)
+        if root.interpolate_to is None:
+            x = initial_noise((root.n, *image_shape), generator, device)
+        else:  # each end is its seed's own 1-image x_T
+            x = initial_noise((1, *image_shape), generator, device)
+            end = initial_noise((1, *image_shape), make_generator(root.interpolate_to, device), device)
+            x = slerp(x, end, root.n)
+        x = x * root.temperature
+        run = self._run(x, generator, device)
+        if root.mask is not None:
+            known, keep = (t.to(device) for t in (root.init_image, ~root.mask))
+            run = inpaint(run, self.schedule, known, keep, x)
+        return run, generator
+
+    def _run(self, x: torch.Tensor, generator: torch.Generator, device: torch.device) -> StepGenerator:
+        """The step generator from the root's x_T: SDEdit's start, and each branch's replay."""
+        if self.branch is None:
+            init = None if self.init_image is None else self.init_image.to(device)
+            return start(self.sampler, self.schedule, x, self.steps, generator, self.params, init, self.strength)
+        origin, at_step = self.branch
+        then = None
+        if not self.same_run(origin):
+            then = continuation(self.sampler, self.schedule, self.steps, generator, self.params)
+        return branch(origin._run(x, generator, device), at_step, then)

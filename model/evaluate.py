@@ -92,6 +92,7 @@ FORMATS = {
     "cls_fd": ("Fréchet distance in the classifier's feature space ↓", "{:.3f}"),
     "class_tv": ("class histogram: total variation from the training frequencies ↓", "{:.3f}"),
     "min_share": ("rarest class share × K ↑", "{:.2f}"),
+    "spread": ("variety: mean distance between the classifier's features of two samples of a class ↑", "{:.3f}"),
 }
 
 
@@ -286,6 +287,8 @@ class ClassifierJudge:
             "class_tv": 0.5 * (shares - self.train_freq).abs().sum().item(),
             "min_share": shares.min().item() * len(shares),
         }
+        if (spread := within_class_spread(feats, preds if labels is None else labels)) is not None:
+            out["spread"] = spread
         if labels is not None:
             accuracy = (preds == labels).double().mean().item()
             out["cls_acc"], out["cls_acc_se"] = accuracy, (accuracy * (1 - accuracy) / len(preds)) ** 0.5
@@ -303,6 +306,14 @@ class ClassifierJudge:
         draws = [frechet_distance(Stats.of(feats[rng.integers(0, len(feats), len(feats))]), self.train)
                  for _ in range(BOOTSTRAP_DRAWS)]  # fmt: skip
         return float(np.std(draws, ddof=1))
+
+
+def within_class_spread(feats: torch.Tensor, classes: torch.Tensor) -> float | None:
+    """Mean pairwise distance of the features within each class, averaged over the classes: how much the
+    samples of one class differ (a model that draws one image a class scores 0; compare with real images);
+    None where no class has two samples."""
+    spreads = [torch.pdist(feats[classes == c].double()).mean() for c in classes.unique() if (classes == c).sum() > 1]
+    return torch.stack(spreads).mean().item() if spreads else None
 
 
 def classifier_judge(ckpt: Checkpoint, real: RealImages, args: argparse.Namespace, device: torch.device):

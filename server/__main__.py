@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
         # app answers one over max_body_bytes besides its images with an error and 1008
         ws_max_size=settings.request_bytes,
         timeout_keep_alive=settings.keep_alive_timeout_s,
-        proxy_headers=False,  # the app applies X-Forwarded-For from settings.trusted_proxies only (server.app)
+        proxy_headers=False,  # the app applies X-Forwarded-For from settings.trusted_proxies only (server.middleware)
         timeout_graceful_shutdown=SHUTDOWN_BACKSTOP_S,
     )
     try:

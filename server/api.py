@@ -8,19 +8,17 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from server import images
-from server.jobs import client_address
+from server.errors import CLIENT_CLOSED_REQUEST, InvalidRequest
+from server.jobs import ServerState, client_address, get_state
 from server.loop import Finished
 from server.metrics import CONTENT_TYPE
 from server.parsing import parse_request, require_json
 from server.schemas import Error, ModelInfo, Ready, SampleRequest, SampleResponse, ScheduleInfo, Status
-from server.state import ServerState, get_state
-from server.validation import InvalidRequest, resolve
+from server.validation import resolve
 
 router = APIRouter()
 
 State = Annotated[ServerState, Depends(get_state)]
-
-CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left before the answer
 
 
 @router.get("/healthz", response_model=Status, tags=["health"], summary="The process is up")
@@ -116,18 +114,7 @@ async def sample(request: Request, state: State):
         headers = {"X-Seed": str(spec.seed), "X-Elapsed-Ms": f"{event.elapsed_ms:.1f}"}
         return Response(grid, media_type="image/png", headers=headers)
     grid, pngs = await state.encode(images.grid_and_images_b64, event.images)
-    return SampleResponse(
-        images=pngs,
-        grid=grid,
-        seed=spec.seed,
-        model=spec.model.name,
-        sampler=spec.sampler,
-        steps=spec.steps,
-        params=spec.params,
-        label=spec.label,
-        guidance=spec.guidance,
-        elapsed_ms=event.elapsed_ms,
-    )
+    return SampleResponse(images=pngs, grid=grid, elapsed_ms=event.elapsed_ms, **spec.echo(SampleResponse.model_fields))
 
 
 @router.get("/metrics", response_class=PlainTextResponse, tags=["health"], summary="Prometheus metrics")

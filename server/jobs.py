@@ -1,14 +1,12 @@
-"""The one bridge between the sampling thread and the event loop, and the one failure table.
+"""The one bridge between the sampling thread and the event loop, and what the routes share (ServerState).
 
 A route hands a JobSpec to `JobBridge.submit` with an Outbox and the client's address: the loop's
 events (Queued while it waits, Started, frames, then Finished, Cancelled or Failed) arrive in it
 on the event loop, to be awaited with `Outbox.get`, or with `run_to_end` when only the outcome
-matters (REST). Everything that can stop a request, from a bad field to the server shutting down,
-is a `Refused(kind, detail)`, and FAILURES says what each kind is over REST (status) and over the
-WebSocket (close code, after an error message).
+matters (REST). What cannot run is a `Refused` (server.errors), and so is a job that failed.
 
 Admission: the loop runs a batch of jobs and queues the rest, refusing only when its queue is full
-("busy"); here each client (its address, as server.app's proxy-header middleware sets it) may hold
+("busy"); here each client (its address, as server.middleware's proxy headers set it) may hold
 at most `max_per_client` jobs running or queued ("client_limit").
 
 Shutdown is bounded here too: `drain` stops admitting, lets the running jobs finish within a grace
@@ -21,16 +19,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from fastapi.responses import JSONResponse
+import torch
 from starlette.requests import HTTPConnection
 
+from model.device import resolve_device
+from server.errors import Refused
 from server.loop import (
     Cancelled,
     Event,
@@ -46,68 +46,15 @@ from server.loop import (
     Started,
 )
 from server.metrics import Metrics
-from server.parsing import safe_errors, safe_text
-from server.validation import InvalidRequest
+from server.registry import ModelRegistry
+from server.settings import Settings
 
 log = logging.getLogger(__name__)
-
-# WebSocket close codes (RFC 6455)
-NORMAL, GOING_AWAY, POLICY_VIOLATION, INTERNAL_ERROR, TRY_AGAIN_LATER = 1000, 1001, 1008, 1011, 1013
-RETRY_AFTER_S = 2  # when the loop has no estimate of its own (server.loop.SamplingLoop.retry_after_s)
-
-
-@dataclass(frozen=True)
-class Failure:
-    status: int  # the REST answer
-    close_code: int  # the WebSocket's close code, after {"type": "error", "detail"}
-    retry_after: bool = False  # REST: with a Retry-After header
-
-
-FAILURES: dict[str, Failure] = {
-    "invalid": Failure(422, POLICY_VIOLATION),  # a bad request, or an unexpected message while sampling
-    "busy": Failure(503, TRY_AGAIN_LATER, retry_after=True),  # the batch and the queue are full
-    "client_limit": Failure(429, POLICY_VIOLATION),  # this client already has max_jobs_per_client jobs
-    "shutdown": Failure(503, GOING_AWAY, retry_after=True),  # the server is stopping
-    "timeout": Failure(504, INTERNAL_ERROR),  # the job ran over request_timeout_s
-    "error": Failure(500, INTERNAL_ERROR),  # sampling failed (out of memory, most likely), or a server bug
-}
-
-
-class Refused(Exception):
-    """A request that ends without its images: `kind` is a key of FAILURES."""
-
-    def __init__(self, kind: str, detail: str | list[dict], retry_after_s: float | None = None):
-        super().__init__(detail if isinstance(detail, str) else f"{len(detail)} invalid fields")
-        self.kind = kind
-        self.detail = detail
-        self.retry_after_s = retry_after_s  # Retry-After, where the failure has one (default RETRY_AFTER_S)
-
-    @classmethod
-    def of(cls, exc: BaseException) -> Refused:
-        """Any exception as a Refused: InvalidRequest is "invalid", an unexpected one "error"."""
-        if isinstance(exc, Refused):
-            return exc
-        if isinstance(exc, InvalidRequest):
-            return cls("invalid", safe_errors(exc.errors))
-        return cls("error", "internal error (the server's log has the details)")
-
-    @property
-    def failure(self) -> Failure:
-        return FAILURES[self.kind]
-
-    def body(self) -> dict:
-        """{"detail": …} that always encodes: REST answers it, the WebSocket adds "type": "error"."""
-        return {"detail": safe_text(self.detail) if isinstance(self.detail, str) else safe_errors(self.detail)}
-
-    def response(self) -> JSONResponse:
-        retry_after = max(1, math.ceil(self.retry_after_s or RETRY_AFTER_S))
-        headers = {"Retry-After": str(retry_after)} if self.failure.retry_after else None
-        return JSONResponse(self.body(), status_code=self.failure.status, headers=headers)
 
 
 def client_address(connection: HTTPConnection) -> str:
     """Who sends a request, for the per-client limit: the peer's address, or the client's as a
-    trusted proxy forwards it (server.app applies X-Forwarded-For from trusted_proxies only)."""
+    trusted proxy forwards it (server.middleware applies X-Forwarded-For from trusted_proxies only)."""
     return connection.client.host if connection.client else "unknown"
 
 
@@ -253,3 +200,57 @@ class JobBridge:
                 await asyncio.wait_for(self._no_clients.wait(), min(left, 0.05))
         if self._clients and not give_up():
             log.warning("shutting down: %d clients did not take their answer within %g s", self._clients, settle_s)
+
+
+@dataclass
+class ServerState:
+    """What the routes share while the app runs: set up by the app's lifespan, found on app.state."""
+
+    settings: Settings
+    registry: ModelRegistry
+    loop: SamplingLoop
+    jobs: JobBridge  # the way to the loop from the event loop
+    metrics: Metrics
+    encoder: ThreadPoolExecutor  # PNG encoding: off the event loop and off the sampling thread
+
+    @classmethod
+    def start(cls, settings: Settings, metrics: Metrics, stopping: Callable[[], bool]) -> ServerState:
+        """Load the models and start the sampling loop on the settings' device; once `stopping()` says
+        so (a signal came while they load), the models left are not loaded."""
+        device = resolve_device(settings.device)
+
+        def prepare() -> ModelRegistry:
+            # on the thread that samples, like all parallel torch work (server.loop says why): even
+            # set_num_threads starts a team of OpenMP threads for the thread that calls it
+            if settings.torch_threads:
+                # process-wide; with every core busy elsewhere, threads that wait on each other make each op slower
+                torch.set_num_threads(settings.torch_threads)
+            return ModelRegistry.load(settings.checkpoint_dir, device, settings.default_model, stopping)
+
+        loop = SamplingLoop(device, settings.max_jobs, metrics, settings.max_queue)
+        registry = loop.start(prepare)
+        metrics.models.set(len(registry.models))
+        encoder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="png")
+        jobs = JobBridge(loop, metrics, settings.request_timeout_s, settings.max_jobs_per_client)
+        log.info(
+            "serving %s on %s (default %s), at most %d jobs at once and %d waiting, %d PyTorch CPU threads",
+            ", ".join(registry.models) or "no models",
+            device,
+            registry.default,
+            settings.max_jobs,
+            settings.max_queue,
+            torch.get_num_threads(),
+        )
+        return cls(settings, registry, loop, jobs, metrics, encoder)
+
+    def stop(self) -> None:
+        self.jobs.draining.set()
+        self.loop.stop()
+        self.encoder.shutdown(wait=False, cancel_futures=True)
+
+    async def encode(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.encoder, fn, *args)
+
+
+def get_state(connection: HTTPConnection) -> ServerState:
+    return connection.app.state.server

@@ -38,13 +38,13 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TypeVar
 
 import torch
 
 from model import editing
-from model.samplers import SAMPLERS, StepGenerator, guided_eps, initial_noise, make_generator
+from model.samplers import SAMPLERS, StepGenerator, guided_eps
 from server.images import downscale
 from server.metrics import Metrics
 from server.registry import LoadedModel
@@ -67,8 +67,8 @@ class LoopClosed(LoopFull):
 
 @dataclass(frozen=True, eq=False)
 class JobSpec:
-    """What to sample. Validated before it gets here (server.validation). A branch's start (n, seed,
-    init_image, strength, mask, interpolate_to) is its origin's."""
+    """What to sample: the settings a request resolved to (server.validation), by the request's names,
+    and their plan (model.editing.Plan), which the loop runs and the queue counts."""
 
     model: LoadedModel
     sampler: str  # a name of the sampler table, model.samplers.SAMPLERS
@@ -80,26 +80,21 @@ class JobSpec:
     guidance: float | None = None  # classifier-free guidance w, with a label (None: plain conditional)
     every: int = 0  # report every k-th step (and always the last) as a Frame; 0: no frames
     preview_size: int | None = None  # a frame's images are sent at most this many pixels a side (None: full size)
-    init_image: torch.Tensor | None = None  # (C, H, W) in [-1, 1]: SDEdit's start and inpainting's known image
-    strength: float = 1.0  # SDEdit: the share of the sampler's steps taken (1: the plain run)
-    mask: torch.Tensor | None = None  # (1, H, W), True where the image is repainted (inpainting)
-    interpolate_to: int | None = None  # the images are a row from seed's x_T to this seed's (slerp)
-    branch: BranchSpec | None = None  # replay this run to a step, then go on with this spec's settings
-    total: int | None = None  # the steps the run takes, replayed ones included (None: steps)
+    branch: BranchSpec | None = None  # the run this one continues: its label and guidance until at_step
+    plan: editing.Plan | None = None  # None: the plain run of the settings above
 
-    @property
-    def steps_taken(self) -> int:
-        """The steps the run takes, replayed ones included."""
-        return self.steps if self.total is None else self.total
+    def __post_init__(self):
+        if self.plan is None:
+            sampler = SAMPLERS[self.sampler]
+            plan = editing.Plan(
+                sampler, self.model.schedule, self.steps, sampler.resolve(self.params), self.n, self.seed
+            )
+            object.__setattr__(self, "plan", plan)
 
-    def root(self) -> JobSpec:
-        """The run a chain of branches starts from."""
-        return self if self.branch is None else self.branch.origin.root()
-
-    def same_run(self, other: JobSpec) -> bool:
-        """The same step generator: the same sampler, steps and parameters (label and guidance are
-        the loop's, step by step)."""
-        return (self.sampler, self.steps, self.params) == (other.sampler, other.steps, other.params)
+    def echo(self, names) -> dict:
+        """The settings of these names (a reply's fields), as the replies report them."""
+        settings = {f.name: getattr(self, f.name) for f in fields(self)} | {"model": self.model.name}
+        return {name: settings[name] for name in names if name in settings}
 
 
 @dataclass(frozen=True, eq=False)
@@ -193,41 +188,13 @@ class Job:
     def start(self) -> None:
         """Draw x_T and build the step generator; on the loop thread, like all torch work."""
         spec, model = self.spec, self.spec.model
-        root = spec.root()
         self.started_at = time.perf_counter()
-        generator = make_generator(root.seed, model.device)
-        if root.interpolate_to is None:
-            x = initial_noise((root.n, *model.image_shape), generator, model.device)
-        else:  # each end is its seed's own 1-image x_T
-            x = initial_noise((1, *model.image_shape), generator, model.device)
-            end = initial_noise(
-                (1, *model.image_shape), make_generator(root.interpolate_to, model.device), model.device
-            )
-            x = editing.slerp(x, end, root.n)
-        self.steps = self._run(spec, x, generator)
-        if root.mask is not None:
-            known, keep = (t.to(model.device) for t in (root.init_image, ~root.mask))
-            self.steps = editing.inpaint(self.steps, model.schedule, known, keep, x)
+        self.steps, generator = spec.plan.begin(model.device, model.image_shape)
         self.step = next(self.steps)
         if model.num_classes and not model.guidance:
             # no unconditional class: a class drawn for each image samples the same distribution
             self._drawn = torch.randint(model.num_classes, (spec.n,), generator=generator, device=model.device)
         self.labels, self.guidance = self._condition(spec)
-
-    def _run(self, spec: JobSpec, x: torch.Tensor, generator: torch.Generator) -> StepGenerator:
-        """The step generator of `spec` from the root's x_T: SDEdit's start, and each branch's replay."""
-        model, sampler = spec.model, SAMPLERS[spec.sampler]
-        params = sampler.resolve(spec.params)
-        if spec.branch is None:
-            init = None if spec.init_image is None else spec.init_image.to(model.device)
-            return editing.start(sampler, model.schedule, x, spec.steps, generator, params, init, spec.strength)
-        origin = spec.branch.origin
-        then = (
-            None
-            if spec.same_run(origin)
-            else editing.continuation(sampler, model.schedule, spec.steps, generator, params)
-        )
-        return editing.branch(self._run(origin, x, generator), spec.branch.at_step, then)
 
     def _condition(self, spec: JobSpec) -> tuple[torch.Tensor | None, torch.Tensor]:
         """The labels and guidance weights of the rows of `spec`'s own steps."""
@@ -268,7 +235,7 @@ class Job:
         return now - self.started_at > self.timeout_s
 
     def remaining_steps(self) -> int:
-        return self.spec.steps_taken if self.step is None else self.step.total - self.step.index
+        return self.spec.plan.steps_taken if self.step is None else self.step.total - self.step.index
 
 
 class SamplingLoop:
@@ -534,7 +501,7 @@ class SamplingLoop:
         etas = []
         for job in [*ahead, *queued]:
             start = heapq.heappop(frees)
-            heapq.heappush(frees, start + job.spec.steps_taken)
+            heapq.heappush(frees, start + job.spec.plan.steps_taken)
             etas.append(start * self._iteration_s)
         return etas[len(ahead) :]
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from functools import partial
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
@@ -45,52 +46,39 @@ class Metrics:
     """Everything /metrics reports."""
 
     def __init__(self):
-        self.registry = r = CollectorRegistry()
-        self.requests = Counter(
-            "ddpm_http_requests", "HTTP requests by route and status", ("method", "route", "status"), registry=r
+        self.registry = CollectorRegistry()
+        counter, gauge, histogram = (partial(kind, registry=self.registry) for kind in (Counter, Gauge, Histogram))
+        self.requests = counter(
+            "ddpm_http_requests", "HTTP requests by route and status", ("method", "route", "status")
         )
-        self.ws_sessions = Counter(
-            "ddpm_ws_sessions", "WebSocket sampling sessions by outcome", ("outcome",), registry=r
+        self.ws_sessions = counter("ddpm_ws_sessions", "WebSocket sampling sessions by outcome", ("outcome",))
+        self.errors = counter("ddpm_errors", "Refused or failed sampling requests by kind", ("kind",))
+        self.models = gauge("ddpm_models_loaded", "Models being served")
+        self.active_jobs = gauge("ddpm_active_jobs", "Jobs in the running batch of the sampling loop")
+        self.queued_jobs = gauge("ddpm_queued_jobs", "Jobs waiting in the queue for a place in the batch")
+        self.torch_threads = gauge(
+            "ddpm_torch_threads", "PyTorch CPU threads of the sampling loop's forwards (server.threads)"
         )
-        self.errors = Counter("ddpm_errors", "Refused or failed sampling requests by kind", ("kind",), registry=r)
-        self.models = Gauge("ddpm_models_loaded", "Models being served", registry=r)
-        self.active_jobs = Gauge("ddpm_active_jobs", "Jobs in the running batch of the sampling loop", registry=r)
-        self.queued_jobs = Gauge("ddpm_queued_jobs", "Jobs waiting in the queue for a place in the batch", registry=r)
-        self.torch_threads = Gauge(
-            "ddpm_torch_threads", "PyTorch CPU threads of the sampling loop's forwards (server.threads)", registry=r
+        self.jobs = counter("ddpm_jobs", "Sampling jobs that left the loop, by outcome", ("outcome",))
+        self.queue_wait = histogram("ddpm_queue_wait_seconds", "From a job's submission to its start", buckets=SECONDS)
+        self.first_frame = histogram(
+            "ddpm_time_to_first_frame_seconds", "From a streamed job's submission to its first frame", buckets=SECONDS
         )
-        self.jobs = Counter("ddpm_jobs", "Sampling jobs that left the loop, by outcome", ("outcome",), registry=r)
-        self.queue_wait = Histogram(
-            "ddpm_queue_wait_seconds", "From a job's submission to its start", buckets=SECONDS, registry=r
+        self.forward_seconds = histogram("ddpm_forward_seconds", "Latency of one batched UNet forward", buckets=SECONDS)
+        self.batch_jobs = histogram(
+            "ddpm_batch_jobs", "Jobs advanced by one batched UNet forward", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256)
         )
-        self.first_frame = Histogram(
-            "ddpm_time_to_first_frame_seconds",
-            "From a streamed job's submission to its first frame",
-            buckets=SECONDS,
-            registry=r,
-        )
-        self.forward_seconds = Histogram(
-            "ddpm_forward_seconds", "Latency of one batched UNet forward", buckets=SECONDS, registry=r
-        )
-        self.batch_jobs = Histogram(
-            "ddpm_batch_jobs",
-            "Jobs advanced by one batched UNet forward",
-            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
-            registry=r,
-        )
-        self.batch_images = Histogram(
+        self.batch_images = histogram(
             "ddpm_batch_images",
             "Rows of one batched UNet forward: its images, guided ones counting twice",
             buckets=(1, 4, 16, 64, 256, 1024, 4096),
-            registry=r,
         )
-        self.denoising_steps = Counter("ddpm_denoising_steps", "Denoising steps taken, one per job", registry=r)
+        self.denoising_steps = counter("ddpm_denoising_steps", "Denoising steps taken, one per job")
         self.step_rate = Rate()
-        Gauge(
-            "ddpm_denoising_steps_per_second", "Denoising steps per second over the last 10 s", registry=r
-        ).set_function(self.step_rate.per_second)
-        self.frames_dropped = Counter(
-            "ddpm_ws_frames_dropped", "Frames replaced by a newer one before a slow client read them", registry=r
+        steps_per_second = gauge("ddpm_denoising_steps_per_second", "Denoising steps per second over the last 10 s")
+        steps_per_second.set_function(self.step_rate.per_second)
+        self.frames_dropped = counter(
+            "ddpm_ws_frames_dropped", "Frames replaced by a newer one before a slow client read them"
         )
 
     def record_steps(self, count: int) -> None:

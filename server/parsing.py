@@ -6,10 +6,7 @@ at most MAX_DEPTH deep (deeper JSON would exhaust the parser's recursion); numbe
 and Infinity refused (they are not JSON), a number with an integral value is an integer however it
 is written (4.0 and 4e0 are 4, as in JSON Schema; decided on the digits, not on the nearest float),
 strings must be Unicode (a lone surrogate escape such as "\\ud800" is not, RFC 7493) and an object's
-names unique (RFC 7493 too). What the server parses it can therefore always echo.
-
-The one way out: `safe_errors` turns any list of errors (pydantic's or ours) into JSON-ready
-{type, loc, msg, input} dicts, and cannot raise: every value it echoes is bounded and printable.
+names unique (RFC 7493 too). What the server parses it can therefore always echo (server.errors).
 """
 
 from __future__ import annotations
@@ -21,14 +18,10 @@ from decimal import Decimal
 
 from pydantic import BaseModel, ValidationError
 
-from server.validation import InvalidRequest
+from server.errors import ECHO_CHARS, MAX_DIGITS, InvalidRequest, error, safe_text
 
 MAX_DEPTH = 16  # a request is a flat object of scalars: anything deeper is not a request
-MAX_DIGITS = 40  # the largest number a field takes is a seed below 2^53 (16 digits)
 MAX_EXACT_INTEGER = 2**53  # a float holds every integer up to here exactly
-ECHO_CHARS = 120  # an echoed string is cut to this
-ECHO_ITEMS = 8  # an echoed list or object is cut to this many items, and to ECHO_DEPTH levels
-ECHO_DEPTH = 2
 
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _BRACKET = re.compile(r"[\[\]{}]")
@@ -49,10 +42,8 @@ def parse_request(
                 [error("too_long", f"the request is larger than {max_bytes} bytes, besides its images")]
             )
         return model.model_validate(value)
-    except InvalidRequest as e:
-        raise InvalidRequest([{**error, "loc": [*loc, *error["loc"]]} for error in e.errors]) from None
-    except ValidationError as e:
-        errors = e.errors(include_url=False, include_context=False)
+    except (InvalidRequest, ValidationError) as e:
+        errors = e.errors if isinstance(e, InvalidRequest) else e.errors(include_url=False, include_context=False)
         raise InvalidRequest([{**error, "loc": [*loc, *error["loc"]]} for error in errors]) from None
 
 
@@ -143,69 +134,8 @@ def _no_constant(name: str):
 
 
 def _is_unicode(value) -> bool:
-    if isinstance(value, str):
-        return _encodable(value)
-    if isinstance(value, dict):
-        return all(_encodable(key) and _is_unicode(item) for key, item in value.items())
-    if isinstance(value, list):
-        return all(_is_unicode(item) for item in value)
-    return True
-
-
-def _encodable(text: str) -> bool:
     try:
-        text.encode("utf-8")
+        json.dumps(value, ensure_ascii=False).encode("utf-8")  # every key and string, at any depth
     except UnicodeEncodeError:
         return False
     return True
-
-
-def error(kind: str, message: str, loc: tuple = ()) -> dict:
-    return {"type": kind, "loc": list(loc), "msg": message}
-
-
-def safe_errors(errors) -> list[dict]:
-    """Errors as JSON-ready dicts that always encode; a malformed error list becomes one generic error."""
-    try:
-        return [_safe_error(item) for item in list(errors)[:64]]
-    except Exception:  # the answer to bad input must not fail on how the input is bad
-        return [error("invalid", "invalid request")]
-
-
-def _safe_error(item) -> dict:
-    item = item if isinstance(item, dict) else {"msg": item}
-    safe = {
-        "type": _text(item.get("type", "invalid")),
-        "loc": [entry if isinstance(entry, int) else _text(entry) for entry in list(item.get("loc", ()))[:8]],
-        "msg": _text(item.get("msg", "")),
-    }
-    if "input" in item:
-        safe["input"] = _echo(item["input"], ECHO_DEPTH)
-    return safe
-
-
-def _echo(value, depth: int):
-    """A bounded copy of `value` that json.dumps(allow_nan=False) and UTF-8 can always encode."""
-    if value is None or isinstance(value, bool):
-        return value
-    if isinstance(value, int):
-        return value if abs(value) < 10**MAX_DIGITS else f"<a number of more than {MAX_DIGITS} digits>"
-    if isinstance(value, float):
-        return value if math.isfinite(value) else str(value)
-    if isinstance(value, str):
-        return _text(value)
-    if depth > 0 and isinstance(value, dict):
-        return {_text(key): _echo(item, depth - 1) for key, item in list(value.items())[:ECHO_ITEMS]}
-    if depth > 0 and isinstance(value, list | tuple):
-        return [_echo(item, depth - 1) for item in list(value)[:ECHO_ITEMS]]
-    return _text(f"<{type(value).__name__}>")
-
-
-def _text(value) -> str:
-    text = value if isinstance(value, str) else str(value)
-    return safe_text(text[:ECHO_CHARS] + "…" if len(text) > ECHO_CHARS else text)
-
-
-def safe_text(text: str) -> str:
-    """`text` with anything UTF-8 cannot encode (lone surrogates) written as a backslash escape."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")

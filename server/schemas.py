@@ -1,19 +1,22 @@
 """The API's contract: what clients send and what they get back, for REST and the WebSocket.
 
 Requests are strict: an unknown field, a string where a number belongs or a number out of range
-is refused (422, or an error message on the WebSocket), never guessed at. The limits that depend
-on the server's settings or on the model (n, steps, guidance, label) and the sampler's own
-parameters (from the sampler table, model.samplers.SAMPLERS) are checked in server.validation,
-with errors of the same shape.
+is refused (422, or an error message on the WebSocket), never guessed at. A request field is defined
+here once: its type and fixed range in the request model, and in RULES what depends on the server
+and the model (its limit, its default), whether a branch takes it from its origin, and its name in a
+sentence. server.validation checks the rules, the OpenAPI schema states them, GET /config publishes
+them for the page, and the job's spec and the replies take the fields by name.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from model.samplers import SAMPLERS
+from model.samplers import SAMPLERS, Sampler
 
 # Seeds stay below 2^53 so that JavaScript, whose numbers are doubles, can send them back exactly.
 MAX_SEED = 2**53 - 1
@@ -94,7 +97,7 @@ class SampleRequest(BaseModel):
         description="Continue another run from one of its steps with this request's settings: the server replays "
         "`from` (the original request, seed included) to `at_step` (a frame's step), then runs on with this "
         "request's label, guidance, sampler, parameters and steps. The start (model, n, seed, init_image, strength, "
-        "mask, interpolate_to) is `from`'s: leave them out here, or send the same.",
+        "mask, interpolate_to, temperature) is `from`'s: leave them out here, or send the same.",
     )
     interpolate_to: int | None = Field(
         None,
@@ -103,6 +106,15 @@ class SampleRequest(BaseModel):
         description="A row of n ≥ 2 images between two seeds: the starting noises are spherically interpolated from "
         "seed's to this seed's, so the first image is seed's n = 1 run and the last this seed's. Needs a "
         "deterministic sampler (not ddpm, nor ddim with eta > 0).",
+    )
+    temperature: float = Field(
+        1.0,
+        ge=0,
+        le=2,
+        allow_inf_nan=False,
+        description="Scales the starting noise x_T, as Glow's temperature and GANs' truncation trick do: below 1 the "
+        "images are smoother and more typical, less varied (0 starts every image from x_T = 0); above 1, wilder. "
+        "Clearest with a deterministic sampler (ddim with eta 0, dpm-solver++, unipc).",
     )
 
 
@@ -134,6 +146,118 @@ class StreamRequest(SampleRequest):
 SampleRequest.model_rebuild()
 Branch.model_rebuild()
 StreamRequest.model_rebuild()
+
+
+# --- what a field's type cannot say: the limits and defaults of this server and model -----------------
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What a field's limits and defaults depend on: the server's settings (server.settings.Settings),
+    the models a request may name (the one it names, once known) and its sampler (None: any)."""
+
+    settings: Any
+    models: tuple = ()  # server.registry.LoadedModel
+    sampler: Sampler | None = None
+
+    @property
+    def model(self):
+        return self.models[0] if len(self.models) == 1 else None
+
+    @property
+    def timesteps(self) -> int | None:
+        return max((m.schedule.num_timesteps for m in self.models), default=None)
+
+    @property
+    def sampler_steps(self) -> int | None:
+        """The most steps the sampler takes on the model (None: any sampler, or any model)."""
+        return None if self.sampler is None or self.timesteps is None else self.sampler.max_steps(self.timesteps)
+
+    @property
+    def max_steps(self) -> int:
+        return min(self.settings.max_steps, self.sampler_steps or self.timesteps or self.settings.max_steps)
+
+    def default_steps(self) -> int | None:
+        """The steps of a request that gives none: those its model or the server pairs with this sampler
+        when it is their default, else the sampler's own (all T for DDPM)."""
+        model, sampler, settings = self.model, self.sampler, self.settings
+        if model is None or sampler is None:
+            return None
+        if sampler.name == model.default_sampler and model.default_steps:
+            return model.default_steps
+        if sampler.name == settings.default_sampler and settings.default_steps and not model.default_sampler:
+            return settings.default_steps
+        return sampler.steps_for(model.schedule.num_timesteps)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A request field beyond its type: its name in a sentence (the page's messages), its largest value
+    and its default where the server or the model sets them (from a Scope; `over` says why a value is
+    refused; a default over the maximum is cut to it), the field it needs to differ from its default,
+    and whether it is part of a run's start (a branch takes those from the run it continues)."""
+
+    title: str
+    maximum: Callable[[Scope], float | None] | None = None
+    over: str = "at most {most:g}"  # formatted with most (the maximum) and s (the Scope)
+    default: Callable[[Scope, Any], Any] | None = None  # (scope, the schema's default) → the default
+    needs: tuple[str, str] | None = None  # (field, what it is for)
+    start: bool = False
+
+
+RULES: dict[str, Rule] = {
+    "model": Rule("The model", start=True),
+    "sampler": Rule("The sampler"),
+    "steps": Rule(
+        "Steps",
+        maximum=lambda s: s.max_steps,
+        over="at most {most} steps ({s.sampler.name} on a model of T = {s.timesteps} takes {s.sampler_steps}, "
+        "the server allows {s.settings.max_steps})",
+        default=lambda s, value: s.default_steps(),
+    ),
+    "n": Rule(
+        "The number of images",
+        maximum=lambda s: s.settings.max_n,
+        over="at most {most} images per request",
+        default=lambda s, value: min(value, s.settings.max_n),  # the default fits
+        start=True,
+    ),
+    "seed": Rule("The seed", start=True),
+    "label": Rule(
+        "The class",
+        maximum=lambda s: (classes - 1) if (classes := max((m.num_classes for m in s.models), default=0)) else None,
+        over="{s.model.name} has classes 0 … {most}",
+    ),
+    "guidance": Rule(
+        "Guidance", maximum=lambda s: s.settings.max_guidance, default=lambda s, value: s.settings.default_guidance
+    ),
+    "init_image": Rule("The starting image", start=True),
+    "strength": Rule("Strength", needs=("init_image", "the image to start from"), start=True),
+    "mask": Rule("The mask", needs=("init_image", "the image whose unmasked pixels are kept"), start=True),
+    "branch": Rule("The branch"),
+    "interpolate_to": Rule("The seed to interpolate to", start=True),
+    "temperature": Rule("The noise temperature", start=True),
+    "every": Rule("Every"),
+    "preview_size": Rule(
+        "The preview size",
+        maximum=lambda s: s.settings.preview_size,
+        over="at most {most} (the server's preview_size)",
+        default=lambda s, value: s.settings.preview_size,
+    ),
+}
+START_FIELDS = tuple(name for name, rule in RULES.items() if rule.start)  # a branch's are its origin's
+
+
+def bounds(scope: Scope, request_model: type[SampleRequest] = StreamRequest) -> dict[str, dict]:
+    """Each field's largest value and its default in this scope, where the rules set them: the limits
+    the OpenAPI schema states and GET /config publishes."""
+    out = {}
+    for name, info in request_model.model_fields.items():
+        rule = RULES[name]
+        most = None if rule.maximum is None else rule.maximum(scope)
+        default = info.default if rule.default is None else rule.default(scope, info.default)
+        out[name] = {"maximum": most, "default": default}
+    return out
 
 
 class SampleResponse(BaseModel):
@@ -244,11 +368,39 @@ class Load(BaseModel):
     queued_jobs: int = Field(description="Runs waiting for a place now.")
 
 
+class FieldRule(BaseModel):
+    name: str = Field(description="The request field (a WebSocket request also takes every and preview_size).")
+    title: str = Field(description="The field in a sentence: “The number of images”.")
+    type: str = Field(description="Its JSON type: integer, number, boolean, string or object.")
+    nullable: bool = Field(description="null is allowed: the server's default, or none.")
+    default: ParamValue | None = Field(description="Its value when a request leaves it out (the loosest model's).")
+    minimum: float | None
+    exclusive_minimum: float | None
+    maximum: float | None = Field(description="Its largest value on this server (the loosest model's).")
+    needs: str | None = Field(description="The field it needs when it is not at its default.")
+    start: bool = Field(description="A part of a run's start: a branch takes it from the run it continues.")
+    description: str
+
+
+class FieldBounds(BaseModel):
+    maximum: float | None
+    default: ParamValue | None
+
+
+class RequestRules(BaseModel):
+    fields: list[FieldRule]
+    models: dict[str, dict[str, dict[str, FieldBounds]]] = Field(
+        description="By model, then by sampler: the largest value and the default of each field whose rules "
+        "depend on them (the steps a request without steps gets, say)."
+    )
+
+
 class ServerConfig(BaseModel):
     limits: Limits
     defaults: Defaults
     samplers: list[SamplerInfo] = Field(description="Every sampler a request may name, with its parameters.")
     load: Load = Field(description="The sampling loop now: its measured rate and its jobs.")
+    request: RequestRules = Field(description="The request's fields and their rules, for a client's own checks.")
 
 
 class ScheduleInfo(BaseModel):
@@ -331,6 +483,6 @@ class ErrorMessage(BaseModel):
     type: Literal["error"] = "error"
     kind: str = Field(
         description="What ended the run: invalid, busy (the queue is full), client_limit (this client has its "
-        "most runs), shutdown, timeout or error (server.jobs.FAILURES)"
+        "most runs), shutdown, timeout or error (server.errors.FAILURES)"
     )
     detail: str | list[dict]

@@ -1,12 +1,13 @@
-"""From a well-formed request to a JobSpec: the checks that depend on the server's limits, on the
-chosen model and on the chosen sampler's parameters (the sampler table), and the defaults. Errors have
-the shape of pydantic's ({type, loc, msg, input}), so a client handles a 422 the same way whichever
-check refused it."""
+"""From a well-formed request to a JobSpec and its plan (model.editing.Plan): the checks that depend on
+the server's limits, on the chosen model and on the chosen sampler's parameters (the sampler table),
+and the defaults. The limits and defaults of the fields are their rules' (server.schemas.RULES); the
+rest is what ties fields together. Errors have the shape of pydantic's ({type, loc, msg, input}), so
+a client handles a 422 the same way whichever check refused it."""
 
 from __future__ import annotations
 
 import secrets
-from dataclasses import replace
+from dataclasses import fields
 
 import numpy as np
 import torch
@@ -14,31 +15,11 @@ import torch
 from model import editing
 from model.samplers import SAMPLERS, Sampler
 from server import images
+from server.errors import InvalidRequest
 from server.loop import BranchSpec, JobSpec
 from server.registry import LoadedModel, ModelRegistry
-from server.schemas import SampleRequest, StreamRequest
+from server.schemas import RULES, START_FIELDS, SampleRequest, Scope
 from server.settings import Settings
-
-
-class InvalidRequest(ValueError):
-    def __init__(self, errors: list[dict]):
-        super().__init__("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors))
-        self.errors = errors
-
-
-def default_sampler(model: LoadedModel, settings: Settings) -> str:
-    """The sampler of a request that names none: its model's, else the server's."""
-    return model.default_sampler or settings.default_sampler
-
-
-def default_steps(sampler: Sampler, model: LoadedModel, settings: Settings) -> int:
-    """The steps of a request that gives none: those its model or the server pairs with this sampler
-    when it is their default, else the sampler's own (all T for DDPM)."""
-    if sampler.name == model.default_sampler and model.default_steps:
-        return model.default_steps
-    if sampler.name == settings.default_sampler and settings.default_steps and not model.default_sampler:
-        return settings.default_steps
-    return sampler.steps_for(model.schedule.num_timesteps)
 
 
 def resolve(request: SampleRequest, registry: ModelRegistry, settings: Settings) -> JobSpec:
@@ -55,105 +36,110 @@ def resolve(request: SampleRequest, registry: ModelRegistry, settings: Settings)
     if model is None:
         loaded = ", ".join(sorted(registry.models)) or "none"
         raise InvalidRequest([_error("model", "unknown_model", f"unknown model; loaded: {loaded}", request.model)])
+    sampler, params, errors = _sampler(request, model, settings)
+    values, field_errors = _fields(request, Scope(settings, (model,), sampler))
+    _raise(errors + field_errors + _conditioning(request, model, values))
+    if origin is None:
+        _raise(_start(request, model, sampler, params, values, settings))
+    else:
+        _raise(_branch(request, origin, (sampler.name, values["steps"], params)))
+        values |= {name: getattr(origin.plan, name) for name in START_FIELDS if hasattr(origin.plan, name)}
+    if values["seed"] is None:
+        values["seed"] = secrets.randbelow(2**32)
+    branch = None if origin is None else (origin.plan, request.branch.at_step)
+    plan = editing.Plan(sampler, model.schedule, params=params, branch=branch, **_settings(editing.Plan, values))
+    branch = None if origin is None else BranchSpec(origin, request.branch.at_step)
+    return JobSpec(model, sampler.name, params=params, branch=branch, plan=plan, **_settings(JobSpec, values))
 
-    errors = []
-    name = request.sampler or default_sampler(model, settings)
+
+def _settings(cls, values: dict) -> dict:
+    """The values `cls` (a dataclass) takes by the request's names, but its model, sampler and branch."""
+    return {f.name: values[f.name] for f in fields(cls) if f.name in values and f.name not in _OWN}
+
+
+_OWN = ("model", "sampler", "branch")  # a model, a Sampler and a branch where the request has names
+
+
+def _raise(errors: list[dict]) -> None:
+    if errors:
+        raise InvalidRequest(errors)
+
+
+def _sampler(request: SampleRequest, model: LoadedModel, settings: Settings) -> tuple[Sampler | None, dict, list]:
+    """The request's sampler (None if it cannot have it), its parameters and the errors."""
+    name = request.sampler or model.default_sampler or settings.default_sampler
     sampler = SAMPLERS.get(name)
-    params, steps = {}, request.steps or 1
     if sampler is None:
-        errors.append(
-            _error("sampler", "unknown_sampler", f"unknown sampler; choose one of {', '.join(SAMPLERS)}", name)
-        )
-        errors += [_error(key, "extra_forbidden", "Extra inputs are not permitted", v) for key, v in _extra(request)]
-    elif model.own_sampling and (
+        message = f"unknown sampler; choose one of {', '.join(SAMPLERS)}"
+        extra = [_error(key, "extra_forbidden", "Extra inputs are not permitted", v) for key, v in _extra(request)]
+        return None, {}, [_error("sampler", "unknown_sampler", message, name), *extra]
+    if model.own_sampling and (
         sampler.name != model.default_sampler or request.steps not in (None, model.default_steps)
     ):
         message = f"{model.name} is distilled for {model.default_sampler} with {model.default_steps} steps only"
-        if sampler.name != model.default_sampler:
-            errors.append(_error("sampler", "distilled_model", message, name))
-        else:
-            errors.append(_error("steps", "distilled_model", message, request.steps))
-    else:
-        params, param_errors = _params(sampler, request, model)
-        errors += param_errors
-        timesteps = model.schedule.num_timesteps
-        max_steps = min(sampler.max_steps(timesteps), settings.max_steps)
-        steps = request.steps or min(default_steps(sampler, model, settings), max_steps)
-        if steps > max_steps:
-            limits = f"{sampler.name} on a model of T = {timesteps} takes {sampler.max_steps(timesteps)}"
-            limits += f", the server allows {settings.max_steps}"
-            errors.append(_error("steps", "less_than_equal", f"at most {max_steps} steps ({limits})", steps))
-    n = request.n if "n" in request.model_fields_set else min(request.n, settings.max_n)  # the default fits
-    if n > settings.max_n:
-        errors.append(_error("n", "less_than_equal", f"at most {settings.max_n} images per request", n))
-    label = request.label
-    if label is not None and not model.num_classes:
-        errors.append(
-            _error("label", "unconditional_model", f"{model.name} is unconditional: label must be null", label)
-        )
-    elif label is not None and label >= model.num_classes:
-        errors.append(_error("label", "less_than", f"{model.name} has classes 0 … {model.num_classes - 1}", label))
-    guidance = settings.default_guidance if request.guidance is None else request.guidance
-    if guidance > settings.max_guidance:
-        errors.append(_error("guidance", "less_than_equal", f"at most {settings.max_guidance:g}", guidance))
+        other_sampler = sampler.name != model.default_sampler
+        field, value = ("sampler", name) if other_sampler else ("steps", request.steps)
+        return None, {}, [_error(field, "distilled_model", message, value)]
+    return sampler, *_params(sampler, request, model)
+
+
+def _fields(request: SampleRequest, scope: Scope) -> tuple[dict, list[dict]]:
+    """Every field's value, with its rule's default (at most its maximum) where it was not given, and
+    the errors of those over their rule's maximum or without the field they need."""
+    values, errors = {}, []
+    for name, info in type(request).model_fields.items():
+        rule, value = RULES[name], getattr(request, name)
+        most = None if rule.maximum is None else rule.maximum(scope)
+        if rule.default is not None and (value is None or name not in request.model_fields_set):
+            value = rule.default(scope, value)
+            value = value if most is None or value is None else min(value, most)
+        if value is not None and most is not None and value > most:
+            errors.append(_error(name, "less_than_equal", rule.over.format(most=most, s=scope), value))
+        if rule.needs and value != info.default and getattr(request, rule.needs[0]) is None:
+            other = "" if info.default is None else f" other than {info.default:g}"
+            message = f"{name}{other} needs {rule.needs[0]} ({rule.needs[1]})"
+            errors.append(_error(name, f"missing_{rule.needs[0]}", message, value))
+        values[name] = value
+    return values, errors
+
+
+def _conditioning(request: SampleRequest, model: LoadedModel, values: dict) -> list[dict]:
+    """The errors of the label and guidance on this model; `values` gets the guidance it samples with."""
+    errors = []
+    if request.label is not None and not model.num_classes:
+        message = f"{model.name} is unconditional: label must be null"
+        errors.append(_error("label", "unconditional_model", message, request.label))
     if model.num_classes and not model.guidance:  # no unconditional class: labels, but no guidance
         if request.guidance not in (None, 1):
             message = f"{model.name} has no unconditional class: classifier-free guidance must be null or 1"
             errors.append(_error("guidance", "no_guidance", message, request.guidance))
-        guidance = 1.0
-    preview_size = getattr(request, "preview_size", None) or settings.preview_size
-    if preview_size > settings.preview_size:
-        message = f"at most {settings.preview_size} (the server's preview_size)"
-        errors.append(_error("preview_size", "less_than_equal", message, preview_size))
-    if errors:
-        raise InvalidRequest(errors)
-
-    spec = JobSpec(
-        model=model,
-        sampler=sampler.name,
-        steps=steps,
-        n=n,
-        seed=secrets.randbelow(2**32) if request.seed is None else request.seed,
-        params=params,
-        label=request.label,
-        guidance=guidance if request.label is not None else None,
-        every=request.every if isinstance(request, StreamRequest) else 0,
-        preview_size=preview_size,
-    )
-    if origin is not None:
-        return _branch(request, spec, origin)
-    return _editing(request, spec, sampler, settings)
+        values["guidance"] = 1.0
+    if request.label is None:
+        values["guidance"] = None
+    return errors
 
 
 # --- SDEdit, inpainting, interpolation and branches (model.editing) ---------------------------------
 
 
-def _editing(request: SampleRequest, spec: JobSpec, sampler: Sampler, settings: Settings) -> JobSpec:
-    """`spec` with the request's init_image, strength, mask and interpolate_to, checked."""
-    errors, model = [], spec.model
-    image = mask = None
+def _start(request, model: LoadedModel, sampler: Sampler, params: dict, values: dict, settings: Settings) -> list:
+    """The errors of the request's init_image, strength, mask and interpolate_to; `values` gets the images."""
+    errors, values["init_image"], values["mask"] = [], None, None
     if request.init_image is not None:
-        image, error = _image(request.init_image, "init_image", model, model.image_shape[0], settings)
-        errors += error
+        image, errors = _image(request.init_image, "init_image", model, model.image_shape[0], settings)
+        values["init_image"] = None if image is None else torch.from_numpy(image * 2 - 1)
         if sampler.grid is None and request.strength != 1:
             message = f"strength other than 1 needs a sampler with a timestep grid; {sampler.name} has none"
             errors.append(_error("strength", "unsupported", message, request.strength))
-    elif request.strength != 1:
-        message = "strength other than 1 needs init_image (the image to start from)"
-        errors.append(_error("strength", "missing_init_image", message, request.strength))
-    if request.mask is not None:
-        if request.init_image is None:
-            message = "mask needs init_image (the image whose unmasked pixels are kept)"
-            errors.append(_error("mask", "missing_init_image", message, request.mask))
-        else:
+        if request.mask is not None:
             grey, error = _image(request.mask, "mask", model, 1, settings)
             errors += error
-            mask = None if grey is None else torch.from_numpy(np.rint(grey * 255) >= 128)  # True: repainted
+            values["mask"] = None if grey is None else torch.from_numpy(np.rint(grey * 255) >= 128)  # True: repainted
     if request.interpolate_to is not None:
-        if spec.n < 2:
+        if values["n"] < 2:
             message = "interpolate_to needs n of at least 2 (a row from seed to interpolate_to)"
-            errors.append(_error("n", "interpolation_too_short", message, spec.n))
-        if sampler.stochastic(spec.params):
+            errors.append(_error("n", "interpolation_too_short", message, values["n"]))
+        if sampler.stochastic(params):
             why = "eta > 0 draws fresh noise" if sampler.name == "ddim" else "it draws fresh noise at every step"
             message = (
                 f"interpolate_to needs a deterministic sampler, and {sampler.name} is not ({why}): "
@@ -163,70 +149,31 @@ def _editing(request: SampleRequest, spec: JobSpec, sampler: Sampler, settings: 
         if model.num_classes and not model.guidance and request.label is None:
             message = f"interpolate_to on {model.name} needs a label (it draws a class per image without one)"
             errors.append(_error("interpolate_to", "needs_label", message, request.interpolate_to))
-    if errors:
-        raise InvalidRequest(errors)
-    init = None if image is None else torch.from_numpy(image * 2 - 1)
-    strength = request.strength if image is not None else 1.0
-    spec = replace(spec, init_image=init, strength=strength, mask=mask, interpolate_to=request.interpolate_to)
-    return replace(spec, total=steps_taken(spec))
+    return errors
 
 
-BRANCH_INHERITS = ("model", "n", "seed", "init_image", "strength", "mask", "interpolate_to")
-
-
-def _branch(request: SampleRequest, spec: JobSpec, origin: JobSpec) -> JobSpec:
-    """`spec` continuing `origin` at request.branch.at_step: its start is origin's."""
+def _branch(request: SampleRequest, origin: JobSpec, run: tuple) -> list[dict]:
+    """The errors of a branch of `origin` that goes on with `run` (its sampler's name, steps and parameters)."""
     errors, sent = [], request.branch.origin
     while sent.branch is not None:  # the request that holds the start
         sent = sent.branch.origin
-    start = {**sent.model_dump(include=set(BRANCH_INHERITS)), "model": origin.model.name, "n": origin.n}
+    start = {**sent.model_dump(include=set(START_FIELDS)), "model": origin.model.name, "n": origin.n}
     start["seed"] = origin.seed
-    for field in BRANCH_INHERITS:
+    for field in START_FIELDS:
         if field in request.model_fields_set and getattr(request, field) != start[field]:
             message = f"a branch starts from branch.from's {field}: leave {field} out, or send the same"
             errors.append(_error(field, "branch_start", message, getattr(request, field)))
     if sent.seed is None:
         message = "branch.from needs its seed (the original run's, as its start message reported it)"
         errors.append({**_error("seed", "missing_seed", message, None), "loc": ["branch", "from", "seed"]})
-    at_step, total = request.branch.at_step, steps_taken(origin)
+    at_step, total = request.branch.at_step, origin.plan.steps_taken
     if at_step > total:
         message = f"the original run takes {total} steps: at_step must be 0 … {total}"
         errors.append({**_error("at_step", "less_than_equal", message, at_step), "loc": ["branch", "at_step"]})
-    if SAMPLERS[spec.sampler].grid is None and not spec.same_run(origin):
-        message = f"{spec.sampler} has no timestep grid: a branch may only continue it unchanged"
-        errors.append(_error("sampler", "unsupported", message, spec.sampler))
-    if errors:
-        raise InvalidRequest(errors)
-    spec = replace(
-        spec,
-        n=origin.n,
-        seed=origin.seed,
-        init_image=origin.init_image,
-        strength=origin.strength,
-        mask=origin.mask,
-        interpolate_to=origin.interpolate_to,
-        branch=BranchSpec(origin, at_step),
-    )
-    return replace(spec, total=steps_taken(spec))
-
-
-def run_timesteps(spec: JobSpec) -> list[int]:
-    """The timesteps a run visits, its x_T's first and -1 (the final image) last: one more than its
-    steps. As model.editing.start and .branch take them."""
-    sampler = SAMPLERS[spec.sampler]
-    if sampler.grid is None:  # a sampler registered without one: its steps, plainly
-        return [0] * spec.steps + [-1]
-    grid = sampler.timesteps(spec.model.schedule, spec.steps, sampler.resolve(spec.params))
-    if spec.branch is None:
-        return [*editing.sdedit_timesteps(grid, spec.strength), -1]
-    before, at_step = run_timesteps(spec.branch.origin), spec.branch.at_step
-    if spec.same_run(spec.branch.origin) or before[at_step] < 0:
-        return before
-    return [*before[:at_step], *editing.continuation_timesteps(grid, before[at_step]), -1]
-
-
-def steps_taken(spec: JobSpec) -> int:
-    return len(run_timesteps(spec)) - 1
+    if SAMPLERS[run[0]].grid is None and run != (origin.plan.sampler.name, origin.plan.steps, origin.plan.params):
+        message = f"{run[0]} has no timestep grid: a branch may only continue it unchanged"
+        errors.append(_error("sampler", "unsupported", message, run[0]))
+    return errors
 
 
 def _image(text: str, field: str, model: LoadedModel, channels: int, settings: Settings):

@@ -9,7 +9,7 @@ that takes longer than ws_send_timeout_s drops the client.
 
 Every way a session can end is one outcome: done or cancelled (close 1000), disconnected or
 slow_client (nothing more can be sent), or a Refused kind, sent as an error message and closed with
-the code of server.jobs.FAILURES. Any exception, expected or not, becomes one of these.
+the code of server.errors.FAILURES. Any exception, expected or not, becomes one of these.
 """
 
 from __future__ import annotations
@@ -25,9 +25,10 @@ from pydantic import BaseModel
 from starlette.websockets import WebSocketDisconnect
 
 from server import images
-from server.jobs import NORMAL, POLICY_VIOLATION, Outbox, Refused, client_address
+from server.errors import NORMAL, POLICY_VIOLATION, InvalidRequest, Refused, error
+from server.jobs import Outbox, ServerState, client_address, get_state
 from server.loop import Cancelled, Event, Failed, Finished, Frame, Job, JobSpec, Queued, Started
-from server.parsing import error, parse_json, parse_request
+from server.parsing import parse_json, parse_request
 from server.schemas import (
     CancelledMessage,
     DoneMessage,
@@ -36,8 +37,7 @@ from server.schemas import (
     StartMessage,
     StreamRequest,
 )
-from server.state import ServerState, get_state
-from server.validation import InvalidRequest, resolve
+from server.validation import resolve
 
 log = logging.getLogger(__name__)
 
@@ -201,15 +201,7 @@ async def _render(item: Event | BaseModel, spec: JobSpec, state: ServerState) ->
         return FrameMessage(step=item.step, total=item.total, t=item.t, x_t=x_t, x0=x0)
     if isinstance(item, Finished):
         grid, pngs = await state.encode(images.grid_and_images_b64, item.images)
-        return DoneMessage(
-            grid=grid,
-            images=pngs,
-            seed=spec.seed,
-            model=spec.model.name,
-            sampler=spec.sampler,
-            steps=spec.steps,
-            elapsed_ms=item.elapsed_ms,
-        )
+        return DoneMessage(grid=grid, images=pngs, elapsed_ms=item.elapsed_ms, **spec.echo(DoneMessage.model_fields))
     if isinstance(item, Cancelled):
         return CancelledMessage(step=item.step)
     if isinstance(item, Queued):
@@ -231,21 +223,11 @@ def _encode_frame(frame: Frame) -> tuple[str, str]:
 
 def _start_message(spec: JobSpec) -> StartMessage:
     channels, image_size, _ = spec.model.image_shape
+    preview_size = min(image_size, spec.preview_size or image_size)
+    at_step = 0 if spec.branch is None else spec.branch.at_step
+    shape = {"image_size": image_size, "channels": channels, "preview_size": preview_size}
     return StartMessage(
-        total=spec.steps_taken,
-        at_step=0 if spec.branch is None else spec.branch.at_step,
-        seed=spec.seed,
-        model=spec.model.name,
-        sampler=spec.sampler,
-        steps=spec.steps,
-        n=spec.n,
-        every=spec.every,
-        image_size=image_size,
-        channels=channels,
-        preview_size=min(image_size, spec.preview_size or image_size),
-        params=spec.params,
-        label=spec.label,
-        guidance=spec.guidance,
+        **{**spec.echo(StartMessage.model_fields), "total": spec.plan.steps_taken, "at_step": at_step, **shape}
     )
 
 

@@ -13,7 +13,17 @@ from conftest import REPO, tiny_unet
 from model import fid
 from model.checkpoint import save_checkpoint
 from model.classifier import Classifier, ClassifierConfig, save_classifier
-from model.evaluate import FIDJudge, RealImages, SamplerChoice, evaluate, main, parse_args, parse_sampler, to_uint8
+from model.evaluate import (
+    FIDJudge,
+    RealImages,
+    SamplerChoice,
+    evaluate,
+    main,
+    parse_args,
+    parse_sampler,
+    to_uint8,
+    within_class_spread,
+)
 from model.fid import (
     InceptionFeatures,
     InceptionWeightsMissing,
@@ -203,9 +213,9 @@ def test_evaluate_sweeps_samplers_and_steps_and_writes_its_tables(setup, tmp_pat
         ("DDPM", 2, 12), ("DDPM", 3, 12), ("DDIM eta=0", 2, 12), ("DDIM eta=0", 3, 12)
     ]  # fmt: skip
     for r in [*rows, floor]:
-        assert {"fid", "cls_acc", "cls_fd", "cls_fd_se", "class_tv", "min_share"} <= set(r)
+        assert {"fid", "cls_acc", "cls_fd", "cls_fd_se", "class_tv", "min_share", "spread"} <= set(r)
         assert 0 <= r["cls_acc"] <= 1 and sum(r[f"share_{k}"] for k in range(10)) == pytest.approx(1)
-        assert r["cls_fd_se"] > 0
+        assert r["cls_fd_se"] > 0 and r["spread"] > 0
     assert floor["n"] == 12 and all(r["seconds_per_image"] > 0 for r in rows)
 
     table = (tmp_path / "eval" / "results.md").read_text()
@@ -268,3 +278,12 @@ def test_the_command_without_inception_weights_stops_with_the_message(setup, tmp
     with pytest.raises(SystemExit) as e:
         main([str(ckpt), "--metrics", "fid", "-n", "4", "--data-root", str(data), "--out", str(tmp_path / "e")])
     assert "missing.pth is not a file" in str(e.value) and "--metrics classifier" in str(e.value)
+
+
+def test_within_class_spread_is_zero_for_copies_and_grows_with_variety():
+    classes = torch.tensor([0, 0, 0, 1, 1, 1])
+    copies = torch.tensor([[1.0, 2.0]] * 3 + [[5.0, 5.0]] * 3)
+    assert within_class_spread(copies, classes) == 0
+    varied = copies + torch.tensor([[0.0, 0.0], [3.0, 4.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0], [0.0, 1.0]])
+    # class 0: distances 5, 0, 5 → 10/3; class 1: 0, 1, 1 → 2/3; their mean: 2
+    assert within_class_spread(varied, classes) == pytest.approx(2.0)

@@ -771,7 +771,7 @@ def test_an_unexpected_exception_in_a_ws_session_is_an_error_and_1011(client, mo
 
 
 def test_the_failure_table_gives_each_kind_one_status_and_one_close_code():
-    from server.jobs import FAILURES
+    from server.errors import FAILURES
 
     table = {kind: (failure.status, failure.close_code) for kind, failure in FAILURES.items()}
     assert table == {
@@ -785,7 +785,7 @@ def test_the_failure_table_gives_each_kind_one_status_and_one_close_code():
 
 
 def test_error_details_always_encode():
-    from server.parsing import safe_errors
+    from server.errors import safe_errors
 
     surrogate = "\ud800"
     nans = [float("nan")] * 99
@@ -808,7 +808,7 @@ def test_an_integral_number_is_an_integer_however_it_is_written(client):
 
 
 def test_host_names_and_patterns():
-    from server.app import host_allowed, host_name
+    from server.middleware import host_allowed, host_name
 
     assert [host_name(h) for h in ("[::1]:8000", "LocalHost:80", "a.example", "::1")] == [
         "::1",

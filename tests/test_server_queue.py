@@ -17,7 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from test_server import expect_close, read_to_end, serve, write_checkpoint
 from test_server_loop import Recorder, submit, tiny_model
 
-from server.jobs import JobBridge, Outbox, Refused
+from server.errors import Refused
+from server.jobs import JobBridge, Outbox
 from server.loop import Cancelled, Failed, Finished, Job, JobSpec, LoopFull, Queued, SamplingLoop, Started
 
 WAIT_S = 30  # generous: the machine is shared; a passing test never waits this long

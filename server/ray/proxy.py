@@ -3,17 +3,17 @@
     RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=server.ray.proxy.middlewares
 
 in their environment (`python -m server.ray` sets it for a cluster it starts; on a cluster of your own,
-set it where `ray start` runs). Only Starlette and the message schema are imported: the proxies never
-load torch."""
+set it where `ray start` runs). Only Starlette, the message schema and the failure table (server.errors)
+are imported."""
 
 from __future__ import annotations
 
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from server.errors import INTERNAL_ERROR
 from server.schemas import ErrorMessage
 
-INTERNAL_ERROR = 1011  # RFC 6455; what server.jobs.FAILURES["error"] closes with (not imported: it loads torch)
 REPLICA_LOST = "the replica running this job stopped before it ended; start it again"
 
 

@@ -160,7 +160,7 @@ export function closeReason(code) {
   return CLOSE_REASONS[code] ?? "it closed unexpectedly";
 }
 
-/** An error the stream reported, worded by its kind (server.jobs.FAILURES) or else its close code. */
+/** An error the stream reported, worded by its kind (server.errors.FAILURES) or else its close code. */
 export function streamError(detail, code, kind = null) {
   const text = detail || "no reason given";
   if (kind === "client_limit") return new ApiError(limitMessage(detail), { kind: "limit" });

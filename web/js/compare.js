@@ -103,7 +103,7 @@ export class Compare {
     s.steps.value = String(samplerSteps(sampler, model, this.config));
     if (model) offerFor(model, this.config, s);
     const own = modelParams(model, sampler);
-    s.fields = buildParamFields(s.params, sampler, { idPrefix: `compare-${side}-`, compact: true, ...own });
+    s.fields = buildParamFields(s.params, sampler, { idPrefix: `compare-${side}-param-`, compact: true, ...own });
   }
 
   /** A side's model changed: a distilled one takes only its own sampler and steps; leaving one restores the side's. */

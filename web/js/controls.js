@@ -1,15 +1,18 @@
-// The generate form: filled from GET /config (the samplers and their parameters, the server's limits
-// and defaults) and GET /models, keeping its hints honest, and turning it into a request of the
-// contract. No sampler, limit or default is written here: they all come from the server.
-// `validateSettings`, `samplerSteps` and `autoEvery` are pure, so tests can call them.
+// The generate form: filled from GET /config (the samplers and their parameters, the request's fields
+// and their rules, the server's limits and defaults) and GET /models, keeping its hints honest, and
+// turning it into a request of the contract. No sampler, limit, default or check of a field is written
+// here: they all come from the server. A field the form has no control of its own for gets one built
+// from its rules (`ownFields`). `validateSettings`, `samplerSteps` and `autoEvery` are pure, so tests can call them.
 
 import { formatDuration, plural, rowsOf, SpeedBook } from "./estimate.js";
-import { buildParamFields, describeParams, formValue, parseParam } from "./params.js";
+import { buildParamFields, describeParams, formValue, parseInteger, parseParam } from "./params.js";
 import { base64Bytes } from "./start-image.js";
 
 // The settings a link can carry (?model=mnist&sampler=ddim&steps=50&seed=7…), so a run can be shared;
-// the chosen sampler's own parameters (eta=0.5) come after them.
+// the fields built from their rules and the chosen sampler's own parameters (eta=0.5) come after them.
 const LINK_FIELDS = ["model", "sampler", "steps", "n", "seed", "label", "guidance", "interpolate_to"];
+// The request fields with a control of their own on the page, or that the page sets itself.
+const OWN_CONTROLS = [...LINK_FIELDS, "init_image", "strength", "mask", "branch", "every", "preview_size"];
 
 const ESTIMATE_SOURCES = {
   server: "the server's measured speed for this model, kept up to date as it samples",
@@ -27,16 +30,6 @@ export function randomSeed() {
   return buf[0]; // 0 … 2^32 − 1, like the seeds the server draws itself
 }
 
-function parseInteger(text) {
-  const trimmed = String(text ?? "").trim();
-  return /^[+-]?\d+$/.test(trimmed) ? Number(trimmed) : Number.NaN;
-}
-
-function parseNumber(text) {
-  const trimmed = String(text ?? "").trim();
-  return trimmed === "" ? Number.NaN : Number(trimmed);
-}
-
 export function findSampler(config, name) {
   return config?.samplers.find((s) => s.name === name) ?? null;
 }
@@ -46,13 +39,24 @@ export function defaultSamplerName(config, model) {
   return model?.default_sampler ?? config.defaults.sampler;
 }
 
-/** The steps the server gives `sampler` when a request names no steps (server.validation.default_steps). */
+/**
+ * The rule of request field `name` (GET /config's request.fields) with the bounds `model` and `sampler`
+ * (a name or a sampler) set for it; the loosest of the server's models for a model it does not list.
+ */
+export function fieldRule(config, name, model, sampler) {
+  const rule = config.request.fields.find((f) => f.name === name);
+  return { ...rule, ...config.request.models[model?.name]?.[sampler?.name ?? sampler]?.[name] };
+}
+
+/** The request fields the form has no control of its own for, with a control built from their rules. */
+export function ownFields(config) {
+  const scalar = ["integer", "number", "boolean", "string"];
+  return config.request.fields.filter((f) => !OWN_CONTROLS.includes(f.name) && scalar.includes(f.type));
+}
+
+/** The steps the server gives `sampler` when a request names no steps (its rule's default for the model). */
 export function samplerSteps(sampler, model, config) {
-  if (model?.default_sampler === sampler.name && model.default_steps) return model.default_steps;
-  if (!model?.default_sampler && config.defaults.sampler === sampler.name && config.defaults.steps) {
-    return config.defaults.steps;
-  }
-  return sampler.default_steps ?? model?.timesteps ?? config.limits.max_steps;
+  return fieldRule(config, "steps", model, sampler).default ?? sampler.default_steps ?? model?.timesteps ?? config.limits.max_steps;
 }
 
 /**
@@ -95,9 +99,9 @@ function fixedValues({ values, fixed }) {
   return Object.fromEntries(fixed.map((name) => [name, values[name]]));
 }
 
-/** The largest step count the form offers: the model's T and the server's limit. */
-export function maxSteps(model, config) {
-  return Math.min(model?.timesteps ?? config.limits.max_steps, config.limits.max_steps);
+/** The largest step count the form offers: the model's T and the server's limit (the sampler's rule). */
+export function maxSteps(model, config, sampler) {
+  return fieldRule(config, "steps", model, sampler).maximum;
 }
 
 /**
@@ -107,23 +111,23 @@ export function maxSteps(model, config) {
  */
 export function validateSettings(values, model, config) {
   const errors = [];
-  const { limits } = config;
   const request = { model: model?.name ?? values.model, sampler: values.sampler };
   const sampler = findSampler(config, values.sampler);
+  // a field's value, checked by its rule; a problem is reported on `field`, the control that holds it
+  const check = (name, raw, field = name) => {
+    const { value, error } = parseParam(fieldRule(config, name, model, sampler), raw);
+    if (error) errors.push({ field, message: error });
+    return value;
+  };
 
   if (!model) errors.push({ field: "model", message: "Choose a model (the server has none loaded yet)." });
   if (!sampler) errors.push({ field: "sampler", message: "Choose one of the server's samplers." });
 
-  const steps = parseInteger(values.steps);
-  const most = maxSteps(model, config);
+  request.steps = check("steps", values.steps);
   const fixes = modelFixes(model);
-  if (!Number.isInteger(steps) || steps < 1 || steps > most) {
-    errors.push({ field: "steps", message: `Steps must be a whole number from 1 to ${most}.` });
-  } else if (fixes && sampler && (sampler.name !== fixes.sampler || steps !== fixes.steps)) {
-    const field = sampler.name !== fixes.sampler ? "sampler" : "steps";
-    errors.push({ field, message: `${fixedNote(model, config)}.` });
+  if (fixes && sampler && request.steps !== undefined && (sampler.name !== fixes.sampler || request.steps !== fixes.steps)) {
+    errors.push({ field: sampler.name !== fixes.sampler ? "sampler" : "steps", message: `${fixedNote(model, config)}.` });
   }
-  request.steps = steps;
 
   for (const param of sampler?.params ?? []) {
     const { value, error } = parseParam(param, values.params?.[param.name] ?? formValue(param, param.default));
@@ -134,67 +138,39 @@ export function validateSettings(values, model, config) {
     request[param.name] = value;
   }
 
-  const n = parseInteger(values.n);
-  if (!Number.isInteger(n) || n < 1 || n > limits.max_n) {
-    errors.push({ field: "n", message: `The number of images must be from 1 to ${limits.max_n}.` });
-  }
-  request.n = n;
-
-  if (String(values.seed ?? "").trim() === "") {
-    request.seed = null;
-  } else {
-    const seed = parseInteger(values.seed);
-    if (!Number.isInteger(seed) || seed < 0 || seed > limits.max_seed) {
-      errors.push({ field: "seed", message: `The seed must be a whole number from 0 to ${limits.max_seed}, or empty for a random one.` });
-    }
-    request.seed = seed;
-  }
-
-  if (values.label === "" || values.label == null) {
-    request.label = null;
-  } else {
-    const label = parseInteger(values.label);
-    const classes = model?.num_classes ?? 0;
-    if (!Number.isInteger(label) || label < 0 || label >= classes) {
-      errors.push({ field: "label", message: "This model has no such class." });
-    }
-    request.label = label;
-  }
-
-  const guidance = parseNumber(values.guidance);
-  if (!(guidance >= 0 && guidance <= limits.max_guidance)) {
-    errors.push({ field: "guidance", message: `Guidance must be between 0 and ${limits.max_guidance}.` });
-  }
+  request.n = check("n", values.n);
+  request.seed = check("seed", values.seed);
+  request.label = check("label", values.label);
+  const guidance = check("guidance", values.guidance);
   // a class-conditional model without an unconditional class (a diffusers one) takes no guidance
   request.guidance = model?.guidance === false ? null : guidance;
 
   // A starting image (SDEdit; with a mask, inpainting), as start-image.js holds it.
   if (values.start?.init_image !== undefined) {
-    const { init_image: image, strength: strengthText, mask } = values.start;
+    const { init_image: image, strength, mask } = values.start;
     if (!image) errors.push({ field: "use-start-image", message: "Choose the image to start from." });
-    else if (base64Bytes(image) > limits.max_init_image_bytes) {
-      errors.push({ field: "use-start-image", message: `The starting image is over the server's ${limits.max_init_image_bytes} bytes.` });
+    else if (base64Bytes(image) > config.limits.max_init_image_bytes) {
+      errors.push({ field: "use-start-image", message: `The starting image is over the server's ${config.limits.max_init_image_bytes} bytes.` });
     }
-    const strength = parseNumber(strengthText);
-    if (!(strength > 0 && strength <= 1)) errors.push({ field: "strength", message: "Strength must be above 0 and at most 1." });
-    Object.assign(request, { init_image: image, strength }, mask ? { mask } : {});
+    Object.assign(request, { init_image: image, strength: check("strength", strength) }, mask ? { mask } : {});
   }
 
   if (String(values.interpolate_to ?? "").trim() !== "") {
-    const to = parseInteger(values.interpolate_to);
-    if (!Number.isInteger(to) || to < 0 || to > limits.max_seed) {
-      errors.push({ field: "interpolate_to", message: `The seed to interpolate to must be a whole number from 0 to ${limits.max_seed}.` });
-    }
+    request.interpolate_to = check("interpolate_to", values.interpolate_to);
     if (request.seed == null) errors.push({ field: "seed", message: "Interpolation needs a seed to start from." });
-    if (n < 2) errors.push({ field: "n", message: "Interpolation needs at least 2 images (a row from one seed to the other)." });
-    request.interpolate_to = to;
+    if (request.n < 2) errors.push({ field: "n", message: "Interpolation needs at least 2 images (a row from one seed to the other)." });
+  }
+
+  // the fields with controls built from their rules: sent when set, else the server's default holds
+  for (const rule of ownFields(config)) {
+    const raw = values.fields?.[rule.name];
+    if (raw !== undefined && raw !== "" && raw !== formValue(rule, rule.default ?? "")) request[rule.name] = check(rule.name, raw);
   }
 
   const stream = values.every !== "off";
   if (stream) {
-    const every = values.every === "auto" || values.every == null ? autoEvery(steps || 1) : parseInteger(values.every);
-    if (!Number.isInteger(every) || every < 1) errors.push({ field: "every", message: "Stream every k steps, k ≥ 1." });
-    request.every = every;
+    const every = values.every === "auto" || values.every == null ? autoEvery(request.steps || 1) : values.every;
+    request.every = check("every", every);
   }
   return { request, stream, errors };
 }
@@ -233,7 +209,7 @@ export function offerFor(model, config, { sampler, steps }) {
   for (const option of sampler.options) option.disabled = !samplerOffered(model, { name: option.value });
   const fixes = modelFixes(model);
   steps.readOnly = Boolean(fixes);
-  steps.max = String(fixes ? fixes.steps : maxSteps(model, config));
+  steps.max = String(fixes ? fixes.steps : maxSteps(model, config, sampler.value));
   steps.min = String(fixes ? fixes.steps : 1);
 }
 
@@ -268,6 +244,7 @@ export class Controls {
       sampler: $("sampler"),
       samplerHint: $("sampler-hint"),
       params: $("sampler-params"),
+      fields: $("request-fields"),
       steps: $("steps"),
       stepsHint: $("steps-hint"),
       n: $("n"),
@@ -290,6 +267,7 @@ export class Controls {
     this.stepsBySampler = new Map();
     this.paramsBySampler = new Map();
     this.paramFields = null;
+    this.fieldControls = null; // those of the request's fields built from their rules
     this.shownSampler = null;
     this.speeds = new SpeedBook();
 
@@ -337,6 +315,13 @@ export class Controls {
     this.el.guidance.value = String(defaults.guidance);
     // A server that takes starting images also takes branches and interpolation (one release of the API).
     this.el.interpolateField.hidden = limits.max_init_image_bytes == null;
+    this.fieldControls = buildParamFields(this.el.fields, { params: ownFields(config) }, {
+      idPrefix: "",
+      onChange: (event) => {
+        this.clearFieldError(event.target.id);
+        this.refreshHints();
+      },
+    });
     this.showSampler();
   }
 
@@ -392,6 +377,7 @@ export class Controls {
   }
 
   onSamplerChange() {
+    if (this.model) offerFor(this.model, this.config, { sampler: this.el.sampler, steps: this.el.steps });
     this.showSampler();
     this.clearFieldError("steps");
     this.refreshHints();
@@ -407,7 +393,6 @@ export class Controls {
     this.el.steps.value = fixed ?? this.stepsBySampler.get(sampler.name) ?? String(samplerSteps(sampler, this.model, this.config));
     const own = modelParams(this.model, sampler);
     this.paramFields = buildParamFields(this.el.params, sampler, {
-      idPrefix: "",
       // what the visitor set for this sampler, over the model's own values, except those a distilled model fixes
       values: { ...own.values, ...this.paramsBySampler.get(sampler.name), ...fixedValues(own) },
       fixed: own.fixed,
@@ -431,13 +416,14 @@ export class Controls {
       : (sampler?.description ?? "");
     const conditional = Boolean(model?.num_classes);
     const classChosen = this.el.label.value !== "";
-    if (Number.isInteger(steps) && steps >= 1 && steps <= maxSteps(model, this.config) && sampler) {
+    const most = maxSteps(model, this.config, sampler);
+    if (Number.isInteger(steps) && steps >= 1 && steps <= most && sampler) {
       const nfe = steps * sampler.evals_per_step;
       const rows = conditional && classChosen && Number(this.el.guidance.value) !== 1 ? ", each of two UNet rows an image (guidance)" : "";
       const of = T ? ` of the ${T} timesteps` : "";
       this.el.stepsHint.textContent = `${plural(steps, "step")}${of}: ${plural(nfe, "model evaluation")}${rows}.`;
     } else {
-      this.el.stepsHint.textContent = `Steps: a whole number from 1 to ${maxSteps(model, this.config)}.`;
+      this.el.stepsHint.textContent = `Steps: a whole number from 1 to ${most}.`;
     }
 
     this.el.guidance.disabled = !conditional || !classChosen || model.guidance === false;
@@ -517,6 +503,8 @@ export class Controls {
     const typed = { steps: this.el.steps, seed: this.el.seed, guidance: this.el.guidance, interpolate_to: this.el.interpolate };
     const linked = this.values();
     for (const name of Object.keys(typed)) if (params.has(name)) linked[name] = params.get(name);
+    const ruled = ownFields(this.config).filter((f) => params.has(f.name));
+    for (const f of ruled) linked.fields[f.name] = formValue(f, params.get(f.name));
     for (const p of sampler.params) if (params.has(p.name)) linked.params[p.name] = formValue(p, params.get(p.name));
     const refused = new Map();
     for (const { field, message } of validateSettings(linked, this.model, this.config).errors) {
@@ -525,12 +513,17 @@ export class Controls {
     }
     for (const [name, message] of refused) ignored.push(`${name}=${params.get(name)} (${message})`);
     for (const [name, input] of Object.entries(typed)) if (params.has(name) && !refused.has(name)) input.value = linked[name];
+    for (const f of ruled.filter((f) => !refused.has(f.name))) {
+      const control = document.getElementById(f.name);
+      if (control.type === "checkbox") control.checked = linked.fields[f.name];
+      else control.value = linked.fields[f.name];
+    }
     const accepted = sampler.params.filter((p) => !refused.has(p.name));
     this.paramsBySampler.set(sampler.name, Object.fromEntries(accepted.map((p) => [p.name, linked.params[p.name]])));
     this.stepsBySampler.set(sampler.name, this.el.steps.value);
     this.shownSampler = null; // what the controls hold now is what the link made of them
     this.showSampler();
-    const settings = new Set([...LINK_FIELDS, ...sampler.params.map((p) => p.name)]);
+    const settings = new Set([...LINK_FIELDS, ...ownFields(this.config).map((f) => f.name), ...sampler.params.map((p) => p.name)]);
     for (const name of new Set(params.keys())) if (!settings.has(name)) ignored.push(`${name} (not a setting here)`);
     this.el.linkNotice.textContent = ignored.length ? `From the link, ignored: ${ignored.join("; ")}.` : "";
     this.refreshHints();
@@ -540,7 +533,7 @@ export class Controls {
   linkFor(request, seed) {
     const params = new URLSearchParams();
     const samplerParams = findSampler(this.config, request.sampler)?.params.map((p) => p.name) ?? [];
-    for (const field of [...LINK_FIELDS, ...samplerParams]) {
+    for (const field of [...LINK_FIELDS, ...ownFields(this.config).map((f) => f.name), ...samplerParams]) {
       const value = field === "seed" ? seed : request[field];
       if (value == null) continue;
       if (field === "guidance" && request.label == null) continue;
@@ -556,6 +549,7 @@ export class Controls {
       sampler: this.sampler,
       steps: this.el.steps.value,
       params: this.paramFields?.read() ?? {},
+      fields: this.fieldControls?.read() ?? {},
       n: this.el.n.value,
       seed: this.el.seed.value,
       label: this.el.label.disabled ? "" : this.el.label.value,

@@ -54,7 +54,7 @@ export function buildExamples(config, model, models = [model]) {
   } else if (!student && allSteps && fewer) {
     const [a, b] = [
       [fewer, samplerSteps(fewer, model, config)],
-      [allSteps, maxSteps(model, config)],
+      [allSteps, maxSteps(model, config, allSteps)],
     ];
     examples.push({
       id: "classic",
@@ -82,7 +82,7 @@ export function buildExamples(config, model, models = [model]) {
 
   // The same few steps for every sampler of the table (a student takes one sampler: nothing to compare).
   if (!student) {
-    const steps = Math.min(FEW_STEPS, maxSteps(model, config));
+    const steps = Math.min(FEW_STEPS, ...config.samplers.map((s) => maxSteps(model, config, s)));
     examples.push({
       id: "few-steps",
       title: `${steps} steps of each sampler`,

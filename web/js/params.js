@@ -1,45 +1,54 @@
-// A sampler's parameters, as GET /config describes them ({name, type, default, minimum, maximum,
-// choices, description}): the form controls built from that description, and the checks of what
-// a visitor typed. Nothing here knows any sampler by name: a sampler added to the server's table
-// gets its controls from this file without a change to it.
+// A sampler's parameters and the request's fields, as GET /config describes them ({name, type, default,
+// minimum, maximum, choices, description}; a request field also has a title, whether it is nullable and
+// an exclusive_minimum): the form controls built from that description, and the checks of what a visitor
+// typed. Nothing here knows any sampler or field by name: one added to the server's tables gets its
+// controls and its checks from this file without a change to it.
 
 /** The parameter's value written as a form control holds it: a string, or a boolean for a checkbox. */
 export function formValue(param, value) {
   return param.type === "boolean" ? Boolean(value) : String(value);
 }
 
-function parseInteger(text) {
+export function parseInteger(text) {
   const trimmed = String(text ?? "").trim();
   return /^[+-]?\d+$/.test(trimmed) ? Number(trimmed) : Number.NaN;
 }
 
-function parseNumber(text) {
+export function parseNumber(text) {
   const trimmed = String(text ?? "").trim();
   return trimmed === "" ? Number.NaN : Number(trimmed);
 }
 
-/** What is allowed, in words: "0 to 1", "one of 1, 2, 3", "at least 1". */
+/** What is allowed, in words: "from 0 to 1", "a whole number from 1 to 50", "one of 1, 2, 3", "above 0 and at most 1". */
 export function allowed(param) {
   if (param.choices) return `one of ${param.choices.join(", ")}`;
+  const whole = param.type === "integer" ? "a whole number " : "";
   const low = param.minimum ?? null;
   const high = param.maximum ?? null;
-  if (low !== null && high !== null) return `from ${low} to ${high}`;
-  if (low !== null) return `at least ${low}`;
-  if (high !== null) return `at most ${high}`;
-  return param.type === "integer" ? "a whole number" : param.type === "number" ? "a number" : "any text";
+  const empty = param.nullable ? ", or empty" : "";
+  if (param.exclusive_minimum != null) return `above ${param.exclusive_minimum}${high !== null ? ` and at most ${high}` : ""}${empty}`;
+  if (low !== null && high !== null) return `${whole}from ${low} to ${high}${empty}`;
+  if (low !== null) return `${whole}at least ${low}${empty}`;
+  if (high !== null) return `${whole}at most ${high}${empty}`;
+  return `${whole || (param.type === "number" ? "a number" : "any text")}${empty}`.trim();
 }
 
-/** A form value → {value} in the request's JSON type, or {error} saying what is allowed. */
+/**
+ * A form value → {value} in the request's JSON type, or {error} saying what is allowed. An empty value
+ * of a nullable field is null (the server's default).
+ */
 export function parseParam(param, raw) {
   let value;
+  if (param.nullable && String(raw ?? "").trim() === "") return { value: null };
   if (param.type === "boolean") value = raw === true || raw === "true";
   else if (param.type === "integer") value = parseInteger(raw);
   else if (param.type === "number") value = parseNumber(raw);
   else value = String(raw ?? "");
-  const bad = { error: `${param.name} must be ${allowed(param)}.` };
+  const bad = { error: `${param.title ?? param.name} must be ${allowed(param)}.` };
   if ((param.type === "integer" || param.type === "number") && !Number.isFinite(value)) return bad;
   if (param.choices && !param.choices.includes(value)) return bad;
   if (param.minimum != null && value < param.minimum) return bad;
+  if (param.exclusive_minimum != null && value <= param.exclusive_minimum) return bad;
   if (param.maximum != null && value > param.maximum) return bad;
   return { value };
 }
@@ -61,19 +70,19 @@ export function describeParams(sampler, request) {
 export function buildParamFields(
   container,
   sampler,
-  { idPrefix, values = {}, fixed = [], compact = false, onChange } = {},
+  { idPrefix = "param-", values = {}, fixed = [], compact = false, onChange } = {},
 ) {
   const fields = [];
   const controls = new Map();
   for (const param of sampler?.params ?? []) {
-    const id = `${idPrefix}param-${param.name}`;
+    const id = `${idPrefix}${param.name}`;
     const field = document.createElement("div");
     field.className = "field param-field";
     field.dataset.param = param.name;
     const label = document.createElement("label");
     label.htmlFor = id;
-    label.textContent = param.name;
-    const value = values[param.name] ?? formValue(param, param.default);
+    label.textContent = param.title ?? param.name;
+    const value = values[param.name] ?? formValue(param, param.default ?? "");
     let control;
     if (param.type === "boolean") {
       control = document.createElement("input");

@@ -1,0 +1,242 @@
+"""The middleware, from the outside in: ProxyHeadersMiddleware (uvicorn's), when trusted_proxies are
+set, takes the client's address from their X-Forwarded-For; RequestMetrics counts every answer under its route;
+SecurityHeaders adds nosniff, no framing and a Content-Security-Policy to each; HostCheck refuses a
+Host header this server does not answer to (DNS rebinding); CORS, when configured; MethodCheck
+answers OPTIONS and wrong methods on the API's routes (the UI's mount at / would otherwise); and
+BodyLimit refuses bodies over request_bytes (max_body_bytes and room for images) before they are read.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+from fastapi import APIRouter, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.routing import BaseRoute, Match, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+from server.errors import POLICY_VIOLATION, Refused, error
+from server.metrics import Metrics
+from server.settings import Settings
+
+LOOPBACK_NAMES = ["localhost", "127.0.0.1", "::1"]
+KNOWN_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}  # others count as "other"
+
+# The page at / loads its scripts, styles and icon from this server and draws PNGs from data: and
+# blob: URLs; it talks to the API on the same origin ('self' covers ws: and wss: to it).
+PAGE_CSP = (
+    "default-src 'self'; img-src 'self' data: blob:; connect-src 'self'; object-src 'none'; "
+    "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS = {
+    "x-content-type-options": "nosniff",
+    "x-frame-options": "DENY",
+    "referrer-policy": "no-referrer",
+    "content-security-policy": PAGE_CSP,
+}
+
+
+def add_middleware(app: FastAPI, settings: Settings, metrics: Metrics, *routers: APIRouter) -> None:
+    """All of it, in the order of the module docstring (the last added is the outermost). RequestMetrics
+    and MethodCheck match requests against the API's routes before routing: the routers' own, since
+    FastAPI includes a router as one route of its own, and the app's (the docs)."""
+    routes = [route for router in routers for route in router.routes]
+    routes += [route for route in app.routes if isinstance(route, Route)]
+    app.add_middleware(BodyLimit, max_bytes=settings.request_bytes, metrics=metrics)
+    app.add_middleware(MethodCheck, routes=routes)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["*"],
+            expose_headers=["Retry-After", "X-Seed", "X-Elapsed-Ms"],
+        )
+    app.add_middleware(HostCheck, allowed=trusted_hosts(settings), metrics=metrics)
+    app.add_middleware(SecurityHeaders)
+    app.add_middleware(RequestMetrics, routes=routes, metrics=metrics)
+    if settings.trusted_proxies:  # the client's address as the proxy saw it, for the per-client limit and the logs
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
+
+
+def trusted_hosts(settings: Settings) -> list[str]:
+    """The Host names to answer: the setting; else, when bound to loopback, the loopback names
+    (a page on another site reaching 127.0.0.1 through DNS rebinding sends its own name); else any."""
+    if settings.allowed_hosts:
+        return settings.allowed_hosts
+    return LOOPBACK_NAMES if _is_loopback(settings.host) else ["*"]
+
+
+def _is_loopback(host: str) -> bool:
+    address = _ip_address(host.strip("[]"))
+    return host == "localhost" or (address is not None and address.is_loopback)
+
+
+# RFC 9110's Host: a name or an IPv4 address, or an IPv6 address in brackets, then an optional port
+HOST = re.compile(r"(?:\[(?P<ipv6>[0-9a-f:.]+)\]|(?P<name>[a-z0-9_.-]+))(?::\d{1,5})?")
+
+
+def host_name(header: str) -> str:
+    """The name in a Host header, without its port: "[::1]:8000" → "::1", "a.example:80" → "a.example";
+    "" for anything else ("localhost:80@evil.example", "[::1]evil.example"), which no pattern matches."""
+    header = header.strip().lower()
+    found = HOST.fullmatch(header)
+    if found:
+        return found["ipv6"] or found["name"]
+    address = _ip_address(header)  # a bare IPv6 address, as some clients send it
+    return header if address is not None and address.version == 6 else ""
+
+
+def _ip_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
+def host_allowed(header: str | None, allowed: list[str]) -> bool:
+    if "*" in allowed:
+        return True
+    name = host_name(header or "")
+    matches = (name == pattern or (pattern.startswith("*.") and name.endswith(pattern[1:])) for pattern in allowed)
+    return bool(name) and any(matches)
+
+
+class HostCheck:
+    """Refuses requests whose Host is not an allowed name: 400 over HTTP, a refused handshake (403)
+    for a WebSocket."""
+
+    def __init__(self, app: ASGIApp, allowed: list[str], metrics: Metrics):
+        self.app = app
+        self.allowed = [pattern.lower() for pattern in allowed]
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket") or host_allowed(Headers(scope=scope).get("host"), self.allowed):
+            await self.app(scope, receive, send)
+        elif scope["type"] == "websocket":
+            self.metrics.ws_sessions.labels(outcome="forbidden").inc()
+            await send({"type": "websocket.close", "code": POLICY_VIOLATION, "reason": ""})
+        else:
+            await PlainTextResponse("Invalid host header", status_code=400)(scope, receive, send)
+
+
+class SecurityHeaders:
+    """nosniff, no framing, no referrer and a Content-Security-Policy on every answer that has not
+    set its own (the docs pages do)."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] in ("http.response.start", "websocket.http.response.start"):
+                headers = MutableHeaders(scope=message)
+                for name, value in SECURITY_HEADERS.items():
+                    headers.setdefault(name, value)
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def api_route(routes: list[BaseRoute], scope: Scope) -> tuple[Route | None, Match]:
+    """The API route whose path matches the request (FULL: its method too; PARTIAL: another method)."""
+    partial = None
+    for route in routes:
+        match, _ = route.matches(scope)
+        if match == Match.FULL:
+            return route, match
+        if match == Match.PARTIAL and partial is None:
+            partial = route
+    return partial, (Match.PARTIAL if partial else Match.NONE)
+
+
+class MethodCheck:
+    """OPTIONS on an API route answers 204 with the route's methods in Allow, and any other wrong
+    method 405 with them (without this, the UI's mount at / answers for it, with its own)."""
+
+    def __init__(self, app: ASGIApp, routes: list[BaseRoute]):
+        self.app = app
+        self.routes = routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route, match = api_route(self.routes, scope) if scope["type"] == "http" else (None, Match.NONE)
+        if match != Match.PARTIAL or not isinstance(route, Route):
+            await self.app(scope, receive, send)
+            return
+        allow = ", ".join(sorted({*(route.methods or ()), "OPTIONS"}))
+        if scope["method"] == "OPTIONS":
+            response = Response(status_code=204, headers={"Allow": allow})
+        else:
+            response = JSONResponse({"detail": "Method Not Allowed"}, status_code=405, headers={"Allow": allow})
+        await response(scope, receive, send)
+
+
+class BodyLimit:
+    """Refuses request bodies larger than `max_bytes` with 422, the API's answer to bad input,
+    before they are read into memory: by Content-Length, or while a chunked body streams in."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, metrics: Metrics):
+        self.app = app
+        self.max_bytes = max_bytes
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_long = Refused("invalid", [error("too_long", f"the request body is larger than {self.max_bytes} bytes")])
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            self.metrics.errors.labels(kind="invalid").inc()
+            await too_long.response()(scope, receive, send)
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise too_long  # answered by the app's handler for Refused, like any other
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+class RequestMetrics:
+    """Counts HTTP requests by method, route template (not the raw path: bounded label values) and
+    status; the route is found here, so that answers given before routing count under it too."""
+
+    def __init__(self, app: ASGIApp, routes: list[BaseRoute], metrics: Metrics):
+        self.app = app
+        self.routes = routes
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def send_and_note_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note_status)
+        finally:
+            route, _ = api_route(self.routes, scope)
+            name = route.path if isinstance(route, Route) else "other"  # "other": the UI's files, or no route
+            method = scope["method"] if scope["method"] in KNOWN_METHODS else "other"
+            self.metrics.requests.labels(method=method, route=name, status=str(status)).inc()
