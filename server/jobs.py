@@ -48,6 +48,7 @@ from server.loop import (
 from server.metrics import Metrics
 from server.registry import ModelRegistry
 from server.settings import Settings
+from server.threads import CpuThreads
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +226,14 @@ class ServerState:
             if settings.torch_threads:
                 # process-wide; with every core busy elsewhere, threads that wait on each other make each op slower
                 torch.set_num_threads(settings.torch_threads)
-            return ModelRegistry.load(settings.checkpoint_dir, device, settings.default_model, stopping)
+            # the start-up timing on the threads the sampling loop will use: on a machine whose cores other
+            # processes keep busy, spinning threads made it 5-15x the loop's own (server.threads)
+            threads = CpuThreads(torch.get_num_threads()) if device.type == "cpu" else None
+            adapt = threads.adapt if threads else lambda: None
+            registry = ModelRegistry.load(settings.checkpoint_dir, device, settings.default_model, stopping, adapt)
+            if threads is not None:
+                torch.set_num_threads(threads.most)  # the loop's own CpuThreads starts from the count it was given
+            return registry
 
         loop = SamplingLoop(device, settings.max_jobs, metrics, settings.max_queue)
         registry = loop.start(prepare)

@@ -14,7 +14,6 @@ from model.checkpoint import Checkpoint, CheckpointError
 from model.device import synchronize
 from model.formats import FORMATS, load_model, model_format
 from model.samplers import guided_eps
-from server.threads import CpuThreads
 
 log = logging.getLogger(__name__)
 
@@ -135,18 +134,21 @@ class ModelRegistry:
 
     @classmethod
     def load(
-        cls, folder: Path, device: torch.device, default: str | None = None, stop: Callable[[], bool] = lambda: False
+        cls,
+        folder: Path,
+        device: torch.device,
+        default: str | None = None,
+        stop: Callable[[], bool] = lambda: False,
+        before_timing: Callable[[], None] = lambda: None,
     ) -> ModelRegistry:
         """Load every *.safetensors directly inside `folder`, and every diffusers model folder there
         (model.diffusers_models; other subfolders such as classifiers/ are not looked at). One that
         cannot be loaded, for whatever reason, is logged and skipped; the others still serve. Two of
         one name (mnist.safetensors and a folder mnist/): the first by path serves, the other is
-        skipped. `stop` is asked before each: once it says so (a signal came), the rest are not loaded."""
+        skipped. `stop` is asked before each: once it says so (a signal came), the rest are not loaded.
+        `before_timing` is called before each start-up timing (warm_up)."""
         models, sources = {}, {}
         paths = model_paths(folder)
-        # the start-up timing on the threads the sampling loop will use: on a machine whose cores other
-        # processes keep busy, spinning threads made it 5-15x the loop's own (server.threads)
-        threads = CpuThreads(torch.get_num_threads()) if device.type == "cpu" else None
         for i, path in enumerate(paths):
             if stop():
                 log.warning("stopping: not loading the %d checkpoints left", len(paths) - i)
@@ -159,7 +161,7 @@ class ModelRegistry:
             try:
                 checkpoint = load_model(path, device)
                 model = LoadedModel.of(name, checkpoint, device)
-                warm_up(model, threads)
+                warm_up(model, before_timing)
             except CheckpointError as e:
                 log.warning("skipping a checkpoint: %s", e)
                 continue
@@ -175,8 +177,6 @@ class ModelRegistry:
                 time.perf_counter() - started,
                 describe(checkpoint),
             )
-        if threads is not None:
-            torch.set_num_threads(threads.most)  # the loop's own CpuThreads starts from the count it was given
         if default is not None and default not in models:
             log.warning("default model %r is not loaded; using the first one instead", default)
             default = None
@@ -196,7 +196,7 @@ def describe(checkpoint: Checkpoint) -> str:
 
 
 @torch.inference_mode()
-def warm_up(model: LoadedModel, threads: CpuThreads | None = None) -> None:
+def warm_up(model: LoadedModel, before_timing: Callable[[], None] = lambda: None) -> None:
     """One forward at the batch shape of a guided request, so the first user does not pay for lazy
     initialisation (cuDNN autotuning, allocator growth, the first-call overhead of each kernel); then
     one timed forward of TIMING_ROWS rows, after an untimed one of that shape: the model's first
@@ -209,8 +209,7 @@ def warm_up(model: LoadedModel, threads: CpuThreads | None = None) -> None:
     t = torch.full((TIMING_ROWS,), model.schedule.num_timesteps // 2, device=model.device)
     labels = torch.zeros(TIMING_ROWS, dtype=torch.long, device=model.device) if model.num_classes else None
     guided_eps(model.unet, x, t, labels, 1.0)  # the first call at a new shape pays for its setup: not timed
-    if threads is not None:
-        threads.adapt()
+    before_timing()
     synchronize(model.device)
     began = time.perf_counter()
     guided_eps(model.unet, x, t, labels, 1.0)  # unguided, as the loop calls it: one row each
