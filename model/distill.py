@@ -67,12 +67,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def rounds(args: argparse.Namespace) -> list[tuple[str, int]]:
-    """(folder name, student steps) of every round; round 0 (guidance) samples with --teacher-steps."""
-    plan = [("round-0-guidance", args.teacher_steps)]
+def rounds(args: argparse.Namespace) -> list[tuple[str, int, int]]:
+    """(folder name, student steps, optimizer steps) of every round; round 0 samples with --teacher-steps."""
+    plan = [("round-0-guidance", args.teacher_steps, args.guidance_round_steps)]
     steps = args.teacher_steps // 2
     while steps >= args.final_steps:
-        plan.append((f"round-{len(plan)}-{steps}-steps", steps))
+        plan.append((f"round-{len(plan)}-{steps}-steps", steps, args.round_steps))
         steps //= 2
     return plan
 
@@ -117,9 +117,7 @@ def guidance_loss(student: UNet, teacher, schedule: NoiseSchedule, x0, t, labels
 def progressive_loss(student: UNet, teacher, schedule: NoiseSchedule, x0, grid, labels, w) -> torch.Tensor:
     """Salimans & Ho's Algorithm 2: two teacher DDIM steps t → t' → t'' make the x̃ that one student step
     from t must predict to land on the same z_t'': x̃ = (z_t'' - σ_t''/σ_t z_t) / (α_t'' - σ_t''/σ_t α_t).
-
-    `grid` is the teacher's timesteps (2N of them, noisiest first); the student's are every other one.
-    """
+    `grid` is the teacher's timesteps (2N of them, noisiest first); the student's are every other one."""
     n = len(grid) // 2
     grid = torch.tensor([*grid, -1], device=x0.device)
     i = torch.randint(0, n, (x0.shape[0],), device=x0.device)
@@ -136,11 +134,6 @@ def progressive_loss(student: UNet, teacher, schedule: NoiseSchedule, x0, grid, 
 
 
 # --- a round ---------------------------------------------------------------------------------------
-
-
-def student_sampling(steps: int) -> dict:
-    """How a student of `steps` steps must be sampled: the metadata that the server and evaluation follow."""
-    return {"sampler": "ddim", "steps": steps, "spacing": SPACING, "eta": 0.0}
 
 
 @torch.inference_mode()
@@ -171,12 +164,12 @@ def run_round(
     index: int,
     folder: Path,
     student_steps: int,
+    total: int,
     teacher: Checkpoint,
     dataset,
     provenance: dict,
 ) -> Path:
     """Train one round's student in `folder` (resuming it if it has a state.pt); returns its checkpoint."""
-    total = args.guidance_round_steps if index == 0 else args.round_steps
     schedule = teacher.schedule
     torch.manual_seed(args.seed + index)
     student = student_of(teacher, rt)
@@ -212,7 +205,8 @@ def run_round(
                 teacher.class_names,
                 step,
                 ema=True,
-                sampling=student_sampling(student_steps),
+                # how the student must be sampled: the server and evaluation follow it
+                sampling={"sampler": "ddim", "steps": student_steps, "spacing": SPACING, "eta": 0.0},
                 distillation={**provenance, "round": index, "round_steps": step},
             )
     log.close()
@@ -249,11 +243,10 @@ def distill(args: argparse.Namespace) -> Path:
         "teacher_steps": args.teacher_steps,
         "guidance_range": list(args.guidance_range),
     }
-    for index, (name, steps) in enumerate(rounds(args)):
+    for index, (name, steps, total) in enumerate(rounds(args)):
         folder = args.out / name
-        total = args.guidance_round_steps if index == 0 else args.round_steps
         if not round_done(folder, total):
-            run_round(args, rt, index, folder, steps, teacher, dataset, provenance)
+            run_round(args, rt, index, folder, steps, total, teacher, dataset, provenance)
         teacher = load_model(folder / "model.safetensors", rt.device)
     final = args.out / "model.safetensors"
     atomic_write(final, lambda tmp: shutil.copyfile(folder / "model.safetensors", tmp))

@@ -130,15 +130,10 @@ def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
 
 
 def unet_config(args: argparse.Namespace, channels: int, image_size: int, num_classes: int) -> UNetConfig:
-    overrides = {
-        "base_channels": args.base_channels,
-        "channel_mults": args.channel_mults,
-        "num_res_blocks": args.num_res_blocks,
-        "attention_resolutions": args.attention_resolutions,
-        "dropout": args.dropout,
-    }
+    names = ("base_channels", "channel_mults", "num_res_blocks", "attention_resolutions", "dropout")
+    overrides = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     return UNetConfig(
-        **{**PRESETS[args.preset], **{k: v for k, v in overrides.items() if v is not None}},
+        **{**PRESETS[args.preset], **overrides},
         in_channels=channels,
         image_size=image_size,
         num_classes=num_classes,
@@ -199,9 +194,8 @@ def init_runtime(args: argparse.Namespace) -> Runtime:
     distributed = "LOCAL_RANK" in os.environ
     args.device = str(resolve_device(args.device))
     if distributed:
-        local_rank = int(os.environ["LOCAL_RANK"])
         if args.device.startswith("cuda"):
-            args.device = f"cuda:{local_rank}"
+            args.device = f"cuda:{os.environ['LOCAL_RANK']}"
             torch.cuda.set_device(args.device)
         dist.init_process_group("nccl" if args.device.startswith("cuda") else "gloo")
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
@@ -211,14 +205,9 @@ def init_runtime(args: argparse.Namespace) -> Runtime:
     cuda = device.type == "cuda"
     if args.batch_size % world:
         raise SystemExit(f"--batch-size {args.batch_size} must be divisible by the {world} processes")
-    return Runtime(
-        device,
-        rank,
-        world,
-        distributed,
-        bf16=cuda if args.bf16 is None else args.bf16,
-        channels_last=cuda if args.channels_last is None else args.channels_last,
-    )
+    bf16 = cuda if args.bf16 is None else args.bf16
+    channels_last = cuda if args.channels_last is None else args.channels_last
+    return Runtime(device, rank, world, distributed, bf16, channels_last)
 
 
 def guard_run_folder(out: Path, resume: bool) -> Path:
@@ -263,12 +252,8 @@ class TrainState:
 
     def save(self, path: Path, rt: Runtime) -> None:
         """state.pt, atomically. Every process joins the RNG gather; only rank 0 writes."""
-        rng_cpu = gather_states(torch.get_rng_state(), rt.world, rt.distributed)
-        rng_cuda = (
-            gather_states(torch.cuda.get_rng_state(rt.device).to(rt.device), rt.world, rt.distributed)
-            if rt.cuda
-            else None
-        )
+        rng_cpu = gather_states(torch.get_rng_state(), rt)
+        rng_cuda = gather_states(torch.cuda.get_rng_state(rt.device).to(rt.device), rt) if rt.cuda else None
         if rt.rank != 0:
             return
         state = {
@@ -453,11 +438,11 @@ def drop_metrics_after(path: Path, step: int) -> None:
         atomic_write(path, lambda tmp: Path(tmp).write_text("".join(kept)))
 
 
-def gather_states(state: torch.Tensor, world: int, distributed: bool) -> list[torch.Tensor]:
+def gather_states(state: torch.Tensor, rt: Runtime) -> list[torch.Tensor]:
     """Every process's RNG state, so that a resumed run continues each one's random stream."""
-    if not distributed:
+    if not rt.distributed:
         return [state]
-    states = [torch.empty_like(state) for _ in range(world)]
+    states = [torch.empty_like(state) for _ in range(rt.world)]
     dist.all_gather(states, state)
     return [s.cpu() for s in states]
 
