@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
@@ -50,10 +50,8 @@ class ClassifierConfig:
 
 class Classifier(nn.Module):
     """Five 3×3 convolutions with batch norm: w, 2w at full size, 4w, 4w at half, 8w at a quarter,
-    then a global average and a linear layer.
-
-    The global average keeps the file small (~140k parameters, 540 KiB) and its output is the
-    feature vector the Fréchet distance is measured in."""
+    then a global average and a linear layer. The global average keeps the file small (~140k parameters,
+    540 KiB) and its output is the feature vector the Fréchet distance is measured in."""
 
     def __init__(self, config: ClassifierConfig):
         super().__init__()
@@ -95,7 +93,6 @@ class ClassifierCheckpoint:
 
 
 def default_classifier_path(dataset: str) -> Path:
-    """Where the project keeps the classifier of a dataset: checkpoints/classifiers/<dataset>.safetensors."""
     return CLASSIFIER_DIR / f"{dataset}.safetensors"
 
 
@@ -130,9 +127,8 @@ def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> Cla
         )
     try:
         state = load_file(path)
-        with open(path, "rb") as f:
-            header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
-        meta = json.loads(header["__metadata__"]["classifier"])
+        with safe_open(path, "pt") as f:
+            meta = json.loads(f.metadata()["classifier"])
         model = Classifier(ClassifierConfig(**meta["config"]))
         model.load_state_dict(state)
     except (SafetensorError, OSError, ValueError, KeyError, TypeError, RuntimeError) as e:

@@ -142,7 +142,6 @@ def parse_sampler(text: str, args: argparse.Namespace | None = None) -> SamplerC
 
 
 def parse_samplers(args: argparse.Namespace) -> list[SamplerChoice]:
-    """--sampler's choices, with the parameter flags they take; a flag that none of them takes is an error."""
     samplers = [parse_sampler(s, args) for s in args.sampler]
     if unused := unused_sampler_flags(args, [choice.sampler for choice in samplers]):
         raise ValueError(f"{', '.join(unused)}: none of the samplers {', '.join(args.sampler)} takes it")
@@ -369,7 +368,6 @@ def markdown_report(rows: list[dict], floor: dict, header: list[str], class_name
 
 
 def _value(row: dict, metric: str, fmt: str) -> str:
-    """The score, with ± its standard error where there is one."""
     se = row.get(f"{metric}_se")
     return fmt.format(row[metric]) + (f" ± {fmt.format(se)}" if se is not None else "")
 
@@ -551,7 +549,6 @@ def report_header(
 
 def evaluate(args: argparse.Namespace, fid_features: FeatureFn | None = None) -> tuple[list[dict], dict]:
     """Sample and score every (sampler, steps) cell; write the reports after each; return (rows, floor).
-
     `fid_features` replaces the Inception network (tests measure the plumbing with a small one)."""
     if args.threads:
         torch.set_num_threads(args.threads)

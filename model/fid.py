@@ -65,7 +65,6 @@ def load_inception_weights(path: str | Path | None = None) -> dict[str, torch.Te
 def build_inception(state_dict: dict[str, torch.Tensor] | None) -> InceptionV3:
     """pytorch-fid's FID network up to pool3, with `state_dict` loaded where pytorch-fid would load
     its download. None leaves the weights untrained: the same architecture, for tests."""
-
     if state_dict is None:  # the FID blocks differ from torchvision's only in pooling: same tensors
         state_dict = torchvision.models.inception_v3(
             weights=None, num_classes=1008, aux_logits=False, init_weights=False
@@ -129,7 +128,6 @@ def frechet_distance(a: Stats, b: Stats) -> float:
 def extract_features(
     images: torch.Tensor, features: FeatureFn, batch_size: int = 100, desc: str | None = None
 ) -> torch.Tensor:
-    """Features of uint8 images, batch by batch, with a progress bar when `desc` is given."""
     batches = images.split(batch_size)
     return torch.cat([features(b) for b in tqdm(batches, desc=desc, disable=desc is None, dynamic_ncols=True)])
 
@@ -143,7 +141,6 @@ def cached_stats(
     progress: bool = True,
 ) -> Stats:
     """The statistics of a fixed set of real images, computed once and kept as <cache_dir>/<key>.npz.
-
     `key` must name everything the numbers depend on (dataset, split, size, count, feature network);
     `images` is called only on a cache miss."""
     path = cache_dir / f"{key}.npz" if cache_dir else None
