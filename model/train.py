@@ -105,13 +105,11 @@ class EpochBatches(Sampler):
 
 def bias_corrected_ema(decay: float):
     """An EMA of the weights that is, after n updates, exactly Σ_k d^(n-k) θ_k / Σ_k d^(n-k).
-
     A plain EMA, m_n = d m_{n-1} + (1 - d) θ_n, keeps a share d^(n-1) of its first weights: 37% after
     1000 steps at d = 0.999, 8% after 2500. Those weights hold the zero-initialised output layers, so
     ε_θ comes out too small and samples stay noisy. Normalising, as Adam does for its moments, removes
     that share: with decay β_n = d (1 - d^(n-1)) / (1 - d^n) the average starts as a plain mean and
-    tends to d.
-    """
+    tends to d."""
 
     def average(averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor) -> torch.Tensor:
         n = num_averaged + 1  # this update makes the n-th average
@@ -151,12 +149,8 @@ def save_samples(model: UNet, schedule: NoiseSchedule, folder: Path, step: int, 
     gen = make_generator(0, device)
     x = initial_noise((n, model.config.in_channels, model.config.image_size, model.config.image_size), gen, device)
     labels = torch.arange(n, device=device) // 10 % model.config.num_classes if model.config.num_classes else None
-    steps = list(
-        denoise(
-            ddim_steps(schedule, x, ddim_timesteps(schedule.num_timesteps, 50), generator=gen, thresholding="clip"),
-            lambda x_t, t: guided_eps(model, x_t, t, labels, 3.0),
-        )
-    )
+    run = ddim_steps(schedule, x, ddim_timesteps(schedule.num_timesteps, 50), generator=gen, thresholding="clip")
+    steps = list(denoise(run, lambda x_t, t: guided_eps(model, x_t, t, labels, 3.0)))
     save_sample_grid(steps[-1].x_t, folder / f"grid_{step:07d}.png", nrow=10 if labels is not None else 8)
     keep = [replace(s, x_t=s.x_t[:4], x0=s.x0[:4]) for s in steps]
     save_denoising_strip(keep, folder / f"strip_{step:07d}.png", columns=10)
@@ -236,7 +230,6 @@ class TrainState:
         self.step = 0
 
     def update(self, loss: torch.Tensor) -> torch.Tensor:
-        """One optimisation step on `loss`: backward, clip, AdamW, learning rate, EMA. Returns the gradient norm."""
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
@@ -269,7 +262,7 @@ class TrainState:
         atomic_write(path, lambda tmp: torch.save(state, tmp))
 
     def load(self, path: Path, rt: Runtime) -> dict:
-        """Restore from state.pt; returns it, for `restore_rng` once everything else is set up."""
+        """Restore from state.pt; returns it, for open_run to restore the RNG states once everything else is set up."""
         state = torch.load(path, map_location=rt.device, weights_only=True)
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
@@ -279,13 +272,6 @@ class TrainState:
         return state
 
 
-def restore_rng(state: dict, rt: Runtime) -> None:
-    """Continue each process's random stream; call last, since setting up a loop draws from it."""
-    torch.set_rng_state(state["rng_cpu"][rt.rank].cpu())
-    if rt.cuda and "rng_cuda" in state:
-        torch.cuda.set_rng_state(state["rng_cuda"][rt.rank].cpu())
-
-
 class RunLog:
     """metrics.jsonl, TensorBoard and the progress bar of a run folder (rank 0 writes)."""
 
@@ -293,10 +279,12 @@ class RunLog:
         self.out, self.rt = out, rt
         self.writer = None
         if rt.rank == 0:
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "samples").mkdir(exist_ok=True)
-            if resume:  # forget what was logged after the saved state: those steps run again
-                drop_metrics_after(out / "metrics.jsonl", step)
+            (out / "samples").mkdir(parents=True, exist_ok=True)
+            metrics = out / "metrics.jsonl"
+            if resume and metrics.is_file():  # forget what was logged after the saved state: those steps run again
+                lines = metrics.read_text().splitlines(keepends=True)
+                kept = "".join(line for line in lines if json.loads(line)["step"] <= step)
+                atomic_write(metrics, lambda tmp: Path(tmp).write_text(kept))
             config = {k: (str(v) if isinstance(v, Path) else v) for k, v in config.items()}
             atomic_write(out / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2)))
             from torch.utils.tensorboard import SummaryWriter
@@ -340,7 +328,7 @@ class RunLog:
 
 def batches(dataset, args: argparse.Namespace, step: int, rt: Runtime) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Endless (images, labels) batches on the device, the same ones a resumed run would see. The
-    DataLoader draws its base seed here, so call this before `restore_rng`."""
+    DataLoader draws its base seed here, so call this before restoring the RNG states."""
     sampler = EpochBatches(len(dataset), args.batch_size, args.seed, step, rt.rank, rt.world)
     loader = iter(DataLoader(dataset, batch_sampler=sampler, num_workers=args.workers, pin_memory=rt.cuda))
 
@@ -365,11 +353,10 @@ def open_run(
     loader = batches(dataset, args, state.step, rt)
     log = RunLog(folder, config, rt, state.step, total, resume, not args.no_progress)
     if saved:
-        restore_rng(saved, rt)
+        torch.set_rng_state(saved["rng_cpu"][rt.rank].cpu())
+        if rt.cuda and "rng_cuda" in saved:
+            torch.cuda.set_rng_state(saved["rng_cuda"][rt.rank].cpu())
     return state, loader, log
-
-
-# --- the training run ---------------------------------------------------------------------------
 
 
 def train(args: argparse.Namespace) -> Path:
@@ -430,12 +417,6 @@ def warm_start(model: UNet, path: Path) -> None:
         raise SystemExit(f"--init-from {path}: its UNet config {net.config} is not this run's {model.config}")
     model.load_state_dict(net.state_dict())
     print(f"warm start from {path} (step {start.step})")
-
-
-def drop_metrics_after(path: Path, step: int) -> None:
-    if path.is_file():
-        kept = [line for line in path.read_text().splitlines(keepends=True) if json.loads(line)["step"] <= step]
-        atomic_write(path, lambda tmp: Path(tmp).write_text("".join(kept)))
 
 
 def gather_states(state: torch.Tensor, rt: Runtime) -> list[torch.Tensor]:
