@@ -77,9 +77,6 @@ def rounds(args: argparse.Namespace) -> list[tuple[str, int, int]]:
     return plan
 
 
-# --- the losses ----------------------------------------------------------------------------------
-
-
 def truncated_snr(schedule: NoiseSchedule, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """max(SNR_t, 1): Salimans & Ho's weighting of an x0 loss, an ε-loss at low noise and an x0-loss at high."""
     abar = _at(schedule.alphas_cumprod, t, like)
@@ -131,9 +128,6 @@ def progressive_loss(student: UNet, teacher, schedule: NoiseSchedule, x0, grid, 
         target = (z_next - sigma_next / sigma_t * z_t) / (alpha_next - sigma_next / sigma_t * alpha_t)
     x0_student = schedule.x0_from_v(z_t, t, student(z_t, t, labels, w))
     return (truncated_snr(schedule, t, x0) * (x0_student - target) ** 2).mean()
-
-
-# --- a round ---------------------------------------------------------------------------------------
 
 
 @torch.inference_mode()
@@ -218,11 +212,6 @@ def run_round(
     return folder / "model.safetensors"
 
 
-def round_done(folder: Path, total: int) -> bool:
-    state = folder / "state.pt"
-    return state.is_file() and int(torch.load(state, weights_only=True)["step"]) >= total
-
-
 def distill(args: argparse.Namespace) -> Path:
     rt = init_runtime(args)
     guard_run_folder(args.out, args.resume)  # --out/state.pt marks a started run
@@ -234,8 +223,7 @@ def distill(args: argparse.Namespace) -> Path:
     if teacher.config.guidance_input:
         raise SystemExit(f"{args.teacher} is already a distilled student; distil from its teacher")
     dataset = load_dataset(teacher.dataset, args.data_root, train=True, download=args.download)
-    if not args.resume:
-        args.out.mkdir(parents=True, exist_ok=True)
+    if not args.resume:  # atomic_write makes the folder
         atomic_write(args.out / "state.pt", lambda tmp: torch.save({"rounds": len(rounds(args))}, tmp))
     provenance = {
         "method": "guidance distillation (Meng et al. 2023), then progressive distillation (Salimans & Ho 2022)",
@@ -245,7 +233,8 @@ def distill(args: argparse.Namespace) -> Path:
     }
     for index, (name, steps, total) in enumerate(rounds(args)):
         folder = args.out / name
-        if not round_done(folder, total):
+        state = folder / "state.pt"
+        if not (state.is_file() and int(torch.load(state, weights_only=True)["step"]) >= total):  # not done
             run_round(args, rt, index, folder, steps, total, teacher, dataset, provenance)
         teacher = load_model(folder / "model.safetensors", rt.device)
     final = args.out / "model.safetensors"
