@@ -39,11 +39,10 @@ def to_unit(x: torch.Tensor) -> torch.Tensor:
     return ((x.float() + 1) / 2).clamp(0, 1)
 
 
-def save_sample_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -> Path:
+def save_sample_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -> None:
     """Images in [-1, 1] as one grid PNG."""
     nrow = nrow or max(1, round(len(images) ** 0.5))
     atomic_write(path, lambda tmp: save_image(to_unit(images), tmp, nrow=nrow, padding=2, format="png"))
-    return Path(path)
 
 
 def pick_steps(steps: list[Step], columns: int) -> list[Step]:
@@ -51,22 +50,19 @@ def pick_steps(steps: list[Step], columns: int) -> list[Step]:
     return [steps[round(i * (len(steps) - 1) / max(1, columns - 1))] for i in range(columns)]
 
 
-def denoising_strip(steps: list[Step], columns: int = 10, with_x0: bool = True) -> torch.Tensor:
-    """A grid image (C, H, W) in [0, 1]: one row per sample, `columns` chosen steps from noise to
-    image; with_x0 adds, below each sample's row, the row of its predicted x0 at the same steps."""
+def denoising_strip(steps: list[Step], columns: int = 10) -> torch.Tensor:
+    """A grid image (C, H, W) in [0, 1]: for each sample, a row of `columns` chosen steps from noise to
+    image and below it the row of its predicted x0 at the same steps."""
     picks = pick_steps(steps, columns)
     rows = []
     for b in range(picks[0].x_t.shape[0]):
         rows.append(torch.stack([s.x_t[b] for s in picks]))
-        if with_x0:
-            rows.append(torch.stack([s.x0[b] if s.x0 is not None else torch.zeros_like(s.x_t[b]) for s in picks]))
+        rows.append(torch.stack([s.x0[b] if s.x0 is not None else torch.zeros_like(s.x_t[b]) for s in picks]))
     return make_grid(to_unit(torch.cat(rows).cpu()), nrow=columns, padding=1)
 
 
-def save_denoising_strip(steps: list[Step], path: str | Path, columns: int = 10, with_x0: bool = True) -> Path:
-    grid = denoising_strip(steps, columns, with_x0)
-    atomic_write(path, lambda tmp: save_image(grid, tmp, format="png"))
-    return Path(path)
+def save_denoising_strip(steps: list[Step], path: str | Path, columns: int = 10) -> None:
+    atomic_write(path, lambda tmp: save_image(denoising_strip(steps, columns), tmp, format="png"))
 
 
 # --- pictures with labelled columns ------------------------------------------------------------
@@ -128,9 +124,8 @@ def forward_noising(
     columns = [x0] + [schedule.q_sample(x0, t_of(t), noise) for t in timesteps]
     images = torch.stack(columns, 1).flatten(0, 1)
     cell = (x0.shape[-1] + 1) * scale
-    return with_column_labels(
-        grid_image(images, len(columns), scale), ["x0"] + [f"t={t}" for t in timesteps], cell, scale
-    )
+    labels = ["x0"] + [f"t={t}" for t in timesteps]
+    return with_column_labels(grid_image(images, len(columns), scale), labels, cell, scale)
 
 
 def sampling_frames(steps: list[Step], frames: int = 60, scale: int = 3, with_x0: bool = True) -> list[Image.Image]:
@@ -146,20 +141,14 @@ def sampling_frames(steps: list[Step], frames: int = 60, scale: int = 3, with_x0
     return out
 
 
-def save_gif(frames: list[Image.Image], path: str | Path, frame_ms: int = 80, hold_last_ms: int = 2000) -> Path:
+def save_gif(frames: list[Image.Image], path: str | Path, frame_ms: int = 80, hold_last_ms: int = 2000) -> None:
     durations = [frame_ms] * (len(frames) - 1) + [hold_last_ms]
-    atomic_write(
-        path,
-        lambda tmp: frames[0].save(
-            tmp, format="GIF", save_all=True, append_images=frames[1:], duration=durations, loop=0
-        ),
-    )
-    return Path(path)
+    animation = {"save_all": True, "append_images": frames[1:], "duration": durations, "loop": 0}
+    atomic_write(path, lambda tmp: frames[0].save(tmp, format="GIF", **animation))
 
 
-def save_picture(image: Image.Image, path: str | Path) -> Path:
+def save_picture(image: Image.Image, path: str | Path) -> None:
     atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
-    return Path(path)
 
 
 # --- the training curve ------------------------------------------------------------------------
@@ -260,8 +249,7 @@ def y_ticks(lo: float, hi: float, log_y: bool) -> list[float]:
 
 
 def draw_series(draw: ImageDraw.ImageDraw, xy, pts: list[tuple[float, float]], colour: str, smooth, name: str) -> str:
-    """One series' (step, value) points, placed by `xy`; returns its legend. Without `smooth`, dots joined
-    by a line; with it, the raw values faint and their moving average solid, and the legend says the last."""
+    """One series' (step, value) points, placed by `xy` and drawn as line_chart says; returns its legend."""
     if smooth is None:
         if len(pts) > 1:
             draw.line([xy(*p) for p in pts], fill=colour, width=2)
@@ -275,16 +263,6 @@ def draw_series(draw: ImageDraw.ImageDraw, xy, pts: list[tuple[float, float]], c
         avg = smoothed([v for _, v in pts], smooth)
         draw.line([xy(s, v) for (s, _), v in zip(pts, avg, strict=True)], fill=colour, width=2)
     return f"{name} ({pts[-1][1]:.4g} at {pts[-1][0]})"
-
-
-def panels(images: list[Image.Image], columns: int) -> Image.Image:
-    """Equal-sized pictures in a grid, `columns` a row."""
-    w, h = images[0].size
-    rows = math.ceil(len(images) / columns)
-    out = Image.new("RGB", (w * columns, h * rows), "white")
-    for i, image in enumerate(images):
-        out.paste(image, (i % columns * w, i // columns * h))
-    return out
 
 
 # metric of model.evaluate's results.csv → (title, log scale)
@@ -314,7 +292,11 @@ def quality_against_nfe(tables: dict[str, list[dict]], metrics: list[str], size=
                 heading = f"{table_name}, w={w}: {title}" if w != "" else f"{table_name}: {title}"
                 floor_value = float(floor[metric]) if floor.get(metric) not in (None, "") else None
                 charts.append(line_chart(series, *size, log_y, None, heading, "model evaluations (NFE)", floor_value))
-    return panels(charts, len(metrics))
+    width, height = charts[0].size
+    out = Image.new("RGB", (width * len(metrics), height * math.ceil(len(charts) / len(metrics))), "white")
+    for i, chart in enumerate(charts):
+        out.paste(chart, (i % len(metrics) * width, i // len(metrics) * height))
+    return out
 
 
 # --- the command -------------------------------------------------------------------------------
@@ -401,23 +383,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def run(args: argparse.Namespace) -> Path:
+def run(args: argparse.Namespace) -> None:
     if args.command == "loss":
         series = {(m.parent.name if m.suffix == ".jsonl" else m.name): read_metrics(m, args.key) for m in args.metrics}
         return save_picture(line_chart(series, *args.size, args.log_y, args.smooth, args.key), args.out)
     if args.command == "nfe":
-        tables = {}
-        for path in args.results:
-            with open(path, newline="") as f:
-                tables[path.parent.name] = list(csv.DictReader(f))
+        tables = {path.parent.name: list(csv.DictReader(path.read_text().splitlines())) for path in args.results}
         return save_picture(quality_against_nfe(tables, args.metrics), args.out)
     if args.command == "forward":
         if args.checkpoint:
             schedule = load_model(args.checkpoint).schedule
         else:
             schedule = NoiseSchedule.from_name(args.schedule, args.timesteps)
-        bad = [t for t in args.t if not 0 <= t < schedule.num_timesteps]
-        if bad:
+        if bad := [t for t in args.t if not 0 <= t < schedule.num_timesteps]:
             raise ValueError(f"--t {bad}: timesteps go from 0 to {schedule.num_timesteps - 1}")
         data = load_dataset(args.dataset, args.data_root, train=False, augment=False)
         x0 = torch.stack([data[i][0] for i in range(args.n)])
@@ -426,8 +404,7 @@ def run(args: argparse.Namespace) -> Path:
     ckpt = load_model(args.checkpoint, args.device)
     own = ckpt.sampling or {}  # a distilled student's sampler and steps, which it needs
     sampler = get_sampler(args.sampler or own.get("sampler", "ddim"))
-    unused = unused_sampler_flags(args, [sampler])
-    if unused:
+    if unused := unused_sampler_flags(args, [sampler]):
         raise ValueError(f"{', '.join(unused)}: {sampler.name} takes no such parameter")
     params = {**ckpt.sampler_defaults().get(sampler.name, {}), **sampler_params(args, sampler)}
     n_steps = args.steps or (own.get("steps") if sampler.name == own.get("sampler") else None)
@@ -446,10 +423,10 @@ def run(args: argparse.Namespace) -> Path:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
-        path = run(args)
+        run(args)
     except (FileNotFoundError, CheckpointError, ValueError, KeyError) as e:
         sys.exit(f"error: {e}")
-    print(f"written: {path}")
+    print(f"written: {args.out}")
 
 
 if __name__ == "__main__":
