@@ -35,6 +35,7 @@ import csv
 import shlex
 import sys
 import time
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -96,9 +97,6 @@ FORMATS = {
 }
 
 
-# --- samplers ----------------------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class SamplerChoice:
     """A sampler of the table with the parameters chosen for it; the others keep their defaults."""
@@ -146,9 +144,6 @@ def parse_samplers(args: argparse.Namespace) -> list[SamplerChoice]:
     if unused := unused_sampler_flags(args, [choice.sampler for choice in samplers]):
         raise ValueError(f"{', '.join(unused)}: none of the samplers {', '.join(args.sampler)} takes it")
     return samplers
-
-
-# --- samples -----------------------------------------------------------------------------------
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -315,17 +310,6 @@ def within_class_spread(feats: torch.Tensor, classes: torch.Tensor) -> float | N
     return torch.stack(spreads).mean().item() if spreads else None
 
 
-def classifier_judge(ckpt: Checkpoint, real: RealImages, args: argparse.Namespace, device: torch.device):
-    classifier = load_classifier(args.classifier or default_classifier_path(ckpt.dataset), device)
-    cfg, ccfg = ckpt.config, classifier.model.config
-    if classifier.dataset != ckpt.dataset or (ccfg.in_channels, ccfg.image_size) != (cfg.in_channels, cfg.image_size):
-        raise ClassifierError(
-            f"{classifier.path}: a {classifier.dataset} classifier of {ccfg.image_size}px images cannot judge "
-            f"a {ckpt.dataset} model of {cfg.image_size}px images"
-        )
-    return ClassifierJudge(classifier, real, args.ref_images)
-
-
 # --- tables ------------------------------------------------------------------------------------
 
 
@@ -384,17 +368,14 @@ def read_rows(path: Path) -> list[dict]:
 
 def _number(text: str):
     for kind in (int, float):
-        try:
+        with suppress(ValueError):
             return kind(text)
-        except ValueError:
-            pass
     return text
 
 
 def write_reports(out: Path, rows: list[dict], floor: dict, header: list[str], class_names: list[str]) -> None:
-    atomic_write(
-        out / "results.md", lambda tmp: Path(tmp).write_text(markdown_report(rows, floor, header, class_names))
-    )
+    report = markdown_report(rows, floor, header, class_names)
+    atomic_write(out / "results.md", lambda tmp: Path(tmp).write_text(report))
     all_rows = [*rows, {"sampler": "real test images", **floor}]
     fields = list(dict.fromkeys(k for r in all_rows for k in r))
 
@@ -513,11 +494,10 @@ def sweep_cells(
     or each sampler's default."""
     out = []
     for choice in samplers:
-        sampler = choice.sampler
         if args.nfe:
-            steps_list = [nfe // sampler.evals_per_step for nfe in args.nfe]
+            steps_list = [nfe // choice.sampler.evals_per_step for nfe in args.nfe]
         else:
-            steps_list = args.steps or [sampler.steps_for(num_timesteps)]
+            steps_list = args.steps or [choice.sampler.steps_for(num_timesteps)]
         out += [(choice, steps) for steps in steps_list]
     return out
 
@@ -634,7 +614,14 @@ def make_judges(
         cache = args.fid_cache if isinstance(fid_features, InceptionFeatures) else None
         judges.append(FIDJudge(fid_features, real, args.ref_images, cache, args.fid_batch_size, not args.no_progress))
     if "classifier" in metrics:
-        judges.append(classifier_judge(ckpt, real, args, device))
+        clf = load_classifier(args.classifier or default_classifier_path(ckpt.dataset), device)
+        cfg, ccfg = ckpt.config, clf.model.config
+        if clf.dataset != ckpt.dataset or (ccfg.in_channels, ccfg.image_size) != (cfg.in_channels, cfg.image_size):
+            raise ClassifierError(
+                f"{clf.path}: a {clf.dataset} classifier of {ccfg.image_size}px images cannot judge "
+                f"a {ckpt.dataset} model of {cfg.image_size}px images"
+            )
+        judges.append(ClassifierJudge(clf, real, args.ref_images))
     return judges
 
 
