@@ -24,7 +24,6 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif"}
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    name: str
     channels: int
     image_size: int  # the native (or usual) training size
     class_names: tuple[str, ...]  # empty: unlabeled
@@ -33,9 +32,8 @@ class DatasetInfo:
 
 
 DATASETS = {
-    "mnist": DatasetInfo("mnist", 1, 28, tuple(str(d) for d in range(10)), False, "DATA_ROOT/MNIST/raw/"),
+    "mnist": DatasetInfo(1, 28, tuple(str(d) for d in range(10)), False, "DATA_ROOT/MNIST/raw/"),
     "fashion-mnist": DatasetInfo(
-        "fashion-mnist",
         1,
         28,
         ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
@@ -43,7 +41,6 @@ DATASETS = {
         "DATA_ROOT/FashionMNIST/raw/",
     ),
     "cifar10": DatasetInfo(
-        "cifar10",
         3,
         32,
         ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
@@ -51,14 +48,12 @@ DATASETS = {
         "DATA_ROOT/train/<class>/*.jpg and DATA_ROOT/test/<class>/ (or a .tar.gz of them, or torchvision's"
         " DATA_ROOT/cifar-10-batches-py/)",
     ),
-    "celeba": DatasetInfo("celeba", 3, 64, (), True, "DATA_ROOT/celeba/ (img_align_celeba/, list_eval_partition.txt)"),
-    "folder": DatasetInfo("folder", 3, 64, (), True, "DATA_ROOT/ (any images, in any sub-folders)"),
+    "celeba": DatasetInfo(3, 64, (), True, "DATA_ROOT/celeba/ (img_align_celeba/, list_eval_partition.txt)"),
+    "folder": DatasetInfo(3, 64, (), True, "DATA_ROOT/ (any images, in any sub-folders)"),
     # the ImageFolder convention: class = sub-folder, names from the folders; train/ and test/ splits if present
-    "imagefolder": DatasetInfo(
-        "imagefolder", 3, 32, (), True, "DATA_ROOT/[train/|test/]<class>/*.jpg (or a .tar.gz of that tree)"
-    ),
+    "imagefolder": DatasetInfo(3, 32, (), True, "DATA_ROOT/[train/|test/]<class>/*.jpg (or a .tar.gz of that tree)"),
     # random images with random labels, the same every time: speed and smoke checks on a machine without data
-    "synthetic": DatasetInfo("synthetic", 3, 32, tuple(str(c) for c in range(10)), False, "nowhere (made up)"),
+    "synthetic": DatasetInfo(3, 32, tuple(str(c) for c in range(10)), False, "nowhere (made up)"),
 }
 SYNTHETIC_IMAGES = 4096
 
@@ -165,10 +160,8 @@ class Unlabeled(Dataset):
 
 def _read_mnist(cls, root: Path, train: bool, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """MNIST-style idx files from ROOT/<Name>/raw/: unpacked, or the .gz files as downloaded.
-
     torchvision reads only unpacked files and unpacks them into the data root; reading the checked
-    .gz files through a temporary folder keeps a read-only data root (a shared copy) untouched.
-    """
+    .gz files through a temporary folder keeps a read-only data root (a shared copy) untouched."""
     raw = root / cls.__name__ / "raw"
     prefix = "train" if train else "t10k"
     names = [f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"]
@@ -228,7 +221,7 @@ def load_dataset(
         steps = [transforms.Resize(size), transforms.CenterCrop(size)]
         if name == "celeba":  # the DDPM/DDIM crop: the central 140×140 face region, then resize
             steps = [transforms.CenterCrop(140), transforms.Resize(size)]
-        if augment and train and info.flip:
+        if flip:
             steps.append(transforms.RandomHorizontalFlip())
         steps += [transforms.ToTensor(), transforms.Normalize([0.5] * 3, [0.5] * 3)]
         transform = transforms.Compose(steps)
