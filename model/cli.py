@@ -60,10 +60,8 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None = 
     command line overrides; an unknown key in the file is an error."""
     args, _ = parser.parse_known_args(argv)
     if args.config:
-        known = {a.dest for a in parser._actions}
         values = json.loads(args.config.read_text())
-        unknown = set(values) - known
-        if unknown:
+        if unknown := set(values) - {a.dest for a in parser._actions}:
             parser.error(f"{args.config}: unknown options {sorted(unknown)}")
         parser.set_defaults(**values)
     return parser.parse_args(argv)

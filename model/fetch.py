@@ -95,11 +95,8 @@ def reachable(endpoint: str, offline: str, advice: str) -> None:
 def _safetensors_pull_requests(api, repo: str) -> str:
     """Open pull requests that add safetensors weights (the hub's bot opens such PRs), as a hint."""
     try:
-        prs = [
-            d
-            for d in api.get_repo_discussions(repo, discussion_type="pull_request", discussion_status="open")
-            if "safetensors" in d.title.lower()
-        ]
+        discussions = api.get_repo_discussions(repo, discussion_type="pull_request", discussion_status="open")
+        prs = [d for d in discussions if "safetensors" in d.title.lower()]
     except Exception:  # only a hint: never let it hide the real message
         return ""
     hints = ", ".join(f"--revision refs/pr/{pr.num} ({pr.title!r})" for pr in prs)
