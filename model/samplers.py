@@ -464,7 +464,8 @@ class Sampler:
     evals_per_step: int = 1  # UNet evaluations (NFE) a step costs
     max_steps: Callable[[int], int] = field(default=lambda num_timesteps: num_timesteps)
     grid: Callable[..., list[int]] | None = None  # (schedule, steps, **params) → the timesteps a run visits
-    stochastic: Callable[[dict], bool] = field(default=lambda params: False)  # draws noise after x_T, with these
+    # draws fresh noise after x_T: always (True), never (False), or when this parameter is above 0
+    stochastic: bool | str = False
 
     def timesteps(self, schedule: NoiseSchedule, steps: int, params: dict) -> list[int]:
         """The timesteps a run of `steps` steps with these (resolved) parameters visits, noisiest first."""
@@ -487,6 +488,11 @@ class Sampler:
     def steps_for(self, num_timesteps: int) -> int:
         return self.default_steps or num_timesteps
 
+    def draws_noise(self, params: dict) -> bool:
+        """Whether a run with these (resolved) parameters draws noise after x_T: its images are then not
+        a function of x_T alone (no interpolation between seeds)."""
+        return self.stochastic if isinstance(self.stochastic, bool) else params[self.stochastic] > 0
+
     def info(self) -> dict:
         return {
             "name": self.name,
@@ -494,6 +500,7 @@ class Sampler:
             "description": self.description,
             "default_steps": self.default_steps,
             "evals_per_step": self.evals_per_step,
+            "stochastic": self.stochastic,
             "params": [p.info() for p in self.params],
         }
 
@@ -621,7 +628,7 @@ register(
         ),
         default_steps=None,
         grid=_ddpm_grid,
-        stochastic=lambda params: True,
+        stochastic=True,
     )
 )
 register(
@@ -646,7 +653,7 @@ register(
         ),
         default_steps=50,
         grid=_ddim_grid,
-        stochastic=lambda params: params.get("eta", 0.0) > 0,
+        stochastic="eta",
     )
 )
 register(

@@ -434,9 +434,7 @@ class SamplingLoop:
         self.metrics.batch_jobs.observe(len(jobs))
         guided_rows = 0 if labels is None else int(((labels != model.unet.null_label) & (guidance != 1)).sum())
         self.metrics.batch_images.observe(len(x) + guided_rows)
-        # the rows the forward ran: a guidance-distilled student takes w as an input, in one row an image
-        student = getattr(getattr(model.unet, "config", None), "guidance_input", False)
-        rows = len(x) if student else len(x) + guided_rows
+        rows = len(x) if model.guidance_input else len(x) + guided_rows  # the rows the forward ran
         self.metrics.record_steps(len(jobs))
         for job, job_eps in zip(jobs, eps.split(sizes), strict=True):
             try:

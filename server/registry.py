@@ -77,6 +77,12 @@ class LoadedModel:
         return bool(self.num_classes) and self.unet.null_label is not None
 
     @property
+    def guidance_input(self) -> bool:
+        """Whether w is an input of the network (a guidance-distilled student): a guided image then costs
+        one row of a forward, not two."""
+        return getattr(self.checkpoint.config, "guidance_input", False)
+
+    @property
     def image_shape(self) -> tuple[int, int, int]:
         config = self.checkpoint.config
         return (config.in_channels, config.image_size, config.image_size)
@@ -91,6 +97,7 @@ class LoadedModel:
             "num_classes": config.num_classes,
             "class_names": self.checkpoint.class_names,
             "guidance": self.guidance,
+            "guidance_input": self.guidance_input,
             "timesteps": self.schedule.num_timesteps,
             "schedule": self.schedule.name,
             "device": str(self.device),

@@ -285,6 +285,11 @@ class ModelInfo(BaseModel):
         "class. A conditional model without one (a diffusers UNet2DModel) samples a random class per image when "
         "label is null, and refuses guidance other than 1."
     )
+    guidance_input: bool = Field(
+        False,
+        description="w is an input of the network (a guidance-distilled student): a guided image costs one "
+        "row of a forward, not two (seconds_per_row).",
+    )
     timesteps: int
     schedule: str
     device: str
@@ -333,6 +338,11 @@ class SamplerInfo(BaseModel):
     description: str = Field(description="What it does, in one sentence.")
     default_steps: int | None = Field(description="Steps when a request gives none; null: all T of the model.")
     evals_per_step: int = Field(description="Model evaluations (NFE) a step costs.")
+    stochastic: bool | str = Field(
+        description="Whether it draws fresh noise after x_T (then its images are not a function of the seed's "
+        "noise alone, and it cannot interpolate): true, false, or the name of the parameter that makes it "
+        "do so when above 0 (ddim: eta)."
+    )
     params: list[ParamInfo]
 
 

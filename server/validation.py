@@ -139,7 +139,7 @@ def _start(request, model: LoadedModel, sampler: Sampler, params: dict, values: 
         if values["n"] < 2:
             message = "interpolate_to needs n of at least 2 (a row from seed to interpolate_to)"
             errors.append(_error("n", "interpolation_too_short", message, values["n"]))
-        if sampler.stochastic(params):
+        if sampler.draws_noise(params):
             why = "eta > 0 draws fresh noise" if sampler.name == "ddim" else "it draws fresh noise at every step"
             message = (
                 f"interpolate_to needs a deterministic sampler, and {sampler.name} is not ({why}): "
