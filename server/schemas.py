@@ -144,8 +144,6 @@ class StreamRequest(SampleRequest):
 
 
 SampleRequest.model_rebuild()
-Branch.model_rebuild()
-StreamRequest.model_rebuild()
 
 
 # --- what a field's type cannot say: the limits and defaults of this server and model -----------------
