@@ -9,11 +9,8 @@ waiting for someone else's 1000 DDPM steps. Each job draws its noise from its ow
 so its images depend on its seed only, not on what shares the batch.
 
 Admission: at most `max_jobs` jobs are in the running batch; up to `max_queue` more wait in a FIFO
-queue and join the batch as places free up, in order. A queued job is told its position (how many
-wait ahead of it) and an estimate of its wait, at once and whenever the position changes (at most
-every POSITION_INTERVAL_S); only a full queue refuses a job. The estimate plays the queue forward
-on the measured time of one iteration of the loop: each place frees when its job's remaining steps
-are taken, and the next queued job takes it.
+queue and join the batch as places free up, in order; only a full queue refuses a job. A queued job
+is told its position and an estimate of its wait (`_etas`) at once and whenever the position changes.
 
 The loop never waits for a client: it reports what happens to a job through the job's `report`
 callback (called on the loop thread; it must only hand the event over, e.g. with
@@ -118,8 +115,6 @@ class Queued:
 @dataclass
 class Started:
     """The job has a place in the batch and its first step is next."""
-
-    waited_s: float
 
 
 @dataclass
@@ -239,8 +234,7 @@ class Job:
 
 
 class SamplingLoop:
-    """The sampling thread of one device. `submit` jobs from any thread: at most `max_jobs` run at
-    once (the batch) and at most `max_queue` more wait their turn; a job beyond that is refused."""
+    """The sampling thread of one device (the module docstring says how it admits jobs)."""
 
     def __init__(self, device: torch.device, max_jobs: int, metrics: Metrics | None = None, max_queue: int = 0):
         self.device = device
@@ -399,11 +393,10 @@ class SamplingLoop:
             log.exception("job %d could not start", job.id)
             self._leave(job, Failed("error", f"could not start sampling (job {job.id}; the server's log says why)"))
             return
-        waited = job.started_at - job.submitted_at
-        self.metrics.queue_wait.observe(waited)
+        self.metrics.queue_wait.observe(job.started_at - job.submitted_at)
         job.position = None
         self._active.append(job)
-        self._report(job, Started(waited))
+        self._report(job, Started())
 
     def _retire_stopped_jobs(self) -> None:
         now = time.perf_counter()
