@@ -226,9 +226,6 @@ class Job:
             events.append(Finished(step.x_t.cpu(), (time.perf_counter() - self.started_at) * 1000))
         return events
 
-    def timed_out(self, now: float) -> bool:
-        return now - self.started_at > self.timeout_s
-
     def remaining_steps(self) -> int:
         return self.spec.plan.steps_taken if self.step is None else self.step.total - self.step.index
 
@@ -403,7 +400,7 @@ class SamplingLoop:
         for job in list(self._active):
             if job.cancelled:
                 self._leave(job, Cancelled(job.step.index))
-            elif job.timed_out(now):
+            elif now - job.started_at > job.timeout_s:
                 self._leave(job, Failed("timeout", f"sampling took longer than the {job.timeout_s:g} s limit"))
 
     def _advance(self, jobs: list[Job]) -> None:

@@ -137,12 +137,9 @@ async def _stream(websocket: WebSocket, state: ServerState, spec: JobSpec) -> st
         for task in (sender, listener):
             task.cancel()  # a no-op on the one that is done
     if not sender.done():  # the listener saw the socket close first
-        if listener.exception() is not None:
-            raise listener.exception()
+        listener.result()  # raises what ended it, if anything did
         return "disconnected"
-    if sender.exception() is not None:
-        raise sender.exception()
-    outcome = sender.result()
+    outcome = sender.result()  # or what ended the job
     await _close(websocket, NORMAL, state)
     return outcome
 
