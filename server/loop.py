@@ -370,7 +370,10 @@ class SamplingLoop:
                 for job in joining:
                     self._join(job)
                 self._retire_stopped_jobs()
-                for model_jobs in _by_model(self._active).values():
+                by_model: dict[str, list[Job]] = {}
+                for job in self._active:
+                    by_model.setdefault(job.spec.model.name, []).append(job)
+                for model_jobs in by_model.values():
                     self._advance(model_jobs)
                 if self._active:
                     elapsed = time.perf_counter() - began
@@ -500,10 +503,3 @@ class SamplingLoop:
             job.report(event)
         except Exception:  # a listener whose event loop is gone must not take the loop down
             log.exception("could not report %s of job %d", type(event).__name__, job.id)
-
-
-def _by_model(jobs: list[Job]) -> dict[str, list[Job]]:
-    groups: dict[str, list[Job]] = {}
-    for job in jobs:
-        groups.setdefault(job.spec.model.name, []).append(job)
-    return groups
