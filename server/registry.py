@@ -37,9 +37,7 @@ class LoadedModel:
     default_steps: int | None = None
     own_sampling: bool = False  # a distilled student: only its sampler at its steps
     param_defaults: dict[str, dict] = field(default_factory=dict)  # sampler name → parameter values
-    # one image's share of an iteration of the sampling loop (its forward and its steps): first timed by
-    # warm_up, then kept up to date by the loop on the batches it runs (record_row_time)
-    seconds_per_row: float | None = None
+    seconds_per_row: float | None = None  # one image's share of a loop iteration: warm_up's, then record_row_time's
     _row_times: int = field(default=0, repr=False)  # iterations the loop has measured
 
     @classmethod

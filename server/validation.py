@@ -1,8 +1,7 @@
 """From a well-formed request to a JobSpec and its plan (model.editing.Plan): the checks that depend on
 the server's limits, on the chosen model and on the chosen sampler's parameters (the sampler table),
 and the defaults. The limits and defaults of the fields are their rules' (server.schemas.RULES); the
-rest is what ties fields together. Errors have the shape of pydantic's ({type, loc, msg, input}), so
-a client handles a 422 the same way whichever check refused it."""
+rest is what ties fields together. Errors have pydantic's shape (server.errors.InvalidRequest)."""
 
 from __future__ import annotations
 
