@@ -245,7 +245,7 @@ class SamplingLoop:
         self._running = 0  # jobs given a place in the batch and not yet reported finished, cancelled or failed
         self._queue_changed = False
         self._positions_sent_at = 0.0
-        self._iteration_s: float | None = None  # measured time of one iteration (all the batch's forwards)
+        self._iteration_s: float | None = None  # one iteration's measured time (the batch's forwards), smoothed
         self._next_start: tuple[float, float] | None = None  # (when, in how many s) the queue's head should start
         self._stopping = False
         self._closed = False  # no more jobs admitted; those running still run
@@ -265,7 +265,6 @@ class SamplingLoop:
 
     @property
     def iteration_s(self) -> float | None:
-        """The measured time of one iteration (every running job's step), smoothed; None until one ran."""
         return self._iteration_s
 
     def retry_after_s(self) -> float | None:
