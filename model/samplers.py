@@ -193,12 +193,9 @@ def ddpm_step(
         ).sqrt()
     if t == 0:
         return mean, x0
-    if variance == "fixed_large":
-        var = schedule.betas[t]
-    elif variance == "fixed_small":
-        var = schedule.posterior_variance[t]
-    else:
+    if variance not in VARIANCES:
         raise ValueError(f"unknown variance {variance!r}; choose one of {VARIANCES}")
+    var = schedule.betas[t] if variance == "fixed_large" else schedule.posterior_variance[t]
     return mean + var.sqrt() * noise, x0
 
 
@@ -229,8 +226,8 @@ def ddpm_steps(
     schedule: NoiseSchedule,
     x: torch.Tensor,
     steps: int | None = None,
-    variance: str = "fixed_large",
     generator: torch.Generator | None = None,
+    variance: str = "fixed_large",
     thresholding: str = "none",
     timesteps: list[int] | None = None,
 ) -> StepGenerator:
@@ -262,11 +259,8 @@ def ddpm_steps(
 def _vp(sigmas: list[float]) -> tuple[list[float], list[float], list[float]]:
     """α, σ and λ = log(α/σ) at each VE noise level; σ_VE = 0 (the clean image) has λ = +∞."""
     alphas = [1 / math.sqrt(1 + s * s) for s in sigmas]
-    return (
-        alphas,
-        [s * a for s, a in zip(sigmas, alphas, strict=True)],
-        [-math.log(s) if s > 0 else math.inf for s in sigmas],
-    )
+    vp_sigmas = [s * a for s, a in zip(sigmas, alphas, strict=True)]
+    return alphas, vp_sigmas, [-math.log(s) if s > 0 else math.inf for s in sigmas]
 
 
 def dpm_solver_pp_steps(
@@ -555,10 +549,6 @@ def _ddpm_grid(schedule, steps, **params) -> list[int]:
     return ddim_timesteps(schedule.num_timesteps, steps, "trailing")
 
 
-def _ddpm(schedule, x, steps, generator, variance="fixed_large", thresholding="clip", timesteps=None) -> StepGenerator:
-    return ddpm_steps(schedule, x, steps, variance, generator, thresholding, timesteps)
-
-
 def _ddim_grid(schedule, steps, spacing="leading", **params) -> list[int]:
     offset = schedule.sampling.steps_offset if spacing == "leading" else 0  # a diffusers scheduler's
     return ddim_timesteps(schedule.num_timesteps, steps, spacing, offset)
@@ -586,16 +576,11 @@ def _solver_sigmas(schedule, steps, spacing, timesteps) -> tuple[list[int], list
     return timesteps, [own.get(t, math.sqrt((1 - abar[t]) / abar[t])) for t in timesteps] + [0.0]
 
 
-def _dpm_solver_pp(
-    schedule, x, steps, generator, order=2, spacing="trailing", thresholding="clip", timesteps=None
-) -> StepGenerator:
-    return dpm_solver_pp_steps(x, *_solver_sigmas(schedule, steps, spacing, timesteps), order, thresholding)
+def _solver(solver_steps: Callable[..., StepGenerator]) -> Callable[..., StepGenerator]:
+    def make(schedule, x, steps, generator, order=2, spacing="trailing", thresholding="clip", timesteps=None):
+        return solver_steps(x, *_solver_sigmas(schedule, steps, spacing, timesteps), order, thresholding)
 
-
-def _unipc(
-    schedule, x, steps, generator, order=2, spacing="trailing", thresholding="clip", timesteps=None
-) -> StepGenerator:
-    return unipc_steps(x, *_solver_sigmas(schedule, steps, spacing, timesteps), order, thresholding)
+    return make
 
 
 def _solver_max_steps(num_timesteps: int) -> int:
@@ -608,7 +593,7 @@ register(
         "DDPM",
         "Ancestral sampling (Ho et al. 2020): every step removes the predicted noise and adds fresh noise; "
         "the original walks all T steps, fewer steps walk a respaced chain.",
-        _ddpm,
+        ddpm_steps,
         (
             Param(
                 "variance",
@@ -655,7 +640,7 @@ register(
         "DPM-Solver++(2M)",
         "A second-order multistep ODE solver (Lu et al. 2022) built for guided sampling: "
         "about DDIM-50's images in 10 steps.",
-        _dpm_solver_pp,
+        _solver(dpm_solver_pp_steps),
         (
             Param("order", int, 2, "1 is DDIM; 2 extrapolates from the last two predictions", choices=(1, 2)),
             SOLVER_SPACING,
@@ -672,7 +657,7 @@ register(
         "UniPC",
         "A predictor-corrector multistep solver (Zhao et al. 2023) that corrects each step with the "
         "model's next prediction at no extra cost: good images in 5 to 10 steps.",
-        _unipc,
+        _solver(unipc_steps),
         (
             Param("order", int, 2, "how many past predictions each step extrapolates from", choices=(1, 2, 3)),
             SOLVER_SPACING,
