@@ -57,8 +57,7 @@ class Checkpoint:
 
     @property
     def weights(self) -> str:
-        """What the weights are, for logs and reports: how long they were trained and whether they are the
-        EMA, or what their format says of them."""
+        """What the weights are, for logs and reports."""
         return self.origin or f"trained {self.step} steps, {'EMA' if self.ema else 'raw (not EMA!)'} weights"
 
     @property
@@ -184,17 +183,12 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> Che
         raise CheckpointError(f"{path}: weights do not match the model in its metadata: {e}") from e
     unet = unet.to(device, memory_format=torch.channels_last).eval()
     schedule = schedule.to(device)
-    return Checkpoint(
-        unet=EpsilonFromV(unet, schedule) if config.prediction == "v" else unet,
-        schedule=schedule,
-        path=path,
-        **about,
-    )
+    model = EpsilonFromV(unet, schedule) if config.prediction == "v" else unet
+    return Checkpoint(unet=model, schedule=schedule, path=path, **about)
 
 
 def _about(meta: dict, config: UNetConfig) -> dict:
-    """The descriptive metadata (dataset, class_names, step, ema, sampling, distillation), checked:
-    CheckpointError if malformed."""
+    """The descriptive metadata, checked: CheckpointError if malformed."""
     about = {
         "dataset": meta.get("dataset", "unknown"),
         "class_names": meta.get("class_names", []),

@@ -17,20 +17,13 @@ SCHEDULES = ("linear", "cosine")
 @dataclass(frozen=True)
 class SamplingConfig:
     """How a model's own scheduler samples, where its files say (a diffusers scheduler config does;
-    this project's checkpoints leave every choice to the tool that samples).
+    this project's checkpoints leave every choice to the tool that samples)."""
 
-    clip:         clip the predicted x0 at each step; None: unstated (the server clips, evaluation does not)
-    clip_range:   x0 is clipped to [-clip_range, clip_range]
-    spacing:      the DDIM timestep spacing (model.samplers.SPACINGS)
-    steps_offset: added to each DDIM timestep of the leading spacing (diffusers' steps_offset)
-    variance:     DDPM's σ²_t, "fixed_large" (β_t) or "fixed_small" (β̃_t)
-    """
-
-    clip: bool | None = None
-    clip_range: float = 1.0
-    spacing: str = "leading"
-    steps_offset: int = 0
-    variance: str = "fixed_large"
+    clip: bool | None = None  # clip the predicted x0 each step; None: unstated (the server clips, evaluation does not)
+    clip_range: float = 1.0  # x0 is clipped to [-clip_range, clip_range]
+    spacing: str = "leading"  # the DDIM timestep spacing (model.samplers.DDIM_SPACINGS)
+    steps_offset: int = 0  # added to each DDIM timestep of the leading spacing (diffusers' steps_offset)
+    variance: str = "fixed_large"  # DDPM's σ²_t, "fixed_large" (β_t) or "fixed_small" (β̃_t)
 
 
 def linear_betas(timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
@@ -137,10 +130,6 @@ class NoiseSchedule:
         """μ̃_t(x_t, x_0), the mean of q(x_{t-1} | x_t, x_0)  (DDPM eq. 7)."""
         return _at(self.posterior_mean_coef1, t, x_t) * x0 + _at(self.posterior_mean_coef2, t, x_t) * x_t
 
-    def snr(self, t: torch.Tensor) -> torch.Tensor:
-        """The signal-to-noise ratio ᾱ_t / (1 - ᾱ_t) at each t."""
-        return self.alphas_cumprod[t] / (1 - self.alphas_cumprod[t])
-
     def loss(
         self,
         model,
@@ -162,7 +151,7 @@ class NoiseSchedule:
         error = (model(self.q_sample(x0, t, noise), t, labels) - target).pow(2).flatten(1).mean(1)
         if min_snr_gamma is None:
             return error.mean()
-        snr = self.snr(t)
+        snr = self.alphas_cumprod[t] / (1 - self.alphas_cumprod[t])  # the signal-to-noise ratio ᾱ_t / (1 - ᾱ_t)
         weight = snr.clamp(max=min_snr_gamma) / (snr if prediction == "epsilon" else snr + 1)
         return (weight * error).mean()
 

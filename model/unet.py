@@ -55,10 +55,7 @@ class UNetConfig:
             size //= 2
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["channel_mults"] = list(self.channel_mults)
-        d["attention_resolutions"] = list(self.attention_resolutions)
-        return d
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> UNetConfig:
