@@ -86,14 +86,8 @@ class EpsilonFromV(torch.nn.Module):
         super().__init__()
         self.net = net
         self.schedule = schedule
-
-    @property
-    def config(self) -> UNetConfig:
-        return self.net.config
-
-    @property
-    def null_label(self) -> int:
-        return self.net.null_label
+        self.config = net.config
+        self.null_label = net.null_label
 
     def forward(self, x, t, labels=None, guidance=None):
         return self.schedule.eps_from_v(x, t, self.net(x, t, labels, guidance))

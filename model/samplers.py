@@ -383,6 +383,7 @@ def _randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Ten
 # --- THE SAMPLER TABLE -------------------------------------------------------------------------
 
 PARAM_TYPES = {float: "number", int: "integer", bool: "boolean", str: "string"}  # their JSON names
+ALLOWED = {float: "a finite number", int: "an integer", bool: "true or false", str: "a string"}  # in error messages
 
 
 @dataclass(frozen=True)
@@ -406,7 +407,7 @@ class Param:
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value, ok = float(value), True
         if not ok or (kind is float and not math.isfinite(value)):
-            raise ValueError(f"{self.name} must be {self._kind()}")
+            raise ValueError(f"{self.name} must be {ALLOWED[kind]}")
         if self.choices is not None and value not in self.choices:
             raise ValueError(f"{self.name} must be one of {', '.join(map(str, self.choices))}")
         low = -math.inf if self.minimum is None else self.minimum
@@ -416,9 +417,6 @@ class Param:
             raise ValueError(f"{self.name} must be {' and '.join(bounds)}")
         return value
 
-    def _kind(self) -> str:
-        return {float: "a finite number", int: "an integer", bool: "true or false", str: "a string"}[self.type]
-
     def parse(self, text: str):
         """A command-line value, checked."""
         try:
@@ -427,7 +425,7 @@ class Param:
             else:
                 value = self.type(text)
         except (KeyError, ValueError):
-            raise ValueError(f"{self.name} must be {self._kind()}, got {text!r}") from None
+            raise ValueError(f"{self.name} must be {ALLOWED[self.type]}, got {text!r}") from None
         return self.check(value)
 
     def info(self) -> dict:

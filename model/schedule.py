@@ -11,8 +11,6 @@ from dataclasses import dataclass
 
 import torch
 
-SCHEDULES = ("linear", "cosine")
-
 
 @dataclass(frozen=True)
 class SamplingConfig:
@@ -38,6 +36,9 @@ def cosine_betas(timesteps: int, s: float = 0.008, max_beta: float = 0.999) -> t
     f = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
     alphas_cumprod = f / f[0]
     return (1 - alphas_cumprod[1:] / alphas_cumprod[:-1]).clamp(max=max_beta)
+
+
+SCHEDULES = {"linear": linear_betas, "cosine": cosine_betas}  # name → β_t for T timesteps
 
 
 class NoiseSchedule:
@@ -73,11 +74,9 @@ class NoiseSchedule:
 
     @classmethod
     def from_name(cls, name: str, timesteps: int = 1000) -> NoiseSchedule:
-        if name == "linear":
-            return cls(linear_betas(timesteps), name)
-        if name == "cosine":
-            return cls(cosine_betas(timesteps), name)
-        raise ValueError(f"unknown schedule {name!r}; choose one of {SCHEDULES}")
+        if name not in SCHEDULES:
+            raise ValueError(f"unknown schedule {name!r}; choose one of {tuple(SCHEDULES)}")
+        return cls(SCHEDULES[name](timesteps), name)
 
     @property
     def config(self) -> dict:
@@ -94,11 +93,9 @@ class NoiseSchedule:
         return self
 
     def respace(self, timesteps: list[int]) -> NoiseSchedule:
-        """The schedule over a subsequence of timesteps (Improved DDPM, Appendix B).
-
-        ᾱ is kept at the chosen steps and β'_i = 1 - ᾱ_{τ_i} / ᾱ_{τ_{i-1}}, so ancestral sampling
-        over S < T steps is the same Markov chain, only with larger jumps.
-        """
+        """The schedule over a subsequence of timesteps (Improved DDPM, Appendix B): ᾱ is kept at the
+        chosen steps and β'_i = 1 - ᾱ_{τ_i} / ᾱ_{τ_{i-1}}, so ancestral sampling over S < T steps is the
+        same Markov chain, only with larger jumps."""
         chosen = sorted(timesteps)
         abar = self.alphas_cumprod.double().cpu()[chosen]
         abar_prev = torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
