@@ -148,11 +148,9 @@ def read_metadata(path: str | Path) -> dict:
 
 
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> Checkpoint:
-    """Rebuild the model a checkpoint describes, on `device`, ready to sample (eval mode).
-
-    The weights are kept channels-last, the layout oneDNN's convolutions prefer (DDIM-50 on the CPU
-    1.0–1.5× faster for the shipped models, docs/results.md#speed); inputs in either layout work.
-    """
+    """Rebuild the model a checkpoint describes, on `device`, ready to sample (eval mode). The weights
+    are kept channels-last, the layout oneDNN's convolutions prefer (DDIM-50 on the CPU 1.0–1.5× faster
+    for the shipped models, docs/results.md#speed); inputs in either layout work."""
     path = Path(path)
     meta = read_metadata(path)
     try:

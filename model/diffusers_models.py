@@ -72,13 +72,10 @@ class PredictorConfig:
 
 
 class DiffusersUNet(nn.Module):
-    """A diffusers UNet2DModel behind the interface of the project's UNet: forward(x, t, labels) → ε,
-    `null_label` and a `config` with in_channels, image_size and num_classes.
-
-    A v or x0 prediction is turned into ε with the model's schedule. A class-conditional UNet2DModel
-    (num_class_embeds) has no unconditional class (diffusers defines none), so `null_label` is None:
-    it samples with a label for every image and without classifier-free guidance.
-    """
+    """A diffusers UNet2DModel behind the interface of the project's UNet: forward(x, t, labels) → ε
+    (from a v or x0 prediction with the model's schedule), `null_label` and `config`. A class-conditional
+    UNet2DModel (num_class_embeds) has no unconditional class (diffusers defines none), so `null_label`
+    is None: it samples with a label for every image and without classifier-free guidance."""
 
     def __init__(self, unet: nn.Module, schedule: NoiseSchedule, prediction_type: str):
         super().__init__()

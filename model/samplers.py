@@ -37,12 +37,9 @@ EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 @dataclass
 class Step:
-    """The state of a sampling run after `index` of its `total` denoising steps.
-
-    `x_t` is the current sample and `t` its timestep, the one ε is asked for next; once the run is
-    done `x_t` is the final image and `t` is -1. `x0` is the prediction of x_0 made by the last
-    step (None before the first).
-    """
+    """The state of a sampling run after `index` of its `total` denoising steps: `x_t` is the current
+    sample and `t` its timestep, the one ε is asked for next (once the run is done, the final image and
+    -1); `x0` is the prediction of x_0 made by the last step (None before the first)."""
 
     index: int
     total: int
@@ -86,8 +83,7 @@ def ddim_timesteps(num_timesteps: int, steps: int, spacing: str = "leading", off
     leading:   0, c, 2c, …, (S-1)c with c = T // S, as in the DDIM paper's code (T=1000, S=50: 980 … 0);
                `offset` is added to each (diffusers' steps_offset), at most up to T - 1
     trailing:  round(T - i·T/S) - 1, so that the run starts at the noisiest step (999 … 19)
-    quadratic: ⌊(i · √(0.8 T) / (S-1))²⌋, the spacing of DDIM's CIFAR-10 table, repeats made distinct
-    """
+    quadratic: ⌊(i · √(0.8 T) / (S-1))²⌋, the spacing of DDIM's CIFAR-10 table, repeats made distinct"""
     if not 1 <= steps <= num_timesteps:
         raise ValueError(f"steps must be between 1 and {num_timesteps}, got {steps}")
     if spacing == "leading":
@@ -106,16 +102,14 @@ def ddim_timesteps(num_timesteps: int, steps: int, spacing: str = "leading", off
 
 def solver_timesteps(schedule: NoiseSchedule, steps: int, spacing: str = "linspace") -> tuple[list[int], list[float]]:
     """The S timesteps at which a multistep solver asks for ε, noisiest first, and the noise level
-    σ_i = √((1-ᾱ)/ᾱ) at each, plus a final σ = 0: the clean image the last step lands on.
-
-    As diffusers' DPMSolverMultistepScheduler and UniPCMultistepScheduler define them (Table 2 of Lin
+    σ_i = √((1-ᾱ)/ᾱ) at each, plus a final σ = 0: the clean image the last step lands on. As
+    diffusers' DPMSolverMultistepScheduler and UniPCMultistepScheduler define them (Table 2 of Lin
     et al. 2023, "Common diffusion noise schedules and sample steps are flawed"):
     linspace:  round(linspace(0, T-1, S+1)), the last dropped (999 … 100 for S=10)
     leading:   i · T // (S+1) for i = S … 1 (909 … 90); unlike DDIM's "leading", never t = 0
     trailing:  round(T - i·T/S) - 1, as DDIM's (999 … 99)
     karras:    σ spaced as in Karras et al. 2022 (ρ = 7) between the schedule's largest and smallest σ,
-               each asked for at its nearest timestep (by log σ) while the solver steps with σ itself
-    """
+               each asked for at its nearest timestep (by log σ) while the solver steps with σ itself"""
     T = schedule.num_timesteps
     limit = T if spacing == "trailing" else T - 1
     if not 1 <= steps <= limit:
@@ -154,7 +148,6 @@ def ddim_step(
     thresholding: str = "none",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """x_t → x_{t_prev} by DDIM (Song et al. 2020, eq. 12); t_prev = -1 means ᾱ = 1. Returns (x_prev, x0).
-
     A thresholded x0 is followed by the ε it implies (diffusers' use_clipped_model_output)."""
     abar_t = schedule.alphas_cumprod[t]
     abar_prev = schedule.alphas_cumprod[t_prev] if t_prev >= 0 else torch.ones_like(abar_t)
@@ -178,11 +171,9 @@ def ddpm_step(
     noise: torch.Tensor | None = None,
     thresholding: str = "none",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """x_t → x_{t-1} by ancestral sampling (DDPM Algorithm 2). Returns (x_prev, x0).
-
-    σ²_t = β_t ("fixed_large") or β̃_t ("fixed_small"); no noise is added at t = 0. A thresholded x0
-    makes the mean the posterior mean μ̃_t(x_t, x_0) through it.
-    """
+    """x_t → x_{t-1} by ancestral sampling (DDPM Algorithm 2). Returns (x_prev, x0). σ²_t = β_t
+    ("fixed_large") or β̃_t ("fixed_small"); no noise is added at t = 0. A thresholded x0 makes the mean
+    the posterior mean μ̃_t(x_t, x_0) through it."""
     x0 = schedule.predict_x0(x_t, t, eps)
     if thresholding != "none":
         x0 = threshold_x0(x0, thresholding, schedule.sampling.clip_range)
@@ -301,12 +292,11 @@ def unipc_steps(
     order: int = 2,
     thresholding: str = "clip",
 ) -> StepGenerator:
-    """UniPC (Zhao et al. 2023) with B(h) = e^{-h} - 1 ("bh2"), in data prediction, one ε a step.
-
-    Each step first corrects x_i with the ε just computed at it (UniC: the same update from x_{i-1},
-    with x0_i joining the earlier predictions at one order higher), then predicts x_{i+1} from x_i and
-    the last p predictions (UniP-p). The order p rises from 1 as predictions accumulate and falls back
-    near the end (p ≤ steps left), so the last step, which lands on σ = 0, is first order.
+    """UniPC (Zhao et al. 2023) with B(h) = e^{-h} - 1 ("bh2"), in data prediction, one ε a step. Each
+    step first corrects x_i with the ε just computed at it (UniC: the same update from x_{i-1}, with x0_i
+    joining the earlier predictions at one order higher), then predicts x_{i+1} from x_i and the last p
+    predictions (UniP-p). The order p rises from 1 as predictions accumulate and falls back near the end
+    (p ≤ steps left), so the last step, which lands on σ = 0, is first order.
     `sigmas` (from `solver_timesteps`) holds σ at each timestep and a final 0."""
     if order not in (1, 2, 3):
         raise ValueError(f"order must be 1, 2 or 3, got {order}")
@@ -344,8 +334,7 @@ def _unipc_update(
     with h = λ_t - λ_s, r_k = (λ_{s-k} - λ_s)/h (and r = 1, D = x0_new - x0_s, for the corrector's own
     term) and B(h) = e^{-h} - 1 (bh2). The weights ρ solve R ρ = b with R_jk = r_k^j (j = 0 … p-1) and
     b_j = j! (-h) φ_{j+1}(-h) / B(h) (j = 1 … p), φ the exponential integrators' functions; with one
-    term ρ = 1/2, as the paper and diffusers take it.
-    """
+    term ρ = 1/2, as the paper and diffusers take it."""
     h = lam[t] - lam[s]
     hh = -h  # data prediction integrates in -λ
     h_phi_1 = math.expm1(hh)
@@ -698,13 +687,11 @@ def guided_eps(
     labels: torch.Tensor | None = None,
     guidance: float | torch.Tensor = 1.0,
 ) -> torch.Tensor:
-    """ε with classifier-free guidance (Ho & Salimans 2022): ε_u + w (ε_c - ε_u), per sample.
-
-    `labels` holds a class per sample, or `model.null_label` for the unconditional prediction. w = 1
-    is the plain conditional ε and w = 0 the unconditional one. The rows that need both halves are
-    doubled into one batched forward; a guidance-distilled model takes w as an input instead, in one.
-    A model whose `null_label` is None has no unconditional class: it takes its labels as they are, unguided.
-    """
+    """ε with classifier-free guidance (Ho & Salimans 2022): ε_u + w (ε_c - ε_u), per sample. `labels`
+    holds a class per sample, or `model.null_label` for the unconditional prediction. w = 1 is the plain
+    conditional ε and w = 0 the unconditional one. The rows that need both halves are doubled into one
+    batched forward; a guidance-distilled model takes w as an input instead, in one. A model whose
+    `null_label` is None has no unconditional class: it takes its labels as they are, unguided."""
     if labels is None or model.null_label is None:
         return model(x, t, labels)
     w = torch.as_tensor(guidance, dtype=x.dtype, device=x.device).expand(x.shape[0])
