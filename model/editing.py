@@ -87,10 +87,9 @@ def inpaint(
     step = next(run)
     while True:
         step.x_t.copy_(torch.where(keep, noised(schedule, known, noise, step.t), step.x_t))
-        if step.done:
-            yield step
-            return
         eps = yield step
+        if step.done:
+            return
         step = run.send(eps)
 
 
@@ -124,10 +123,9 @@ def branch(origin: StepGenerator, at_step: int, then: Callable[[Step], StepGener
         out = inner if offset == 0 else Step(offset + inner.index, offset + inner.total, inner.t, inner.x_t, inner.x0)
         if out.x0 is None:
             out.x0 = step.x0
-        if out.done:
-            yield out
-            return
         eps = yield out
+        if out.done:
+            return
         inner = run.send(eps)
 
 
@@ -149,10 +147,9 @@ def slerp(a: torch.Tensor, b: torch.Tensor, n: int) -> torch.Tensor:
 
 @dataclass(frozen=True, eq=False)
 class Plan:
-    """A run, resolved once: its sampler with every parameter's value (Sampler.resolve), its start
-    (x_T from seed, or a row between two seeds' noise; SDEdit's image and strength; inpainting's mask)
-    and, for a branch, the run it replays and the step it leaves it at. Its `timesteps` say how long
-    it is before it runs; `begin` makes its step generator."""
+    """A run, resolved once: its sampler with every parameter's value (Sampler.resolve), its start and,
+    for a branch, the run it replays. Its `timesteps` say how long it is before it runs; `begin` makes
+    its step generator."""
 
     sampler: Sampler
     schedule: NoiseSchedule

@@ -11,8 +11,7 @@ images whatever else is computed beside it.
 `SAMPLERS` names every sampler with its parameters (type, default, range or choices, meaning), its
 default step count and the factory of its step generator. The server's requests and GET /config, the
 web page, the evaluation and picture CLIs and the benchmarks all read it: adding a sampler is one
-`register(Sampler(...))` (and its tests).
-"""
+`register(Sampler(...))` (and its tests)."""
 
 from __future__ import annotations
 
@@ -591,7 +590,6 @@ register(
             ),
             THRESHOLDING,
         ),
-        default_steps=None,
         grid=_ddpm_grid,
         stochastic=lambda params: True,
     )
