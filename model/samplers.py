@@ -526,9 +526,8 @@ SOLVER_SPACING = Param(
 )
 
 
-# Each factory makes the run of `steps` steps from x at the first timestep of its grid; given
-# `timesteps` (descending, from model.editing: a part of a grid), it visits those instead, from x at
-# timesteps[0]. Each grid function gives the timesteps a run of `steps` steps visits.
+# Each factory makes the run of `steps` steps from x at the first timestep of its grid; given `timesteps`
+# (descending, from model.editing: a part of a grid), it visits those instead, from x at timesteps[0].
 
 
 def _ddpm_grid(schedule, steps, **params) -> list[int]:

@@ -45,14 +45,11 @@ class UNetConfig:
             raise ValueError(f"invalid UNet config: {self}")
         if self.prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction {self.prediction!r}; choose one of {PREDICTIONS}")
-        size = self.image_size
-        for _ in self.channel_mults[1:]:
-            if size % 2:
-                raise ValueError(
-                    f"image_size {self.image_size} cannot be halved {len(self.channel_mults) - 1} times "
-                    f"(channel_mults {self.channel_mults})"
-                )
-            size //= 2
+        if self.image_size % 2 ** (len(self.channel_mults) - 1):
+            raise ValueError(
+                f"image_size {self.image_size} cannot be halved {len(self.channel_mults) - 1} times "
+                f"(channel_mults {self.channel_mults})"
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)
