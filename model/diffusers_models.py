@@ -117,7 +117,6 @@ def eps_from_prediction(
 
 def is_diffusers_folder(path: Path) -> bool:
     """Whether `path` looks like a diffusers model (it may still fail to load: that is then logged)."""
-    path = Path(path)
     return path.is_dir() and any(
         (path / name).is_file() for name in ("model_index.json", "unet/config.json", "config.json")
     )

@@ -376,8 +376,7 @@ ALLOWED = {float: "a finite number", int: "an integer", bool: "true or false", s
 
 @dataclass(frozen=True)
 class Param:
-    """One parameter of a sampler: its type (float, int, bool or str), default, allowed values (a
-    [minimum, maximum] range, or choices) and a one-line meaning."""
+    """One parameter of a sampler: its type (float, int, bool or str), default, allowed values and meaning."""
 
     name: str
     type: type
@@ -482,8 +481,7 @@ SAMPLERS: dict[str, Sampler] = {}
 
 
 def register(sampler: Sampler) -> Sampler:
-    """Add a sampler to the table (or replace the one of that name); everything that offers samplers
-    offers it from then on."""
+    """Add (or replace) a sampler in the table: everything that offers samplers offers it from then on."""
     for p in sampler.params:
         try:
             p.check(p.default)
