@@ -37,9 +37,7 @@ class LoadedModel:
     default_steps: int | None = None
     own_sampling: bool = False  # a distilled student: only its sampler at its steps
     param_defaults: dict[str, dict] = field(default_factory=dict)  # sampler name → parameter values
-    # one image's share of an iteration of the sampling loop (its forward and its steps): first timed by
-    # warm_up, then kept up to date by the loop on the batches it runs (record_row_time)
-    seconds_per_row: float | None = None
+    seconds_per_row: float | None = None  # one image's share of a loop iteration: warm_up's, then record_row_time's
     _row_times: int = field(default=0, repr=False)  # iterations the loop has measured
 
     @classmethod
@@ -148,12 +146,9 @@ class ModelRegistry:
         stop: Callable[[], bool] = lambda: False,
         before_timing: Callable[[], None] = lambda: None,
     ) -> ModelRegistry:
-        """Load every *.safetensors directly inside `folder`, and every diffusers model folder there
-        (model.diffusers_models; other subfolders such as classifiers/ are not looked at). One that
-        cannot be loaded, for whatever reason, is logged and skipped; the others still serve. Two of
-        one name (mnist.safetensors and a folder mnist/): the first by path serves, the other is
-        skipped. `stop` is asked before each: once it says so (a signal came), the rest are not loaded.
-        `before_timing` is called before each start-up timing (warm_up)."""
+        """Load the models of model_paths(folder); one that cannot be loaded, for whatever reason, is
+        logged and skipped, and the others still serve. Of two of one name (mnist.safetensors and a folder
+        mnist/) the first by path serves. Once `stop()` says so (a signal came), the rest are not loaded."""
         models, sources = {}, {}
         paths = model_paths(folder)
         for i, path in enumerate(paths):
