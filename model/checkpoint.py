@@ -57,8 +57,7 @@ class Checkpoint:
 
     @property
     def weights(self) -> str:
-        """What the weights are, for logs and reports: how long they were trained and whether they are the
-        EMA, or what their format says of them."""
+        """What the weights are, for logs and reports."""
         return self.origin or f"trained {self.step} steps, {'EMA' if self.ema else 'raw (not EMA!)'} weights"
 
     @property
@@ -87,14 +86,8 @@ class EpsilonFromV(torch.nn.Module):
         super().__init__()
         self.net = net
         self.schedule = schedule
-
-    @property
-    def config(self) -> UNetConfig:
-        return self.net.config
-
-    @property
-    def null_label(self) -> int:
-        return self.net.null_label
+        self.config = net.config
+        self.null_label = net.null_label
 
     def forward(self, x, t, labels=None, guidance=None):
         return self.schedule.eps_from_v(x, t, self.net(x, t, labels, guidance))
@@ -155,11 +148,9 @@ def read_metadata(path: str | Path) -> dict:
 
 
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> Checkpoint:
-    """Rebuild the model a checkpoint describes, on `device`, ready to sample (eval mode).
-
-    The weights are kept channels-last, the layout oneDNN's convolutions prefer (DDIM-50 on the CPU
-    1.0–1.5× faster for the shipped models, docs/results.md#speed); inputs in either layout work.
-    """
+    """Rebuild the model a checkpoint describes, on `device`, ready to sample (eval mode). The weights
+    are kept channels-last, the layout oneDNN's convolutions prefer (DDIM-50 on the CPU 1.0–1.5× faster
+    for the shipped models, docs/results.md#speed); inputs in either layout work."""
     path = Path(path)
     meta = read_metadata(path)
     try:
@@ -184,17 +175,12 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> Che
         raise CheckpointError(f"{path}: weights do not match the model in its metadata: {e}") from e
     unet = unet.to(device, memory_format=torch.channels_last).eval()
     schedule = schedule.to(device)
-    return Checkpoint(
-        unet=EpsilonFromV(unet, schedule) if config.prediction == "v" else unet,
-        schedule=schedule,
-        path=path,
-        **about,
-    )
+    model = EpsilonFromV(unet, schedule) if config.prediction == "v" else unet
+    return Checkpoint(unet=model, schedule=schedule, path=path, **about)
 
 
 def _about(meta: dict, config: UNetConfig) -> dict:
-    """The descriptive metadata (dataset, class_names, step, ema, sampling, distillation), checked:
-    CheckpointError if malformed."""
+    """The descriptive metadata, checked: CheckpointError if malformed."""
     about = {
         "dataset": meta.get("dataset", "unknown"),
         "class_names": meta.get("class_names", []),

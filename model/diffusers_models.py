@@ -72,13 +72,10 @@ class PredictorConfig:
 
 
 class DiffusersUNet(nn.Module):
-    """A diffusers UNet2DModel behind the interface of the project's UNet: forward(x, t, labels) → ε,
-    `null_label` and a `config` with in_channels, image_size and num_classes.
-
-    A v or x0 prediction is turned into ε with the model's schedule. A class-conditional UNet2DModel
-    (num_class_embeds) has no unconditional class (diffusers defines none), so `null_label` is None:
-    it samples with a label for every image and without classifier-free guidance.
-    """
+    """A diffusers UNet2DModel behind the interface of the project's UNet: forward(x, t, labels) → ε
+    (from a v or x0 prediction with the model's schedule), `null_label` and `config`. A class-conditional
+    UNet2DModel (num_class_embeds) has no unconditional class (diffusers defines none), so `null_label`
+    is None: it samples with a label for every image and without classifier-free guidance."""
 
     def __init__(self, unet: nn.Module, schedule: NoiseSchedule, prediction_type: str):
         super().__init__()
@@ -120,7 +117,6 @@ def eps_from_prediction(
 
 def is_diffusers_folder(path: Path) -> bool:
     """Whether `path` looks like a diffusers model (it may still fail to load: that is then logged)."""
-    path = Path(path)
     return path.is_dir() and any(
         (path / name).is_file() for name in ("model_index.json", "unet/config.json", "config.json")
     )
@@ -155,8 +151,7 @@ def read_json(path: Path) -> dict:
 def schedule_from_config(config: dict, where: Path | str, defaults: dict[str, object]) -> tuple[NoiseSchedule, str]:
     """The NoiseSchedule (with its `sampling`) and the prediction type a diffusers scheduler config
     describes. `defaults` are the scheduler class's own defaults: keys the class does not take are
-    ignored, as diffusers ignores them (old configs hold a few), and missing ones take their default.
-    """
+    ignored, as diffusers ignores them (old configs hold a few), and missing ones take their default."""
     cls = config.get("_class_name")
     if cls not in SCHEDULERS:
         raise CheckpointError(f"{where}: scheduler {cls!r} is not one of {', '.join(SCHEDULERS)}")
@@ -268,7 +263,8 @@ def load_diffusers_model(folder: str | Path, device: torch.device | str = "cpu")
             unet_dir, use_safetensors=True, local_files_only=True, torch_dtype=torch.float32, low_cpu_mem_usage=False
         )
     except Exception as e:  # diffusers raises many kinds (OSError, ValueError, safetensors errors…)
-        raise CheckpointError(f"{unet_dir}: cannot load the UNet2DModel: {type(e).__name__}: {_first_line(e)}") from e
+        first_line = next(iter(str(e).strip().splitlines()), "")[:300]
+        raise CheckpointError(f"{unet_dir}: cannot load the UNet2DModel: {type(e).__name__}: {first_line}") from e
     unet = unet.to(device).eval().requires_grad_(False)
     schedule = schedule.to(device)
     parameters = sum(p.numel() for p in unet.parameters())
@@ -280,8 +276,3 @@ def load_diffusers_model(folder: str | Path, device: torch.device | str = "cpu")
     dataset = PAPERS_MODELS.get(folder.name, "diffusers")
     # ema=True: these are the weights diffusers' pipelines sample with (whether they are EMA is not recorded)
     return Checkpoint(model, schedule, dataset, [], 0, True, folder, origin=description)
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip().splitlines()
-    return text[0][:300] if text else ""

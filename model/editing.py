@@ -4,17 +4,13 @@ model.samplers, so that whatever drives a run (a plain loop, the server's batchi
 these unchanged: they ask for ε exactly as a plain run does.
 
 - `start`: SDEdit (Meng et al. 2022, "SDEdit: guided image synthesis and editing with stochastic
-  differential equations"). A run of `steps` steps at strength s takes the last ceil(steps·s) steps of
-  its sampler's grid (diffusers' img2img convention), from x_t = √ᾱ_t x0 + √(1-ᾱ_t) ε at the first
-  timestep t taken, ε the run's own x_T. Strength 1 is the plain run from x_T: the image is forgotten.
+  differential equations") at strength s takes the last ceil(steps·s) steps of its sampler's grid
+  (diffusers' img2img convention). Strength 1 is the plain run from x_T: the image is forgotten.
 - `inpaint`: replace-known-region inpainting (RePaint, Lugmayr et al. 2022, without its resampling
-  jumps; the "replacement" method of Song et al. 2021's score SDE paper): after every step, the known
-  region of x_t is replaced by the known image noised to that step's t with the run's own x_T as ε, so
-  the last step leaves the known image itself there.
+  jumps; the "replacement" method of Song et al. 2021's score SDE paper).
 - `branch`: the first `at_step` steps of one run (replayed, never uploaded), then another's settings.
   With the same sampler, steps and parameters the run itself goes on (its generator, its solver
-  history, its noise), so an unchanged branch is the original run; else the new sampler takes over
-  from x_{t_k} on its own grid for its `steps`, cut to the timesteps below t_k and prefixed by t_k.
+  history, its noise), so an unchanged branch is the original run.
 - `slerp`: n starting noises along the great circle between two (Shoemake 1985; as in the DDIM
   paper's interpolation, Song et al. 2021, §5.3).
 - `Plan`: a run's settings resolved once into all of the above: what the server validates, counts
@@ -91,10 +87,9 @@ def inpaint(
     step = next(run)
     while True:
         step.x_t.copy_(torch.where(keep, noised(schedule, known, noise, step.t), step.x_t))
-        if step.done:
-            yield step
-            return
         eps = yield step
+        if step.done:
+            return
         step = run.send(eps)
 
 
@@ -128,10 +123,9 @@ def branch(origin: StepGenerator, at_step: int, then: Callable[[Step], StepGener
         out = inner if offset == 0 else Step(offset + inner.index, offset + inner.total, inner.t, inner.x_t, inner.x0)
         if out.x0 is None:
             out.x0 = step.x0
-        if out.done:
-            yield out
-            return
         eps = yield out
+        if out.done:
+            return
         inner = run.send(eps)
 
 
@@ -153,10 +147,9 @@ def slerp(a: torch.Tensor, b: torch.Tensor, n: int) -> torch.Tensor:
 
 @dataclass(frozen=True, eq=False)
 class Plan:
-    """A run, resolved once: its sampler with every parameter's value (Sampler.resolve), its start
-    (x_T from seed, or a row between two seeds' noise; SDEdit's image and strength; inpainting's mask)
-    and, for a branch, the run it replays and the step it leaves it at. Its `timesteps` say how long
-    it is before it runs; `begin` makes its step generator."""
+    """A run, resolved once: its sampler with every parameter's value (Sampler.resolve), its start and,
+    for a branch, the run it replays. Its `timesteps` say how long it is before it runs; `begin` makes
+    its step generator."""
 
     sampler: Sampler
     schedule: NoiseSchedule
@@ -190,7 +183,6 @@ class Plan:
         return len(self.timesteps) - 1
 
     def same_run(self, other: Plan) -> bool:
-        """The same step generator: the same sampler, steps and parameters."""
         return (self.sampler.name, self.steps, self.params) == (other.sampler.name, other.steps, other.params)
 
     def root(self) -> Plan:

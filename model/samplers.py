@@ -11,8 +11,7 @@ images whatever else is computed beside it.
 `SAMPLERS` names every sampler with its parameters (type, default, range or choices, meaning), its
 default step count and the factory of its step generator. The server's requests and GET /config, the
 web page, the evaluation and picture CLIs and the benchmarks all read it: adding a sampler is one
-`register(Sampler(...))` (and its tests).
-"""
+`register(Sampler(...))` (and its tests)."""
 
 from __future__ import annotations
 
@@ -37,12 +36,9 @@ EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 @dataclass
 class Step:
-    """The state of a sampling run after `index` of its `total` denoising steps.
-
-    `x_t` is the current sample and `t` its timestep, the one ε is asked for next; once the run is
-    done `x_t` is the final image and `t` is -1. `x0` is the prediction of x_0 made by the last
-    step (None before the first).
-    """
+    """The state of a sampling run after `index` of its `total` denoising steps: `x_t` is the current
+    sample and `t` its timestep, the one ε is asked for next (once the run is done, the final image and
+    -1); `x0` is the prediction of x_0 made by the last step (None before the first)."""
 
     index: int
     total: int
@@ -86,8 +82,7 @@ def ddim_timesteps(num_timesteps: int, steps: int, spacing: str = "leading", off
     leading:   0, c, 2c, …, (S-1)c with c = T // S, as in the DDIM paper's code (T=1000, S=50: 980 … 0);
                `offset` is added to each (diffusers' steps_offset), at most up to T - 1
     trailing:  round(T - i·T/S) - 1, so that the run starts at the noisiest step (999 … 19)
-    quadratic: ⌊(i · √(0.8 T) / (S-1))²⌋, the spacing of DDIM's CIFAR-10 table, repeats made distinct
-    """
+    quadratic: ⌊(i · √(0.8 T) / (S-1))²⌋, the spacing of DDIM's CIFAR-10 table, repeats made distinct"""
     if not 1 <= steps <= num_timesteps:
         raise ValueError(f"steps must be between 1 and {num_timesteps}, got {steps}")
     if spacing == "leading":
@@ -106,16 +101,14 @@ def ddim_timesteps(num_timesteps: int, steps: int, spacing: str = "leading", off
 
 def solver_timesteps(schedule: NoiseSchedule, steps: int, spacing: str = "linspace") -> tuple[list[int], list[float]]:
     """The S timesteps at which a multistep solver asks for ε, noisiest first, and the noise level
-    σ_i = √((1-ᾱ)/ᾱ) at each, plus a final σ = 0: the clean image the last step lands on.
-
-    As diffusers' DPMSolverMultistepScheduler and UniPCMultistepScheduler define them (Table 2 of Lin
+    σ_i = √((1-ᾱ)/ᾱ) at each, plus a final σ = 0: the clean image the last step lands on. As
+    diffusers' DPMSolverMultistepScheduler and UniPCMultistepScheduler define them (Table 2 of Lin
     et al. 2023, "Common diffusion noise schedules and sample steps are flawed"):
     linspace:  round(linspace(0, T-1, S+1)), the last dropped (999 … 100 for S=10)
     leading:   i · T // (S+1) for i = S … 1 (909 … 90); unlike DDIM's "leading", never t = 0
     trailing:  round(T - i·T/S) - 1, as DDIM's (999 … 99)
     karras:    σ spaced as in Karras et al. 2022 (ρ = 7) between the schedule's largest and smallest σ,
-               each asked for at its nearest timestep (by log σ) while the solver steps with σ itself
-    """
+               each asked for at its nearest timestep (by log σ) while the solver steps with σ itself"""
     T = schedule.num_timesteps
     limit = T if spacing == "trailing" else T - 1
     if not 1 <= steps <= limit:
@@ -154,7 +147,6 @@ def ddim_step(
     thresholding: str = "none",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """x_t → x_{t_prev} by DDIM (Song et al. 2020, eq. 12); t_prev = -1 means ᾱ = 1. Returns (x_prev, x0).
-
     A thresholded x0 is followed by the ε it implies (diffusers' use_clipped_model_output)."""
     abar_t = schedule.alphas_cumprod[t]
     abar_prev = schedule.alphas_cumprod[t_prev] if t_prev >= 0 else torch.ones_like(abar_t)
@@ -178,11 +170,9 @@ def ddpm_step(
     noise: torch.Tensor | None = None,
     thresholding: str = "none",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """x_t → x_{t-1} by ancestral sampling (DDPM Algorithm 2). Returns (x_prev, x0).
-
-    σ²_t = β_t ("fixed_large") or β̃_t ("fixed_small"); no noise is added at t = 0. A thresholded x0
-    makes the mean the posterior mean μ̃_t(x_t, x_0) through it.
-    """
+    """x_t → x_{t-1} by ancestral sampling (DDPM Algorithm 2). Returns (x_prev, x0). σ²_t = β_t
+    ("fixed_large") or β̃_t ("fixed_small"); no noise is added at t = 0. A thresholded x0 makes the mean
+    the posterior mean μ̃_t(x_t, x_0) through it."""
     x0 = schedule.predict_x0(x_t, t, eps)
     if thresholding != "none":
         x0 = threshold_x0(x0, thresholding, schedule.sampling.clip_range)
@@ -193,12 +183,9 @@ def ddpm_step(
         ).sqrt()
     if t == 0:
         return mean, x0
-    if variance == "fixed_large":
-        var = schedule.betas[t]
-    elif variance == "fixed_small":
-        var = schedule.posterior_variance[t]
-    else:
+    if variance not in VARIANCES:
         raise ValueError(f"unknown variance {variance!r}; choose one of {VARIANCES}")
+    var = schedule.betas[t] if variance == "fixed_large" else schedule.posterior_variance[t]
     return mean + var.sqrt() * noise, x0
 
 
@@ -229,8 +216,8 @@ def ddpm_steps(
     schedule: NoiseSchedule,
     x: torch.Tensor,
     steps: int | None = None,
-    variance: str = "fixed_large",
     generator: torch.Generator | None = None,
+    variance: str = "fixed_large",
     thresholding: str = "none",
     timesteps: list[int] | None = None,
 ) -> StepGenerator:
@@ -262,11 +249,8 @@ def ddpm_steps(
 def _vp(sigmas: list[float]) -> tuple[list[float], list[float], list[float]]:
     """α, σ and λ = log(α/σ) at each VE noise level; σ_VE = 0 (the clean image) has λ = +∞."""
     alphas = [1 / math.sqrt(1 + s * s) for s in sigmas]
-    return (
-        alphas,
-        [s * a for s, a in zip(sigmas, alphas, strict=True)],
-        [-math.log(s) if s > 0 else math.inf for s in sigmas],
-    )
+    vp_sigmas = [s * a for s, a in zip(sigmas, alphas, strict=True)]
+    return alphas, vp_sigmas, [-math.log(s) if s > 0 else math.inf for s in sigmas]
 
 
 def dpm_solver_pp_steps(
@@ -307,12 +291,11 @@ def unipc_steps(
     order: int = 2,
     thresholding: str = "clip",
 ) -> StepGenerator:
-    """UniPC (Zhao et al. 2023) with B(h) = e^{-h} - 1 ("bh2"), in data prediction, one ε a step.
-
-    Each step first corrects x_i with the ε just computed at it (UniC: the same update from x_{i-1},
-    with x0_i joining the earlier predictions at one order higher), then predicts x_{i+1} from x_i and
-    the last p predictions (UniP-p). The order p rises from 1 as predictions accumulate and falls back
-    near the end (p ≤ steps left), so the last step, which lands on σ = 0, is first order.
+    """UniPC (Zhao et al. 2023) with B(h) = e^{-h} - 1 ("bh2"), in data prediction, one ε a step. Each
+    step first corrects x_i with the ε just computed at it (UniC: the same update from x_{i-1}, with x0_i
+    joining the earlier predictions at one order higher), then predicts x_{i+1} from x_i and the last p
+    predictions (UniP-p). The order p rises from 1 as predictions accumulate and falls back near the end
+    (p ≤ steps left), so the last step, which lands on σ = 0, is first order.
     `sigmas` (from `solver_timesteps`) holds σ at each timestep and a final 0."""
     if order not in (1, 2, 3):
         raise ValueError(f"order must be 1, 2 or 3, got {order}")
@@ -350,8 +333,7 @@ def _unipc_update(
     with h = λ_t - λ_s, r_k = (λ_{s-k} - λ_s)/h (and r = 1, D = x0_new - x0_s, for the corrector's own
     term) and B(h) = e^{-h} - 1 (bh2). The weights ρ solve R ρ = b with R_jk = r_k^j (j = 0 … p-1) and
     b_j = j! (-h) φ_{j+1}(-h) / B(h) (j = 1 … p), φ the exponential integrators' functions; with one
-    term ρ = 1/2, as the paper and diffusers take it.
-    """
+    term ρ = 1/2, as the paper and diffusers take it."""
     h = lam[t] - lam[s]
     hh = -h  # data prediction integrates in -λ
     h_phi_1 = math.expm1(hh)
@@ -389,12 +371,12 @@ def _randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Ten
 # --- THE SAMPLER TABLE -------------------------------------------------------------------------
 
 PARAM_TYPES = {float: "number", int: "integer", bool: "boolean", str: "string"}  # their JSON names
+ALLOWED = {float: "a finite number", int: "an integer", bool: "true or false", str: "a string"}  # in error messages
 
 
 @dataclass(frozen=True)
 class Param:
-    """One parameter of a sampler: its type (float, int, bool or str), default, allowed values (a
-    [minimum, maximum] range, or choices) and a one-line meaning."""
+    """One parameter of a sampler: its type (float, int, bool or str), default, allowed values and meaning."""
 
     name: str
     type: type
@@ -412,7 +394,7 @@ class Param:
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value, ok = float(value), True
         if not ok or (kind is float and not math.isfinite(value)):
-            raise ValueError(f"{self.name} must be {self._kind()}")
+            raise ValueError(f"{self.name} must be {ALLOWED[kind]}")
         if self.choices is not None and value not in self.choices:
             raise ValueError(f"{self.name} must be one of {', '.join(map(str, self.choices))}")
         low = -math.inf if self.minimum is None else self.minimum
@@ -422,9 +404,6 @@ class Param:
             raise ValueError(f"{self.name} must be {' and '.join(bounds)}")
         return value
 
-    def _kind(self) -> str:
-        return {float: "a finite number", int: "an integer", bool: "true or false", str: "a string"}[self.type]
-
     def parse(self, text: str):
         """A command-line value, checked."""
         try:
@@ -433,7 +412,7 @@ class Param:
             else:
                 value = self.type(text)
         except (KeyError, ValueError):
-            raise ValueError(f"{self.name} must be {self._kind()}, got {text!r}") from None
+            raise ValueError(f"{self.name} must be {ALLOWED[self.type]}, got {text!r}") from None
         return self.check(value)
 
     def info(self) -> dict:
@@ -464,7 +443,8 @@ class Sampler:
     evals_per_step: int = 1  # UNet evaluations (NFE) a step costs
     max_steps: Callable[[int], int] = field(default=lambda num_timesteps: num_timesteps)
     grid: Callable[..., list[int]] | None = None  # (schedule, steps, **params) → the timesteps a run visits
-    stochastic: Callable[[dict], bool] = field(default=lambda params: False)  # draws noise after x_T, with these
+    # draws fresh noise after x_T: always (True), never (False), or when this parameter is above 0
+    stochastic: bool | str = False
 
     def timesteps(self, schedule: NoiseSchedule, steps: int, params: dict) -> list[int]:
         """The timesteps a run of `steps` steps with these (resolved) parameters visits, noisiest first."""
@@ -487,6 +467,11 @@ class Sampler:
     def steps_for(self, num_timesteps: int) -> int:
         return self.default_steps or num_timesteps
 
+    def draws_noise(self, params: dict) -> bool:
+        """Whether a run with these (resolved) parameters draws noise after x_T: its images are then not
+        a function of x_T alone (no interpolation between seeds)."""
+        return self.stochastic if isinstance(self.stochastic, bool) else params[self.stochastic] > 0
+
     def info(self) -> dict:
         return {
             "name": self.name,
@@ -494,6 +479,7 @@ class Sampler:
             "description": self.description,
             "default_steps": self.default_steps,
             "evals_per_step": self.evals_per_step,
+            "stochastic": self.stochastic,
             "params": [p.info() for p in self.params],
         }
 
@@ -502,8 +488,7 @@ SAMPLERS: dict[str, Sampler] = {}
 
 
 def register(sampler: Sampler) -> Sampler:
-    """Add a sampler to the table (or replace the one of that name); everything that offers samplers
-    offers it from then on."""
+    """Add (or replace) a sampler in the table: everything that offers samplers offers it from then on."""
     for p in sampler.params:
         try:
             p.check(p.default)
@@ -546,17 +531,12 @@ SOLVER_SPACING = Param(
 )
 
 
-# Each factory makes the run of `steps` steps from x at the first timestep of its grid; given
-# `timesteps` (descending, from model.editing: a part of a grid), it visits those instead, from x at
-# timesteps[0]. Each grid function gives the timesteps a run of `steps` steps visits.
+# Each factory makes the run of `steps` steps from x at the first timestep of its grid; given `timesteps`
+# (descending, from model.editing: a part of a grid), it visits those instead, from x at timesteps[0].
 
 
 def _ddpm_grid(schedule, steps, **params) -> list[int]:
     return ddim_timesteps(schedule.num_timesteps, steps, "trailing")
-
-
-def _ddpm(schedule, x, steps, generator, variance="fixed_large", thresholding="clip", timesteps=None) -> StepGenerator:
-    return ddpm_steps(schedule, x, steps, variance, generator, thresholding, timesteps)
 
 
 def _ddim_grid(schedule, steps, spacing="leading", **params) -> list[int]:
@@ -586,16 +566,11 @@ def _solver_sigmas(schedule, steps, spacing, timesteps) -> tuple[list[int], list
     return timesteps, [own.get(t, math.sqrt((1 - abar[t]) / abar[t])) for t in timesteps] + [0.0]
 
 
-def _dpm_solver_pp(
-    schedule, x, steps, generator, order=2, spacing="trailing", thresholding="clip", timesteps=None
-) -> StepGenerator:
-    return dpm_solver_pp_steps(x, *_solver_sigmas(schedule, steps, spacing, timesteps), order, thresholding)
+def _solver(solver_steps: Callable[..., StepGenerator]) -> Callable[..., StepGenerator]:
+    def make(schedule, x, steps, generator, order=2, spacing="trailing", thresholding="clip", timesteps=None):
+        return solver_steps(x, *_solver_sigmas(schedule, steps, spacing, timesteps), order, thresholding)
 
-
-def _unipc(
-    schedule, x, steps, generator, order=2, spacing="trailing", thresholding="clip", timesteps=None
-) -> StepGenerator:
-    return unipc_steps(x, *_solver_sigmas(schedule, steps, spacing, timesteps), order, thresholding)
+    return make
 
 
 def _solver_max_steps(num_timesteps: int) -> int:
@@ -608,7 +583,7 @@ register(
         "DDPM",
         "Ancestral sampling (Ho et al. 2020): every step removes the predicted noise and adds fresh noise; "
         "the original walks all T steps, fewer steps walk a respaced chain.",
-        _ddpm,
+        ddpm_steps,
         (
             Param(
                 "variance",
@@ -619,9 +594,8 @@ register(
             ),
             THRESHOLDING,
         ),
-        default_steps=None,
         grid=_ddpm_grid,
-        stochastic=lambda params: True,
+        stochastic=True,
     )
 )
 register(
@@ -646,7 +620,7 @@ register(
         ),
         default_steps=50,
         grid=_ddim_grid,
-        stochastic=lambda params: params.get("eta", 0.0) > 0,
+        stochastic="eta",
     )
 )
 register(
@@ -655,7 +629,7 @@ register(
         "DPM-Solver++(2M)",
         "A second-order multistep ODE solver (Lu et al. 2022) built for guided sampling: "
         "about DDIM-50's images in 10 steps.",
-        _dpm_solver_pp,
+        _solver(dpm_solver_pp_steps),
         (
             Param("order", int, 2, "1 is DDIM; 2 extrapolates from the last two predictions", choices=(1, 2)),
             SOLVER_SPACING,
@@ -672,7 +646,7 @@ register(
         "UniPC",
         "A predictor-corrector multistep solver (Zhao et al. 2023) that corrects each step with the "
         "model's next prediction at no extra cost: good images in 5 to 10 steps.",
-        _unipc,
+        _solver(unipc_steps),
         (
             Param("order", int, 2, "how many past predictions each step extrapolates from", choices=(1, 2, 3)),
             SOLVER_SPACING,
@@ -715,13 +689,11 @@ def guided_eps(
     labels: torch.Tensor | None = None,
     guidance: float | torch.Tensor = 1.0,
 ) -> torch.Tensor:
-    """ε with classifier-free guidance (Ho & Salimans 2022): ε_u + w (ε_c - ε_u), per sample.
-
-    `labels` holds a class per sample, or `model.null_label` for the unconditional prediction. w = 1
-    is the plain conditional ε and w = 0 the unconditional one. The rows that need both halves are
-    doubled into one batched forward; a guidance-distilled model takes w as an input instead, in one.
-    A model whose `null_label` is None has no unconditional class: it takes its labels as they are, unguided.
-    """
+    """ε with classifier-free guidance (Ho & Salimans 2022): ε_u + w (ε_c - ε_u), per sample. `labels`
+    holds a class per sample, or `model.null_label` for the unconditional prediction. w = 1 is the plain
+    conditional ε and w = 0 the unconditional one. The rows that need both halves are doubled into one
+    batched forward; a guidance-distilled model takes w as an input instead, in one. A model whose
+    `null_label` is None has no unconditional class: it takes its labels as they are, unguided."""
     if labels is None or model.null_label is None:
         return model(x, t, labels)
     w = torch.as_tensor(guidance, dtype=x.dtype, device=x.device).expand(x.shape[0])

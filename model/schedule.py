@@ -11,26 +11,17 @@ from dataclasses import dataclass
 
 import torch
 
-SCHEDULES = ("linear", "cosine")
-
 
 @dataclass(frozen=True)
 class SamplingConfig:
     """How a model's own scheduler samples, where its files say (a diffusers scheduler config does;
-    this project's checkpoints leave every choice to the tool that samples).
+    this project's checkpoints leave every choice to the tool that samples)."""
 
-    clip:         clip the predicted x0 at each step; None: unstated (the server clips, evaluation does not)
-    clip_range:   x0 is clipped to [-clip_range, clip_range]
-    spacing:      the DDIM timestep spacing (model.samplers.SPACINGS)
-    steps_offset: added to each DDIM timestep of the leading spacing (diffusers' steps_offset)
-    variance:     DDPM's σ²_t, "fixed_large" (β_t) or "fixed_small" (β̃_t)
-    """
-
-    clip: bool | None = None
-    clip_range: float = 1.0
-    spacing: str = "leading"
-    steps_offset: int = 0
-    variance: str = "fixed_large"
+    clip: bool | None = None  # clip the predicted x0 each step; None: unstated (the server clips, evaluation does not)
+    clip_range: float = 1.0  # x0 is clipped to [-clip_range, clip_range]
+    spacing: str = "leading"  # the DDIM timestep spacing (model.samplers.DDIM_SPACINGS)
+    steps_offset: int = 0  # added to each DDIM timestep of the leading spacing (diffusers' steps_offset)
+    variance: str = "fixed_large"  # DDPM's σ²_t, "fixed_large" (β_t) or "fixed_small" (β̃_t)
 
 
 def linear_betas(timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
@@ -45,6 +36,9 @@ def cosine_betas(timesteps: int, s: float = 0.008, max_beta: float = 0.999) -> t
     f = torch.cos((steps + s) / (1 + s) * math.pi / 2) ** 2
     alphas_cumprod = f / f[0]
     return (1 - alphas_cumprod[1:] / alphas_cumprod[:-1]).clamp(max=max_beta)
+
+
+SCHEDULES = {"linear": linear_betas, "cosine": cosine_betas}  # name → β_t for T timesteps
 
 
 class NoiseSchedule:
@@ -80,11 +74,9 @@ class NoiseSchedule:
 
     @classmethod
     def from_name(cls, name: str, timesteps: int = 1000) -> NoiseSchedule:
-        if name == "linear":
-            return cls(linear_betas(timesteps), name)
-        if name == "cosine":
-            return cls(cosine_betas(timesteps), name)
-        raise ValueError(f"unknown schedule {name!r}; choose one of {SCHEDULES}")
+        if name not in SCHEDULES:
+            raise ValueError(f"unknown schedule {name!r}; choose one of {tuple(SCHEDULES)}")
+        return cls(SCHEDULES[name](timesteps), name)
 
     @property
     def config(self) -> dict:
@@ -101,11 +93,9 @@ class NoiseSchedule:
         return self
 
     def respace(self, timesteps: list[int]) -> NoiseSchedule:
-        """The schedule over a subsequence of timesteps (Improved DDPM, Appendix B).
-
-        ᾱ is kept at the chosen steps and β'_i = 1 - ᾱ_{τ_i} / ᾱ_{τ_{i-1}}, so ancestral sampling
-        over S < T steps is the same Markov chain, only with larger jumps.
-        """
+        """The schedule over a subsequence of timesteps (Improved DDPM, Appendix B): ᾱ is kept at the
+        chosen steps and β'_i = 1 - ᾱ_{τ_i} / ᾱ_{τ_{i-1}}, so ancestral sampling over S < T steps is the
+        same Markov chain, only with larger jumps."""
         chosen = sorted(timesteps)
         abar = self.alphas_cumprod.double().cpu()[chosen]
         abar_prev = torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
@@ -137,10 +127,6 @@ class NoiseSchedule:
         """μ̃_t(x_t, x_0), the mean of q(x_{t-1} | x_t, x_0)  (DDPM eq. 7)."""
         return _at(self.posterior_mean_coef1, t, x_t) * x0 + _at(self.posterior_mean_coef2, t, x_t) * x_t
 
-    def snr(self, t: torch.Tensor) -> torch.Tensor:
-        """The signal-to-noise ratio ᾱ_t / (1 - ᾱ_t) at each t."""
-        return self.alphas_cumprod[t] / (1 - self.alphas_cumprod[t])
-
     def loss(
         self,
         model,
@@ -150,19 +136,17 @@ class NoiseSchedule:
         min_snr_gamma: float | None = None,
     ) -> torch.Tensor:
         """L_simple = E_{t, ε} ||ε - ε_θ(√ᾱ_t x_0 + √(1-ᾱ_t) ε, t)||²  with t uniform (DDPM eq. 14).
-
         prediction "v" regresses v = √ᾱ_t ε - √(1-ᾱ_t) x_0 instead (Salimans & Ho 2022). min_snr_gamma
         weights each t by min(SNR_t, γ) over the target's own weight (SNR_t for ε, SNR_t + 1 for v), as
         in Min-SNR-γ (Hang et al. 2023): in units of the x_0 error, the easy low-noise steps no longer
-        dominate the gradient.
-        """
+        dominate the gradient."""
         t = torch.randint(0, self.num_timesteps, (x0.shape[0],), device=x0.device)
         noise = torch.randn_like(x0)
         target = noise if prediction == "epsilon" else self.v(x0, t, noise)
         error = (model(self.q_sample(x0, t, noise), t, labels) - target).pow(2).flatten(1).mean(1)
         if min_snr_gamma is None:
             return error.mean()
-        snr = self.snr(t)
+        snr = self.alphas_cumprod[t] / (1 - self.alphas_cumprod[t])  # the signal-to-noise ratio ᾱ_t / (1 - ᾱ_t)
         weight = snr.clamp(max=min_snr_gamma) / (snr if prediction == "epsilon" else snr + 1)
         return (weight * error).mean()
 

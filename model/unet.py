@@ -45,20 +45,14 @@ class UNetConfig:
             raise ValueError(f"invalid UNet config: {self}")
         if self.prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction {self.prediction!r}; choose one of {PREDICTIONS}")
-        size = self.image_size
-        for _ in self.channel_mults[1:]:
-            if size % 2:
-                raise ValueError(
-                    f"image_size {self.image_size} cannot be halved {len(self.channel_mults) - 1} times "
-                    f"(channel_mults {self.channel_mults})"
-                )
-            size //= 2
+        if self.image_size % 2 ** (len(self.channel_mults) - 1):
+            raise ValueError(
+                f"image_size {self.image_size} cannot be halved {len(self.channel_mults) - 1} times "
+                f"(channel_mults {self.channel_mults})"
+            )
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["channel_mults"] = list(self.channel_mults)
-        d["attention_resolutions"] = list(self.attention_resolutions)
-        return d
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> UNetConfig:
@@ -106,6 +100,12 @@ def _norm(channels: int, groups: int) -> nn.GroupNorm:
     return nn.GroupNorm(num_groups, channels)
 
 
+def _zeroed(layer: nn.Module) -> nn.Module:
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
 class ResBlock(nn.Module):
     def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float, groups: int):
         super().__init__()
@@ -114,9 +114,7 @@ class ResBlock(nn.Module):
         self.emb = nn.Linear(emb_dim, out_ch)
         self.norm2 = _norm(out_ch, groups)
         self.dropout = nn.Dropout(dropout)
-        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
-        nn.init.zeros_(self.conv2.weight)  # each block starts as the identity
-        nn.init.zeros_(self.conv2.bias)
+        self.conv2 = _zeroed(nn.Conv2d(out_ch, out_ch, 3, padding=1))  # each block starts as the identity
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
@@ -132,9 +130,7 @@ class Attention(nn.Module):
         self.num_heads = num_heads
         self.norm = _norm(channels, groups)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
-        self.proj = nn.Conv2d(channels, channels, 1)
-        nn.init.zeros_(self.proj.weight)
-        nn.init.zeros_(self.proj.bias)
+        self.proj = _zeroed(nn.Conv2d(channels, channels, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
@@ -183,10 +179,8 @@ class UNet(nn.Module):
         # num_classes + 1 rows: the last is the null label of classifier-free guidance
         self.label_emb = nn.Embedding(cfg.num_classes + 1, emb_dim) if cfg.num_classes else None
         self.guidance_mlp = None
-        if cfg.guidance_input:
-            self.guidance_mlp = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
-            nn.init.zeros_(self.guidance_mlp[2].weight)  # adds nothing at first: the student starts as its teacher
-            nn.init.zeros_(self.guidance_mlp[2].bias)
+        if cfg.guidance_input:  # it adds nothing at first: the student starts as its teacher
+            self.guidance_mlp = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), _zeroed(nn.Linear(emb_dim, emb_dim)))
         self.conv_in = nn.Conv2d(cfg.in_channels, ch, 3, padding=1)
 
         self.down = nn.ModuleList()
@@ -214,9 +208,7 @@ class UNet(nn.Module):
                 size *= 2
 
         self.norm_out = _norm(cur, cfg.groups)
-        self.conv_out = nn.Conv2d(cur, cfg.in_channels, 3, padding=1)
-        nn.init.zeros_(self.conv_out.weight)
-        nn.init.zeros_(self.conv_out.bias)
+        self.conv_out = _zeroed(nn.Conv2d(cur, cfg.in_channels, 3, padding=1))
 
     @property
     def null_label(self) -> int:

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends
 
 from model.samplers import SAMPLERS
 from server.jobs import ServerState, get_state
-from server.schemas import MAX_SEED, RULES, Scope, ServerConfig, StreamRequest, bounds
+from server.schemas import MAX_SEED, RULES, Limits, Load, Scope, ServerConfig, StreamRequest, bounds
 
 router = APIRouter()
 
@@ -19,32 +19,19 @@ router = APIRouter()
 async def server_config(state: Annotated[ServerState, Depends(get_state)]) -> ServerConfig:
     settings = state.settings
     sampler = SAMPLERS[settings.default_sampler]
-    models = tuple(state.registry.models.values())
+    scope = Scope(settings, tuple(state.registry.models.values()))
     return ServerConfig(
-        limits={
-            "max_n": settings.max_n,
-            "max_steps": settings.max_steps,
-            "max_guidance": settings.max_guidance,
-            "max_seed": MAX_SEED,
-            "max_jobs": settings.max_jobs,
-            "max_queue": settings.max_queue,
-            "max_jobs_per_client": settings.max_jobs_per_client,
-            "max_init_image_bytes": settings.max_init_image_bytes,
-        },
+        limits={name: MAX_SEED if name == "max_seed" else getattr(settings, name) for name in Limits.model_fields},
         defaults={
             "model": state.registry.default,
             "sampler": sampler.name,
             "steps": settings.default_steps or sampler.default_steps,
-            "n": bounds(Scope(settings, models))["n"]["default"],
+            "n": bounds(scope)["n"]["default"],
             "guidance": settings.default_guidance,
         },
         samplers=[entry.info() for entry in SAMPLERS.values()],
-        load={
-            "iteration_s": state.loop.iteration_s,
-            "active_jobs": state.loop.active_jobs,
-            "queued_jobs": state.loop.queued_jobs,
-        },
-        request=request_rules(Scope(settings, models)),
+        load={name: getattr(state.loop, name) for name in Load.model_fields},
+        request=request_rules(scope),
     )
 
 

@@ -9,9 +9,7 @@ Admission: the loop runs a batch of jobs and queues the rest, refusing only when
 ("busy"); here each client (its address, as server.middleware's proxy headers set it) may hold
 at most `max_per_client` jobs running or queued ("client_limit").
 
-Shutdown is bounded here too: `drain` stops admitting, lets the running jobs finish within a grace
-period, fails the rest ("shutdown": 503, or an error and 1001) and waits briefly for every client
-to have its answer.
+Shutdown is bounded here too (`drain`).
 """
 
 from __future__ import annotations
@@ -119,8 +117,7 @@ class JobBridge:
         self._no_clients.set()
 
     def submit(self, spec: JobSpec, outbox: Outbox, client: str) -> Job:
-        """Run or queue `spec` in the loop, its events going to `outbox`; Refused if the queue is
-        full or `client` already has its most jobs."""
+        """Run or queue `spec` in the loop, its events going to `outbox`; Refused otherwise."""
         if self._per_client.get(client, 0) >= self.max_per_client:
             raise Refused("client_limit", f"you already have {self.max_per_client} runs going or waiting (the most)")
         event_loop = asyncio.get_running_loop()

@@ -9,11 +9,8 @@ waiting for someone else's 1000 DDPM steps. Each job draws its noise from its ow
 so its images depend on its seed only, not on what shares the batch.
 
 Admission: at most `max_jobs` jobs are in the running batch; up to `max_queue` more wait in a FIFO
-queue and join the batch as places free up, in order. A queued job is told its position (how many
-wait ahead of it) and an estimate of its wait, at once and whenever the position changes (at most
-every POSITION_INTERVAL_S); only a full queue refuses a job. The estimate plays the queue forward
-on the measured time of one iteration of the loop: each place frees when its job's remaining steps
-are taken, and the next queued job takes it.
+queue and join the batch as places free up, in order; only a full queue refuses a job. A queued job
+is told its position and an estimate of its wait (`_etas`) at once and whenever the position changes.
 
 The loop never waits for a client: it reports what happens to a job through the job's `report`
 callback (called on the loop thread; it must only hand the event over, e.g. with
@@ -118,8 +115,6 @@ class Queued:
 @dataclass
 class Started:
     """The job has a place in the batch and its first step is next."""
-
-    waited_s: float
 
 
 @dataclass
@@ -231,16 +226,12 @@ class Job:
             events.append(Finished(step.x_t.cpu(), (time.perf_counter() - self.started_at) * 1000))
         return events
 
-    def timed_out(self, now: float) -> bool:
-        return now - self.started_at > self.timeout_s
-
     def remaining_steps(self) -> int:
         return self.spec.plan.steps_taken if self.step is None else self.step.total - self.step.index
 
 
 class SamplingLoop:
-    """The sampling thread of one device. `submit` jobs from any thread: at most `max_jobs` run at
-    once (the batch) and at most `max_queue` more wait their turn; a job beyond that is refused."""
+    """The sampling thread of one device (the module docstring says how it admits jobs)."""
 
     def __init__(self, device: torch.device, max_jobs: int, metrics: Metrics | None = None, max_queue: int = 0):
         self.device = device
@@ -254,7 +245,7 @@ class SamplingLoop:
         self._running = 0  # jobs given a place in the batch and not yet reported finished, cancelled or failed
         self._queue_changed = False
         self._positions_sent_at = 0.0
-        self._iteration_s: float | None = None  # measured time of one iteration (all the batch's forwards)
+        self._iteration_s: float | None = None  # one iteration's measured time (the batch's forwards), smoothed
         self._next_start: tuple[float, float] | None = None  # (when, in how many s) the queue's head should start
         self._stopping = False
         self._closed = False  # no more jobs admitted; those running still run
@@ -274,7 +265,6 @@ class SamplingLoop:
 
     @property
     def iteration_s(self) -> float | None:
-        """The measured time of one iteration (every running job's step), smoothed; None until one ran."""
         return self._iteration_s
 
     def retry_after_s(self) -> float | None:
@@ -379,7 +369,10 @@ class SamplingLoop:
                 for job in joining:
                     self._join(job)
                 self._retire_stopped_jobs()
-                for model_jobs in _by_model(self._active).values():
+                by_model: dict[str, list[Job]] = {}
+                for job in self._active:
+                    by_model.setdefault(job.spec.model.name, []).append(job)
+                for model_jobs in by_model.values():
                     self._advance(model_jobs)
                 if self._active:
                     elapsed = time.perf_counter() - began
@@ -399,18 +392,17 @@ class SamplingLoop:
             log.exception("job %d could not start", job.id)
             self._leave(job, Failed("error", f"could not start sampling (job {job.id}; the server's log says why)"))
             return
-        waited = job.started_at - job.submitted_at
-        self.metrics.queue_wait.observe(waited)
+        self.metrics.queue_wait.observe(job.started_at - job.submitted_at)
         job.position = None
         self._active.append(job)
-        self._report(job, Started(waited))
+        self._report(job, Started())
 
     def _retire_stopped_jobs(self) -> None:
         now = time.perf_counter()
         for job in list(self._active):
             if job.cancelled:
                 self._leave(job, Cancelled(job.step.index))
-            elif job.timed_out(now):
+            elif now - job.started_at > job.timeout_s:
                 self._leave(job, Failed("timeout", f"sampling took longer than the {job.timeout_s:g} s limit"))
 
     def _advance(self, jobs: list[Job]) -> None:
@@ -434,9 +426,7 @@ class SamplingLoop:
         self.metrics.batch_jobs.observe(len(jobs))
         guided_rows = 0 if labels is None else int(((labels != model.unet.null_label) & (guidance != 1)).sum())
         self.metrics.batch_images.observe(len(x) + guided_rows)
-        # the rows the forward ran: a guidance-distilled student takes w as an input, in one row an image
-        student = getattr(getattr(model.unet, "config", None), "guidance_input", False)
-        rows = len(x) if student else len(x) + guided_rows
+        rows = len(x) if model.guidance_input else len(x) + guided_rows  # the rows the forward ran
         self.metrics.record_steps(len(jobs))
         for job, job_eps in zip(jobs, eps.split(sizes), strict=True):
             try:
@@ -510,10 +500,3 @@ class SamplingLoop:
             job.report(event)
         except Exception:  # a listener whose event loop is gone must not take the loop down
             log.exception("could not report %s of job %d", type(event).__name__, job.id)
-
-
-def _by_model(jobs: list[Job]) -> dict[str, list[Job]]:
-    groups: dict[str, list[Job]] = {}
-    for job in jobs:
-        groups.setdefault(job.spec.model.name, []).append(job)
-    return groups

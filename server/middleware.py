@@ -68,12 +68,9 @@ def trusted_hosts(settings: Settings) -> list[str]:
     (a page on another site reaching 127.0.0.1 through DNS rebinding sends its own name); else any."""
     if settings.allowed_hosts:
         return settings.allowed_hosts
-    return LOOPBACK_NAMES if _is_loopback(settings.host) else ["*"]
-
-
-def _is_loopback(host: str) -> bool:
-    address = _ip_address(host.strip("[]"))
-    return host == "localhost" or (address is not None and address.is_loopback)
+    address = _ip_address(settings.host.strip("[]"))
+    loopback = settings.host == "localhost" or (address is not None and address.is_loopback)
+    return LOOPBACK_NAMES if loopback else ["*"]
 
 
 # RFC 9110's Host: a name or an IPv4 address, or an IPv6 address in brackets, then an optional port

@@ -132,8 +132,9 @@ def _request_schema(request_model: type[SampleRequest], settings: Settings, regi
     for name in IMAGE_FIELDS:  # base64 PNGs; their size, format and pixels are checked by the server
         fields[name]["anyOf"][0].update(contentEncoding="base64", contentMediaType="image/png")
     for name, limit in bounds(Scope(settings, tuple(models)), request_model).items():  # RULES'
-        if limit["maximum"] is not None:
-            _bound(fields[name], maximum=limit["maximum"])
+        for branch in fields[name].get("anyOf", [fields[name]]):  # an optional field's: its non-null one
+            if limit["maximum"] is not None and branch.get("type") != "null":
+                branch["maximum"] = limit["maximum"]
         if fields[name].get("default") is not None:  # a fixed default the limit may cut (n: 16, at most max_n)
             fields[name]["default"] = limit["default"]
     if models and not any(m.num_classes for m in models):
@@ -168,10 +169,3 @@ def by_sampler(request: dict) -> dict:
         )
     return {"title": request.get("title", "SampleRequest"), "description": request.get("description", ""),
             "anyOf": variants}  # fmt: skip
-
-
-def _bound(field: dict, **limits) -> None:
-    """Set `limits` on a field's schema, or on its non-null branch (an optional field's anyOf)."""
-    for branch in field.get("anyOf", [field]):
-        if branch.get("type") != "null":
-            branch.update(limits)

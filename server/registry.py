@@ -37,9 +37,7 @@ class LoadedModel:
     default_steps: int | None = None
     own_sampling: bool = False  # a distilled student: only its sampler at its steps
     param_defaults: dict[str, dict] = field(default_factory=dict)  # sampler name → parameter values
-    # one image's share of an iteration of the sampling loop (its forward and its steps): first timed by
-    # warm_up, then kept up to date by the loop on the batches it runs (record_row_time)
-    seconds_per_row: float | None = None
+    seconds_per_row: float | None = None  # one image's share of a loop iteration: warm_up's, then record_row_time's
     _row_times: int = field(default=0, repr=False)  # iterations the loop has measured
 
     @classmethod
@@ -77,6 +75,12 @@ class LoadedModel:
         return bool(self.num_classes) and self.unet.null_label is not None
 
     @property
+    def guidance_input(self) -> bool:
+        """Whether w is an input of the network (a guidance-distilled student): a guided image then costs
+        one row of a forward, not two."""
+        return getattr(self.checkpoint.config, "guidance_input", False)
+
+    @property
     def image_shape(self) -> tuple[int, int, int]:
         config = self.checkpoint.config
         return (config.in_channels, config.image_size, config.image_size)
@@ -91,6 +95,7 @@ class LoadedModel:
             "num_classes": config.num_classes,
             "class_names": self.checkpoint.class_names,
             "guidance": self.guidance,
+            "guidance_input": self.guidance_input,
             "timesteps": self.schedule.num_timesteps,
             "schedule": self.schedule.name,
             "device": str(self.device),
@@ -141,12 +146,9 @@ class ModelRegistry:
         stop: Callable[[], bool] = lambda: False,
         before_timing: Callable[[], None] = lambda: None,
     ) -> ModelRegistry:
-        """Load every *.safetensors directly inside `folder`, and every diffusers model folder there
-        (model.diffusers_models; other subfolders such as classifiers/ are not looked at). One that
-        cannot be loaded, for whatever reason, is logged and skipped; the others still serve. Two of
-        one name (mnist.safetensors and a folder mnist/): the first by path serves, the other is
-        skipped. `stop` is asked before each: once it says so (a signal came), the rest are not loaded.
-        `before_timing` is called before each start-up timing (warm_up)."""
+        """Load the models of model_paths(folder); one that cannot be loaded, for whatever reason, is
+        logged and skipped, and the others still serve. Of two of one name (mnist.safetensors and a folder
+        mnist/) the first by path serves. Once `stop()` says so (a signal came), the rest are not loaded."""
         models, sources = {}, {}
         paths = model_paths(folder)
         for i, path in enumerate(paths):

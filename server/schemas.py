@@ -144,8 +144,6 @@ class StreamRequest(SampleRequest):
 
 
 SampleRequest.model_rebuild()
-Branch.model_rebuild()
-StreamRequest.model_rebuild()
 
 
 # --- what a field's type cannot say: the limits and defaults of this server and model -----------------
@@ -192,17 +190,15 @@ class Scope:
 
 @dataclass(frozen=True)
 class Rule:
-    """A request field beyond its type: its name in a sentence (the page's messages), its largest value
-    and its default where the server or the model sets them (from a Scope; `over` says why a value is
-    refused; a default over the maximum is cut to it), the field it needs to differ from its default,
-    and whether it is part of a run's start (a branch takes those from the run it continues)."""
+    """A request field beyond its type, where the server or the model sets its largest value and its
+    default (a default over the maximum is cut to it)."""
 
-    title: str
+    title: str  # its name in a sentence (the page's messages)
     maximum: Callable[[Scope], float | None] | None = None
-    over: str = "at most {most:g}"  # formatted with most (the maximum) and s (the Scope)
+    over: str = "at most {most:g}"  # why a value is refused: formatted with most (the maximum) and s (the Scope)
     default: Callable[[Scope, Any], Any] | None = None  # (scope, the schema's default) → the default
-    needs: tuple[str, str] | None = None  # (field, what it is for)
-    start: bool = False
+    needs: tuple[str, str] | None = None  # (the field it needs to differ from its default, what that is for)
+    start: bool = False  # a part of a run's start: a branch takes it from the run it continues
 
 
 RULES: dict[str, Rule] = {
@@ -285,6 +281,11 @@ class ModelInfo(BaseModel):
         "class. A conditional model without one (a diffusers UNet2DModel) samples a random class per image when "
         "label is null, and refuses guidance other than 1."
     )
+    guidance_input: bool = Field(
+        False,
+        description="w is an input of the network (a guidance-distilled student): a guided image costs one "
+        "row of a forward, not two (seconds_per_row).",
+    )
     timesteps: int
     schedule: str
     device: str
@@ -333,6 +334,11 @@ class SamplerInfo(BaseModel):
     description: str = Field(description="What it does, in one sentence.")
     default_steps: int | None = Field(description="Steps when a request gives none; null: all T of the model.")
     evals_per_step: int = Field(description="Model evaluations (NFE) a step costs.")
+    stochastic: bool | str = Field(
+        description="Whether it draws fresh noise after x_T (then its images are not a function of the seed's "
+        "noise alone, and it cannot interpolate): true, false, or the name of the parameter that makes it "
+        "do so when above 0 (ddim: eta)."
+    )
     params: list[ParamInfo]
 
 

@@ -1,8 +1,7 @@
 """From a well-formed request to a JobSpec and its plan (model.editing.Plan): the checks that depend on
 the server's limits, on the chosen model and on the chosen sampler's parameters (the sampler table),
 and the defaults. The limits and defaults of the fields are their rules' (server.schemas.RULES); the
-rest is what ties fields together. Errors have the shape of pydantic's ({type, loc, msg, input}), so
-a client handles a 422 the same way whichever check refused it."""
+rest is what ties fields together. Errors have pydantic's shape (server.errors.InvalidRequest)."""
 
 from __future__ import annotations
 
@@ -71,13 +70,12 @@ def _sampler(request: SampleRequest, model: LoadedModel, settings: Settings) -> 
     sampler = SAMPLERS.get(name)
     if sampler is None:
         message = f"unknown sampler; choose one of {', '.join(SAMPLERS)}"
-        extra = [_error(key, "extra_forbidden", "Extra inputs are not permitted", v) for key, v in _extra(request)]
-        return None, {}, [_error("sampler", "unknown_sampler", message, name), *extra]
-    if model.own_sampling and (
-        sampler.name != model.default_sampler or request.steps not in (None, model.default_steps)
-    ):
+        extra = (request.model_extra or {}).items()  # the fields beyond the schema's: the sampler's parameters
+        errors = [_error(key, "extra_forbidden", "Extra inputs are not permitted", v) for key, v in extra]
+        return None, {}, [_error("sampler", "unknown_sampler", message, name), *errors]
+    other_sampler = sampler.name != model.default_sampler
+    if model.own_sampling and (other_sampler or request.steps not in (None, model.default_steps)):
         message = f"{model.name} is distilled for {model.default_sampler} with {model.default_steps} steps only"
-        other_sampler = sampler.name != model.default_sampler
         field, value = ("sampler", name) if other_sampler else ("steps", request.steps)
         return None, {}, [_error(field, "distilled_model", message, value)]
     return sampler, *_params(sampler, request, model)
@@ -139,7 +137,7 @@ def _start(request, model: LoadedModel, sampler: Sampler, params: dict, values: 
         if values["n"] < 2:
             message = "interpolate_to needs n of at least 2 (a row from seed to interpolate_to)"
             errors.append(_error("n", "interpolation_too_short", message, values["n"]))
-        if sampler.stochastic(params):
+        if sampler.draws_noise(params):
             why = "eta > 0 draws fresh noise" if sampler.name == "ddim" else "it draws fresh noise at every step"
             message = (
                 f"interpolate_to needs a deterministic sampler, and {sampler.name} is not ({why}): "
@@ -185,19 +183,14 @@ def _image(text: str, field: str, model: LoadedModel, channels: int, settings: S
         return None, [_error(field, "invalid_image", f"{field} {e}", text)]
 
 
-def _extra(request: SampleRequest) -> list[tuple[str, object]]:
-    """The request's fields beyond the schema's: the sampler's parameters, it is to be hoped."""
-    return list((request.model_extra or {}).items())
-
-
 def _params(sampler: Sampler, request: SampleRequest, model: LoadedModel) -> tuple[dict, list[dict]]:
     """Every parameter of the sampler (the request's, checked, and the defaults: the model's own, else
     the table's), and the errors."""
-    values, errors = {p.name: p.default for p in sampler.params}, []
-    values.update(model.param_defaults.get(sampler.name, {}))
-    for key, value in _extra(request):
+    own = model.param_defaults.get(sampler.name, {})
+    values, errors = {p.name: p.default for p in sampler.params} | own, []
+    fixed = own if model.own_sampling else {}  # a distilled model's own take no other value
+    for key, value in (request.model_extra or {}).items():
         param = sampler.param(key)
-        fixed = model.param_defaults.get(sampler.name, {}) if model.own_sampling else {}
         if key in fixed and value != fixed[key]:
             message = f"{model.name} is distilled for {key} = {fixed[key]!r} only"
             errors.append(_error(key, "distilled_model", message, value))

@@ -29,14 +29,7 @@ from server.errors import NORMAL, POLICY_VIOLATION, InvalidRequest, Refused, err
 from server.jobs import Outbox, ServerState, client_address, get_state
 from server.loop import Cancelled, Event, Failed, Finished, Frame, Job, JobSpec, Queued, Started
 from server.parsing import parse_json, parse_request
-from server.schemas import (
-    CancelledMessage,
-    DoneMessage,
-    FrameMessage,
-    QueuedMessage,
-    StartMessage,
-    StreamRequest,
-)
+from server.schemas import CancelledMessage, DoneMessage, FrameMessage, QueuedMessage, StartMessage, StreamRequest
 from server.validation import resolve
 
 log = logging.getLogger(__name__)
@@ -86,7 +79,9 @@ async def _session(websocket: WebSocket, state: ServerState) -> str:
         return await _stream(websocket, state, await _read_request(websocket, state))
     except ClientGone as e:
         if e.outcome == "slow_client":
-            log.info("dropping a WebSocket client that did not read a message within %g s", _send_timeout(state))
+            log.info(
+                "dropping a WebSocket client that did not read a message within %g s", state.settings.ws_send_timeout_s
+            )
         return e.outcome  # no polite close: the server's transport drops the connection (server.transport)
     except (WebSocketDisconnect, OSError):
         return "disconnected"
@@ -142,12 +137,9 @@ async def _stream(websocket: WebSocket, state: ServerState, spec: JobSpec) -> st
         for task in (sender, listener):
             task.cancel()  # a no-op on the one that is done
     if not sender.done():  # the listener saw the socket close first
-        if listener.exception() is not None:
-            raise listener.exception()
+        listener.result()  # raises what ended it, if anything did
         return "disconnected"
-    if sender.exception() is not None:
-        raise sender.exception()
-    outcome = sender.result()
+    outcome = sender.result()  # or what ended the job
     await _close(websocket, NORMAL, state)
     return outcome
 
@@ -188,7 +180,7 @@ async def _send(websocket: WebSocket, outbox: Outbox, spec: JobSpec, state: Serv
 
 async def _send_text(websocket: WebSocket, text: str, state: ServerState) -> None:
     try:
-        await asyncio.wait_for(websocket.send_text(text), _send_timeout(state))
+        await asyncio.wait_for(websocket.send_text(text), state.settings.ws_send_timeout_s)
     except TimeoutError:
         raise ClientGone("slow_client") from None
     except (WebSocketDisconnect, RuntimeError, OSError):  # RuntimeError: sending after the close
@@ -242,8 +234,4 @@ async def _close_with_error(websocket: WebSocket, refused: Refused, state: Serve
 async def _close(websocket: WebSocket, code: int, state: ServerState) -> None:
     # the client may have closed first, or stopped reading: closing must not wait for it
     with contextlib.suppress(RuntimeError, WebSocketDisconnect, TimeoutError, OSError):
-        await asyncio.wait_for(websocket.close(code), _send_timeout(state))
-
-
-def _send_timeout(state: ServerState) -> float:
-    return state.settings.ws_send_timeout_s
+        await asyncio.wait_for(websocket.close(code), state.settings.ws_send_timeout_s)

@@ -469,3 +469,13 @@ def test_bad_sampler_arguments_are_rejected():
         next(ddim_steps(SCHEDULE, torch.randn(1, 1, 4, 4), [10, 0], eta=1.5))
     with pytest.raises(ValueError, match="variance"):
         ddpm_step(SCHEDULE, torch.zeros(1), torch.zeros(1), 5, "learned", torch.zeros(1))
+
+
+def test_a_sampler_says_when_its_run_draws_fresh_noise():
+    """Interpolating between seeds needs images that are a function of x_T alone: the table says which
+    samplers draw noise after it (DDPM always, DDIM when eta > 0), as data GET /config publishes."""
+    ddpm, ddim, solver = SAMPLERS["ddpm"], SAMPLERS["ddim"], SAMPLERS["dpm-solver++"]
+    assert ddpm.draws_noise(ddpm.resolve({})) and ddpm.info()["stochastic"] is True
+    assert not ddim.draws_noise(ddim.resolve({})) and ddim.draws_noise(ddim.resolve({"eta": 0.2}))
+    assert ddim.info()["stochastic"] == "eta"
+    assert not solver.draws_noise(solver.resolve({})) and solver.info()["stochastic"] is False

@@ -1035,6 +1035,29 @@ def test_interpolation_runs_from_one_seed_to_the_other(editing, server_url):
         page.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
 
 
+def test_interpolating_with_a_noisy_sampler_is_refused_before_sending(editing):
+    """Issue #26, 12: DDPM (or DDIM with eta > 0) draws fresh noise, so the page says so in a whole sentence,
+    by GET /config's `stochastic`, and sends nothing."""
+    page = editing
+    for sampler, noise in (("ddpm", ""), ("ddim", " with eta = 0.5")):
+        Select(page.find_element(By.ID, "sampler")).select_by_value(sampler)
+        if sampler == "ddim":
+            page.execute_script("document.getElementById('param-eta').value = 0.5")
+        set_value(page, "interpolate_to", "8")
+        page.find_element(By.ID, "generate").click()
+        error = page.find_element(By.ID, "form-error").text
+        title = {"ddpm": "DDPM", "ddim": "DDIM"}[sampler]
+        assert f"{title}{noise} draws fresh noise at every step: choose DDIM with eta = 0, " in error, error
+        assert error.rstrip().endswith("or UniPC."), error
+        assert page.find_element(By.ID, "interpolate_to").get_attribute("aria-invalid") == "true"
+        assert main_view(page).get_attribute("data-state") == "idle"
+    page.execute_script("document.getElementById('param-eta').value = 0")
+    set_value(page, "steps", "3")
+    set_value(page, "seed", "3")
+    page.find_element(By.ID, "generate").click()
+    assert wait_for_state(page, main_view(page), {"error", "done"}) == "done"
+
+
 # A sampler the page has never heard of, with a parameter no other sampler has: DDIM on every
 # `stride`-th timestep of a run of steps × stride, registered in the server's process before it starts.
 EXTRA_SAMPLER = """
@@ -1157,6 +1180,24 @@ def test_a_student_runs_beside_its_teacher(browser, extra_server_url):
     assert page.find_element(By.ID, "param-spacing").is_enabled()  # the plain model's own spacing, free again
     errors = [e for e in page.get_log("browser") if e["level"] == "SEVERE" and "favicon" not in e["message"]]
     assert not errors, errors
+
+
+def test_a_students_guided_image_costs_one_row_in_the_estimate(browser, extra_server_url):
+    """Issue #26, 2: a guidance-distilled student takes w as an input (GET /models: guidance_input), so a
+    guided image costs it one row a step, not the two a teacher's costs; the estimate counts it so."""
+    models = {m["name"]: m for m in httpx.get(extra_server_url + "models").json()}
+    assert models["mnist-fast"]["guidance_input"] and not models["mnist"]["guidance_input"]
+    browser.get(extra_server_url)
+    WebDriverWait(browser, 20).until(lambda d: d.execute_script("return document.body.dataset.ready === 'true'"))
+    rows = browser.execute_async_script(
+        """
+        const [models, done] = arguments;
+        import('./js/estimate.js').then((estimate) => done(['mnist-fast', 'mnist'].map((name) =>
+          estimate.rowsOf({steps: 2, n: 4, label: 3, guidance: 3}, {evals_per_step: 1}, models[name]))));
+        """,
+        models,
+    )
+    assert rows == [8, 16]
 
 
 def test_a_student_offers_only_what_it_can_do_and_its_examples_run(browser, extra_server_url):

@@ -159,6 +159,11 @@ export function validateSettings(values, model, config) {
     request.interpolate_to = check("interpolate_to", values.interpolate_to);
     if (request.seed == null) errors.push({ field: "seed", message: "Interpolation needs a seed to start from." });
     if (request.n < 2) errors.push({ field: "n", message: "Interpolation needs at least 2 images (a row from one seed to the other)." });
+    if (sampler && drawsNoise(sampler, request)) {
+      const which = typeof sampler.stochastic === "string" ? ` with ${sampler.stochastic} = ${request[sampler.stochastic]}` : "";
+      const message = `Interpolation needs a deterministic sampler, and ${sampler.title}${which} draws fresh noise at every step: choose ${deterministicChoices(config)}.`;
+      errors.push({ field: "interpolate_to", message });
+    }
   }
 
   // the fields with controls built from their rules: sent when set, else the server's default holds
@@ -173,6 +178,19 @@ export function validateSettings(values, model, config) {
     request.every = check("every", every);
   }
   return { request, stream, errors };
+}
+
+/** Whether a run of `sampler` with the request's parameters draws noise after x_T (GET /config's `stochastic`). */
+function drawsNoise(sampler, request) {
+  return typeof sampler.stochastic === "string" ? request[sampler.stochastic] > 0 : sampler.stochastic === true;
+}
+
+/** "DDIM with eta = 0, DPM-Solver++(2M) or UniPC": the server's samplers that can run without fresh noise. */
+function deterministicChoices(config) {
+  const names = config.samplers
+    .filter((s) => s.stochastic !== true)
+    .map((s) => (typeof s.stochastic === "string" ? `${s.title} with ${s.stochastic} = 0` : s.title));
+  return names.length > 1 ? `${names.slice(0, -1).join(", ")} or ${names.at(-1)}` : names[0];
 }
 
 /** A request in words: "DDIM, 50 steps" or "UniPC, 8 steps, order = 3". */

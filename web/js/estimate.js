@@ -2,9 +2,10 @@
 //
 // A run's cost is counted in UNet rows (one image through the network once): steps × the sampler's
 // evaluations a step × images, twice that when guidance mixes a conditional and an unconditional
-// prediction. The server's time per row for a model comes from GET /models (`seconds_per_row`,
-// measured by the server) when it publishes one, else from this browser's earlier runs of that model
-// (remembered across visits), else there is no estimate. Pure but for the storage it is given.
+// prediction (not for a student that takes w as an input: GET /models' guidance_input). The server's
+// time per row for a model comes from GET /models (`seconds_per_row`, measured by the server) when it
+// publishes one, else from this browser's earlier runs of that model (remembered across visits), else
+// there is no estimate. Pure but for the storage it is given.
 
 const STORAGE_KEY = "ddpm-demo.seconds-per-row";
 
@@ -18,9 +19,10 @@ export function stepsTaken(request) {
   return Math.ceil(Number((request.steps * strength).toFixed(9))) + (request.branch?.at_step ?? 0);
 }
 
-/** UNet rows a request costs. */
+/** UNet rows a request costs (a guidance-distilled student takes w as an input: one row a guided image). */
 export function rowsOf(request, sampler, model) {
-  const guided = Boolean(model?.num_classes) && request.label != null && request.guidance != null && request.guidance !== 1;
+  const guided =
+    !model?.guidance_input && Boolean(model?.num_classes) && request.label != null && request.guidance != null && request.guidance !== 1;
   return stepsTaken(request) * (sampler?.evals_per_step ?? 1) * request.n * (guided ? 2 : 1);
 }
 
