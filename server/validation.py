@@ -138,16 +138,25 @@ def _start(request, model: LoadedModel, sampler: Sampler, params: dict, values: 
             message = "interpolate_to needs n of at least 2 (a row from seed to interpolate_to)"
             errors.append(_error("n", "interpolation_too_short", message, values["n"]))
         if sampler.draws_noise(params):
-            why = "eta > 0 draws fresh noise" if sampler.name == "ddim" else "it draws fresh noise at every step"
-            message = (
-                f"interpolate_to needs a deterministic sampler, and {sampler.name} is not ({why}): "
-                "choose ddim with eta 0, dpm-solver++ or unipc"
-            )
+            noisy = sampler.stochastic  # the table's rule: always (True), or above 0 this parameter
+            why = "it draws fresh noise at every step" if noisy is True else f"{noisy} > 0 draws fresh noise"
+            message = f"interpolate_to needs a deterministic sampler, and {sampler.name} is not ({why}): choose "
+            message += _deterministic_choices()
             errors.append(_error("interpolate_to", "stochastic_sampler", message, request.interpolate_to))
         if model.num_classes and not model.guidance and request.label is None:
             message = f"interpolate_to on {model.name} needs a label (it draws a class per image without one)"
             errors.append(_error("interpolate_to", "needs_label", message, request.interpolate_to))
     return errors
+
+
+def _deterministic_choices() -> str:
+    """'ddim with eta 0, dpm-solver++ or unipc': the table's samplers that can run without fresh noise."""
+    names = [
+        s.name if s.stochastic is False else f"{s.name} with {s.stochastic} 0"
+        for s in SAMPLERS.values()
+        if s.stochastic is not True
+    ]
+    return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]
 
 
 def _branch(request: SampleRequest, origin: JobSpec, run: tuple) -> list[dict]:
