@@ -1269,6 +1269,19 @@ def test_the_start_image_and_mask_outlive_a_change_of_model(browser, extra_serve
     assert "half.png" in page.find_element(By.ID, "start-image-status").text
 
 
+def test_one_step_reads_as_one_step(page):
+    """Issue #26, 12: a count of one is singular in the hint, the run's title and its closing stats."""
+    Select(page.find_element(By.ID, "sampler")).select_by_value("ddim")
+    set_value(page, "steps", "1")
+    hint = page.find_element(By.ID, "steps-hint").text
+    assert hint.startswith("1 step of the ") and "1 model evaluation" in hint, hint
+    page.find_element(By.ID, "generate").click()
+    view = main_view(page)
+    assert wait_for_state(page, view, {"done", "error", "cancelled"}) == "done", view.text
+    assert view.find_element(By.CSS_SELECTOR, ".rv-title").text.endswith("DDIM, 1 step"), view.text
+    assert "1 steps" not in view.text and "1 steps" not in hint
+
+
 def test_error_messages_read_as_sentences(page):
     """Issue #26, 12: the server's words are added only where they say more, and never in nested brackets."""
     messages = page.execute_async_script(
