@@ -18,7 +18,8 @@ from model.samplers import guided_eps
 log = logging.getLogger(__name__)
 
 PREFERRED_DEFAULT = "mnist"
-TIMING_ROWS = 8  # the batch warm_up times: a typical one (8 jobs of 1 image, or 2 of 4, …)
+TIMING_ROWS = 16  # the batch warm_up times: the page's default request (16 images, one row each)
+TIMINGS = 3  # warm_up keeps the median of this many timed forwards: one busy moment does not set the estimate
 ROW_TIME_SMOOTHING = 0.1  # weight of the latest iteration in a model's seconds_per_row
 
 
@@ -201,8 +202,8 @@ def describe(checkpoint: Checkpoint) -> str:
 def warm_up(model: LoadedModel, before_timing: Callable[[], None] = lambda: None) -> None:
     """One forward at the batch shape of a guided request, so the first user does not pay for lazy
     initialisation (cuDNN autotuning, allocator growth, the first-call overhead of each kernel); then
-    one timed forward of TIMING_ROWS rows, after an untimed one of that shape: the model's first
-    `seconds_per_row` (GET /models), until the sampling loop has measured its own."""
+    the median of TIMINGS timed forwards of TIMING_ROWS rows, after an untimed one of that shape: the
+    model's first `seconds_per_row` (GET /models), until the sampling loop has measured its own."""
     x = torch.zeros(2, *model.image_shape, device=model.device)
     t = torch.full((2,), model.schedule.num_timesteps - 1, device=model.device)
     labels = torch.zeros(2, dtype=torch.long, device=model.device) if model.num_classes else None
@@ -212,8 +213,11 @@ def warm_up(model: LoadedModel, before_timing: Callable[[], None] = lambda: None
     labels = torch.zeros(TIMING_ROWS, dtype=torch.long, device=model.device) if model.num_classes else None
     guided_eps(model.unet, x, t, labels, 1.0)  # the first call at a new shape pays for its setup: not timed
     before_timing()
-    synchronize(model.device)
-    began = time.perf_counter()
-    guided_eps(model.unet, x, t, labels, 1.0)  # unguided, as the loop calls it: one row each
-    synchronize(model.device)
-    model.seconds_per_row = (time.perf_counter() - began) / TIMING_ROWS
+    seconds = []
+    for _ in range(TIMINGS):
+        synchronize(model.device)
+        began = time.perf_counter()
+        guided_eps(model.unet, x, t, labels, 1.0)  # unguided, as the loop calls it: one row each
+        synchronize(model.device)
+        seconds.append(time.perf_counter() - began)
+    model.seconds_per_row = sorted(seconds)[TIMINGS // 2] / TIMING_ROWS

@@ -188,6 +188,18 @@ def test_a_new_job_does_not_wait_for_a_long_one(loop, cond):
     assert loop.active_jobs == 1
 
 
+def test_the_start_up_timing_is_the_median_of_its_forwards(monkeypatch):
+    """Issue #26, 2: one busy moment during start-up (here a forward that takes 50 s) does not set the
+    page's first estimate; the median of the timed forwards does."""
+    from server import registry
+
+    model = tiny_model("timed", channels=1, num_classes=3, timesteps=1000)
+    clock = iter([0.0, 50.0, 100.0, 101.0, 200.0, 202.0])  # forwards of 50, 1 and 2 seconds
+    monkeypatch.setattr(registry.time, "perf_counter", lambda: next(clock))
+    registry.warm_up(model)
+    assert model.seconds_per_row == 2.0 / registry.TIMING_ROWS
+
+
 def test_the_loop_keeps_each_models_time_per_row_up_to_date(loop):
     """GET /models' seconds_per_row follows what the loop measures as it runs (issue #26: a start-up
     timing on a busy machine made the page's estimates 15-30x too high)."""
