@@ -54,9 +54,6 @@ class Step:
 StepGenerator = Generator[Step, torch.Tensor, None]
 
 
-# --- the predicted x0, kept in the images' range ------------------------------------------------
-
-
 def threshold_x0(x0: torch.Tensor, how: str, clip_range: float = 1.0) -> torch.Tensor:
     """clip: x0 clamped to [-1, 1] (DDPM's code; Imagen's "static thresholding"), or to ±clip_range.
     dynamic: Imagen's dynamic thresholding (Saharia et al. 2022): s = the 99.5th percentile of |x0| of
@@ -71,9 +68,6 @@ def threshold_x0(x0: torch.Tensor, how: str, clip_range: float = 1.0) -> torch.T
     if how == "none":
         return x0
     raise ValueError(f"unknown thresholding {how!r}; choose one of {THRESHOLDINGS}")
-
-
-# --- timestep lists -------------------------------------------------------------------------
 
 
 def ddim_timesteps(num_timesteps: int, steps: int, spacing: str = "leading", offset: int = 0) -> list[int]:
@@ -131,9 +125,6 @@ def solver_timesteps(schedule: NoiseSchedule, steps: int, spacing: str = "linspa
         raise ValueError(f"unknown spacing {spacing!r}; choose one of {SOLVER_SPACINGS}")
     timesteps = [int(t) for t in timesteps]
     return timesteps, [*sigmas[timesteps].tolist(), 0.0]
-
-
-# --- one step of DDPM and DDIM --------------------------------------------------------------
 
 
 def ddim_step(
@@ -669,9 +660,6 @@ def denoise(steps: StepGenerator, eps_fn: EpsFn, include_start: bool = False) ->
 def sample(steps: StepGenerator, eps_fn: EpsFn) -> torch.Tensor:
     """Run a step generator to the end and return x_0."""
     return deque(denoise(steps, eps_fn), maxlen=1)[0].x_t  # keep only the last step in memory
-
-
-# --- the noise predictor with classifier-free guidance ---------------------------------------
 
 
 def guided_eps(
