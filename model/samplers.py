@@ -310,15 +310,13 @@ def unipc_steps(
 def _unipc_update(
     x: torch.Tensor, x0s: list[torch.Tensor], s: int, t: int, p: int, vp: tuple, x0_new: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """One UniPC update from x at step s to step t, with the predictions x0s (the last made at s) and the
-    VP coefficients `vp` (`_vp`): UniP-p when x0_new is None, else UniC-p, which also uses x0_new, the
-    prediction made at t.
+    """One UniPC update from x at step s to step t with the predictions x0s (the last made at s) and `vp`
+    (`_vp`): UniP-p when x0_new is None, else UniC-p, which also uses x0_new, the prediction made at t.
 
       x_t = (σ_t/σ_s) x - α_t (e^{-h} - 1) x0_s - α_t B(h) Σ_k ρ_k D_k,   D_k = (x0_{s-k} - x0_s) / r_k,
     with h = λ_t - λ_s, r_k = (λ_{s-k} - λ_s)/h (and r = 1, D = x0_new - x0_s, for the corrector's own
     term) and B(h) = e^{-h} - 1 (bh2). The weights ρ solve R ρ = b with R_jk = r_k^j (j = 0 … p-1) and
-    b_j = j! (-h) φ_{j+1}(-h) / B(h) (j = 1 … p), φ the exponential integrators' functions; with one
-    term ρ = 1/2, as the paper and diffusers take it."""
+    b_j = j! (-h) φ_{j+1}(-h) / B(h) (j = 1 … p), φ the exponential integrators' functions."""
     alpha, sigma, lam = vp
     h = lam[t] - lam[s]
     hh = -h  # data prediction integrates in -λ
@@ -333,7 +331,7 @@ def _unipc_update(
     if not ds:
         return base
     if len(ds) == 1:
-        rhos = [0.5]  # UniP-2 and UniC-1: the paper's choice, where R ρ = b would give a 1×1 system
+        rhos = [0.5]  # UniP-2 and UniC-1: the paper's (and diffusers') choice, where R ρ = b would give a 1×1 system
     else:
         rhos = np.linalg.solve(np.vander(rks, increasing=True).T, _unipc_b(hh, B_h, len(ds))).tolist()
     return base - alpha[t] * B_h * sum(rho * d for rho, d in zip(rhos, ds, strict=True))
@@ -459,15 +457,9 @@ class Sampler:
         return self.stochastic if isinstance(self.stochastic, bool) else params[self.stochastic] > 0
 
     def info(self) -> dict:
-        return {
-            "name": self.name,
-            "title": self.title,
-            "description": self.description,
-            "default_steps": self.default_steps,
-            "evals_per_step": self.evals_per_step,
-            "stochastic": self.stochastic,
-            "params": [p.info() for p in self.params],
-        }
+        """What a client needs to offer it (GET /config): its fields but the functions, and its parameters'."""
+        shown = ("name", "title", "description", "default_steps", "evals_per_step", "stochastic")
+        return {**{key: getattr(self, key) for key in shown}, "params": [p.info() for p in self.params]}
 
 
 SAMPLERS: dict[str, Sampler] = {}
