@@ -1,20 +1,18 @@
 """Playing with a sampling run: SDEdit from an image, inpainting, branching off a run part way, and a
 row of images between two seeds' noise. Each is a short function over the step generators of
 model.samplers, so that whatever drives a run (a plain loop, the server's batching loop) drives
-these unchanged: they ask for ε exactly as a plain run does.
+these unchanged: they ask for ε exactly as a plain run does. `Plan` resolves a run's settings once
+into all of them: what the server validates, counts and runs.
 
 - `start`: SDEdit (Meng et al. 2022, "SDEdit: guided image synthesis and editing with stochastic
-  differential equations") at strength s takes the last ceil(steps·s) steps of its sampler's grid
-  (diffusers' img2img convention). Strength 1 is the plain run from x_T: the image is forgotten.
+  differential equations"), its steps counted as diffusers' img2img counts them.
 - `inpaint`: replace-known-region inpainting (RePaint, Lugmayr et al. 2022, without its resampling
   jumps; the "replacement" method of Song et al. 2021's score SDE paper).
-- `branch`: the first `at_step` steps of one run (replayed, never uploaded), then another's settings.
-  With the same sampler, steps and parameters the run itself goes on (its generator, its solver
-  history, its noise), so an unchanged branch is the original run.
+- `branch`: the first steps of one run (replayed, never uploaded), then another's settings; with the
+  same settings the run itself goes on (its generator, solver history and noise), so an unchanged
+  branch is the original run.
 - `slerp`: n starting noises along the great circle between two (Shoemake 1985; as in the DDIM
   paper's interpolation, Song et al. 2021, §5.3).
-- `Plan`: a run's settings resolved once into all of the above: what the server validates, counts
-  and runs.
 
 A step's `x_t` is its run's state: `inpaint` edits it in place, and the run goes on from the edit.
 """
@@ -68,9 +66,8 @@ def start(
     init: torch.Tensor | None = None,
     strength: float = 1.0,
 ) -> StepGenerator:
-    """The run of `sampler` from x_T, or (with `init`, an image (C, H, W) in [-1, 1], and strength < 1)
-    SDEdit's run from `init` noised with x_T to the first timestep of its last ceil(steps·strength)
-    steps. x_T is not modified."""
+    """The run of `sampler` from x_T (not modified), or, with `init` (an image (C, H, W) in [-1, 1]) and
+    strength < 1, SDEdit's: from `init` noised with x_T to the first of the timesteps it takes."""
     if init is None or strength >= 1:
         return sampler.make(schedule, x_T.clone(), steps, generator, **params)
     tail = sdedit_timesteps(sampler.timesteps(schedule, steps, params), strength)

@@ -178,25 +178,24 @@ def generate(
     cfg = ckpt.config
     conditional = conditional and cfg.num_classes > 0
     generator = make_generator(seed, device)
-    images, labels, seconds = [], [], 0.0
+    # the table's defaults, then the model's own (its files'), then those chosen here
+    params = {**ckpt.sampler_defaults().get(sampler.name, {}), **dict(sampler.given)}
+    images, seconds = [], 0.0
     bar = tqdm(total=num_samples, desc=f"{sampler.label}, {steps} steps", disable=not progress, dynamic_ncols=True)
     for start in range(0, num_samples, batch_size):
         b = min(batch_size, num_samples - start)
         y = torch.arange(start, start + b, device=device) % cfg.num_classes if conditional else None
         tick = time.perf_counter()
         x = initial_noise((b, cfg.in_channels, cfg.image_size, cfg.image_size), generator, device)
-        # the table's defaults, then the model's own (its files'), then those chosen here
-        params = sampler.sampler.resolve({**ckpt.sampler_defaults().get(sampler.name, {}), **dict(sampler.given)})
         run = sampling_run(sampler.name, ckpt.schedule, x, steps, generator, **params)
         x0 = sample(run, lambda x_t, t, y=y: guided_eps(ckpt.unet, x_t, t, y, guidance))
         synchronize(device)
         seconds += time.perf_counter() - tick
         images.append(to_uint8(x0).cpu())
-        if y is not None:
-            labels.append(y.cpu())
         bar.update(b)
     bar.close()
-    return Samples(torch.cat(images), torch.cat(labels) if labels else None, seconds)
+    labels = torch.arange(num_samples) % cfg.num_classes if conditional else None  # as y, batch by batch
+    return Samples(torch.cat(images), labels, seconds)
 
 
 class RealImages:
@@ -354,16 +353,6 @@ def markdown_report(rows: list[dict], floor: dict, header: list[str], class_name
 def _value(row: dict, metric: str, fmt: str) -> str:
     se = row.get(f"{metric}_se")
     return fmt.format(row[metric]) + (f" ± {fmt.format(se)}" if se is not None else "")
-
-
-def read_rows(path: Path) -> list[dict]:
-    """The sampled cells of an earlier run's results.csv (not its floor, which is scored again), with
-    numbers as numbers."""
-    if not path.is_file():
-        return []
-    with open(path, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r["sampler"] != "real test images"]
-    return [{k: _number(v) for k, v in r.items() if v != ""} for r in rows]
 
 
 def _number(text: str):
@@ -626,8 +615,13 @@ def make_judges(
 
 
 def resumed_rows(args: argparse.Namespace, out: Path) -> list[dict]:
-    """With --resume, the cells of --out's results.csv sampled with this run's N and seed."""
-    rows = read_rows(out / "results.csv") if args.resume else []
+    """With --resume, the cells of --out's results.csv sampled with this run's N and seed (not its floor,
+    which is scored again), with numbers as numbers."""
+    if not args.resume or not (out / "results.csv").is_file():
+        return []
+    with open(out / "results.csv", newline="") as f:
+        rows = [{k: _number(v) for k, v in r.items() if v != ""} for r in csv.DictReader(f)]
+    rows = [r for r in rows if r["sampler"] != "real test images"]
     if stale := [r for r in rows if (r["n"], r.get("seed", args.seed)) != (args.num_samples, args.seed)]:
         print(f"--resume: sampling {len(stale)} cells again (their N or seed differs from this run's)", file=sys.stderr)
     return [r for r in rows if r not in stale]

@@ -39,25 +39,21 @@ class InceptionWeightsMissing(FileNotFoundError):
     pass
 
 
-def hub_weights_path() -> Path:
-    """Where pytorch-fid's download lands, and so where it looks first."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / WEIGHTS_FILE
-
-
 def load_inception_weights(path: str | Path | None = None) -> dict[str, torch.Tensor]:
     """The FID Inception state dict: from `path`, $FID_INCEPTION_WEIGHTS, the torch hub cache, or a
     download by pytorch-fid; failing all four, one error that says where to put the file."""
-    for candidate in (path, os.environ.get(WEIGHTS_ENV), hub_weights_path()):
+    hub = Path(torch.hub.get_dir()) / "checkpoints" / WEIGHTS_FILE  # where pytorch-fid's download lands
+    for candidate in (path, os.environ.get(WEIGHTS_ENV), hub):
         if candidate and Path(candidate).is_file():
             return torch.load(candidate, map_location="cpu", weights_only=True)
-        if candidate and candidate != hub_weights_path():
+        if candidate and candidate != hub:
             raise InceptionWeightsMissing(f"Inception weights: {candidate} is not a file")
     try:
         return pytorch_fid_inception.load_state_dict_from_url(FID_WEIGHTS_URL, progress=True)
     except OSError as e:  # no internet (URLError is an OSError)
         raise InceptionWeightsMissing(
             f"FID needs pytorch-fid's Inception weights {WEIGHTS_FILE}, and they cannot be downloaded here ({e}). "
-            f"Get the file from {FID_WEIGHTS_URL} and put it at {hub_weights_path()}, "
+            f"Get the file from {FID_WEIGHTS_URL} and put it at {hub}, "
             f"or pass --inception-weights PATH, or set {WEIGHTS_ENV}=PATH."
         ) from e
 
@@ -106,17 +102,6 @@ class Stats:
         f = np.asarray(features, dtype=np.float64)
         return cls(f.mean(axis=0), np.cov(f, rowvar=False), len(f))
 
-    def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, mu=self.mu, sigma=self.sigma, n=self.n)
-        tmp.replace(path)
-
-    @classmethod
-    def load(cls, path: Path) -> Stats:
-        with np.load(path) as f:
-            return cls(f["mu"], f["sigma"], int(f["n"]))
-
 
 def frechet_distance(a: Stats, b: Stats) -> float:
     """||μ_a - μ_b||² + Tr(Σ_a + Σ_b - 2 (Σ_a Σ_b)^½), by pytorch-fid's own function."""
@@ -145,8 +130,12 @@ def cached_stats(
     `images` is called only on a cache miss."""
     path = cache_dir / f"{key}.npz" if cache_dir else None
     if path and path.is_file():
-        return Stats.load(path)
+        with np.load(path) as f:
+            return Stats(f["mu"], f["sigma"], int(f["n"]))
     stats = Stats.of(extract_features(images(), features, batch_size, desc=f"features of {key}" if progress else None))
-    if path:
-        stats.save(path)
+    if path:  # written beside it and renamed, so that an interrupted run leaves no half file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, mu=stats.mu, sigma=stats.sigma, n=stats.n)
+        tmp.replace(path)
     return stats

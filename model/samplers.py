@@ -54,9 +54,6 @@ class Step:
 StepGenerator = Generator[Step, torch.Tensor, None]
 
 
-# --- the predicted x0, kept in the images' range ------------------------------------------------
-
-
 def threshold_x0(x0: torch.Tensor, how: str, clip_range: float = 1.0) -> torch.Tensor:
     """clip: x0 clamped to [-1, 1] (DDPM's code; Imagen's "static thresholding"), or to ±clip_range.
     dynamic: Imagen's dynamic thresholding (Saharia et al. 2022): s = the 99.5th percentile of |x0| of
@@ -71,9 +68,6 @@ def threshold_x0(x0: torch.Tensor, how: str, clip_range: float = 1.0) -> torch.T
     if how == "none":
         return x0
     raise ValueError(f"unknown thresholding {how!r}; choose one of {THRESHOLDINGS}")
-
-
-# --- timestep lists -------------------------------------------------------------------------
 
 
 def ddim_timesteps(num_timesteps: int, steps: int, spacing: str = "leading", offset: int = 0) -> list[int]:
@@ -131,9 +125,6 @@ def solver_timesteps(schedule: NoiseSchedule, steps: int, spacing: str = "linspa
         raise ValueError(f"unknown spacing {spacing!r}; choose one of {SOLVER_SPACINGS}")
     timesteps = [int(t) for t in timesteps]
     return timesteps, [*sigmas[timesteps].tolist(), 0.0]
-
-
-# --- one step of DDPM and DDIM --------------------------------------------------------------
 
 
 def ddim_step(
@@ -299,7 +290,8 @@ def unipc_steps(
     `sigmas` (from `solver_timesteps`) holds σ at each timestep and a final 0."""
     if order not in (1, 2, 3):
         raise ValueError(f"order must be 1, 2 or 3, got {order}")
-    alpha, sigma, lam = _vp(sigmas)
+    vp = _vp(sigmas)
+    alpha, sigma, _ = vp
     total = len(timesteps)
     x0s: list[torch.Tensor] = []  # the data predictions so far, oldest first
     x_prev, p_prev = None, 0  # the sample the last prediction started from, and its order
@@ -307,33 +299,25 @@ def unipc_steps(
     for i in range(total):
         x0 = threshold_x0((x - sigma[i] * eps) / alpha[i], thresholding)
         if x_prev is not None:
-            x = _unipc_update(x_prev, x0s, i - 1, i, p_prev, alpha, sigma, lam, x0_new=x0)
+            x = _unipc_update(x_prev, x0s, i - 1, i, p_prev, vp, x0_new=x0)
         x0s = [*x0s, x0][-order:]
         p = min(order, i + 1, total - i)
         x_prev, p_prev = x, p
-        x = _unipc_update(x, x0s, i, i + 1, p, alpha, sigma, lam)
+        x = _unipc_update(x, x0s, i, i + 1, p, vp)
         eps = yield Step(i + 1, total, timesteps[i + 1] if i + 1 < total else -1, x, x0)
 
 
 def _unipc_update(
-    x: torch.Tensor,
-    x0s: list[torch.Tensor],
-    s: int,
-    t: int,
-    p: int,
-    alpha: list[float],
-    sigma: list[float],
-    lam: list[float],
-    x0_new: torch.Tensor | None = None,
+    x: torch.Tensor, x0s: list[torch.Tensor], s: int, t: int, p: int, vp: tuple, x0_new: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """One UniPC update from x at step s to step t, with the predictions x0s (the last made at s):
-    UniP-p when x0_new is None, else UniC-p, which also uses x0_new, the prediction made at t.
+    """One UniPC update from x at step s to step t with the predictions x0s (the last made at s) and `vp`
+    (`_vp`): UniP-p when x0_new is None, else UniC-p, which also uses x0_new, the prediction made at t.
 
       x_t = (σ_t/σ_s) x - α_t (e^{-h} - 1) x0_s - α_t B(h) Σ_k ρ_k D_k,   D_k = (x0_{s-k} - x0_s) / r_k,
     with h = λ_t - λ_s, r_k = (λ_{s-k} - λ_s)/h (and r = 1, D = x0_new - x0_s, for the corrector's own
     term) and B(h) = e^{-h} - 1 (bh2). The weights ρ solve R ρ = b with R_jk = r_k^j (j = 0 … p-1) and
-    b_j = j! (-h) φ_{j+1}(-h) / B(h) (j = 1 … p), φ the exponential integrators' functions; with one
-    term ρ = 1/2, as the paper and diffusers take it."""
+    b_j = j! (-h) φ_{j+1}(-h) / B(h) (j = 1 … p), φ the exponential integrators' functions."""
+    alpha, sigma, lam = vp
     h = lam[t] - lam[s]
     hh = -h  # data prediction integrates in -λ
     h_phi_1 = math.expm1(hh)
@@ -347,7 +331,7 @@ def _unipc_update(
     if not ds:
         return base
     if len(ds) == 1:
-        rhos = [0.5]  # UniP-2 and UniC-1: the paper's choice, where R ρ = b would give a 1×1 system
+        rhos = [0.5]  # UniP-2 and UniC-1: the paper's (and diffusers') choice, where R ρ = b would give a 1×1 system
     else:
         rhos = np.linalg.solve(np.vander(rks, increasing=True).T, _unipc_b(hh, B_h, len(ds))).tolist()
     return base - alpha[t] * B_h * sum(rho * d for rho, d in zip(rhos, ds, strict=True))
@@ -473,15 +457,9 @@ class Sampler:
         return self.stochastic if isinstance(self.stochastic, bool) else params[self.stochastic] > 0
 
     def info(self) -> dict:
-        return {
-            "name": self.name,
-            "title": self.title,
-            "description": self.description,
-            "default_steps": self.default_steps,
-            "evals_per_step": self.evals_per_step,
-            "stochastic": self.stochastic,
-            "params": [p.info() for p in self.params],
-        }
+        """What a client needs to offer it (GET /config): its fields but the functions, and its parameters'."""
+        shown = ("name", "title", "description", "default_steps", "evals_per_step", "stochastic")
+        return {**{key: getattr(self, key) for key in shown}, "params": [p.info() for p in self.params]}
 
 
 SAMPLERS: dict[str, Sampler] = {}
@@ -566,15 +544,26 @@ def _solver_sigmas(schedule, steps, spacing, timesteps) -> tuple[list[int], list
     return timesteps, [own.get(t, math.sqrt((1 - abar[t]) / abar[t])) for t in timesteps] + [0.0]
 
 
-def _solver(solver_steps: Callable[..., StepGenerator]) -> Callable[..., StepGenerator]:
+def _solver(
+    name: str, title: str, description: str, solver_steps: Callable[..., StepGenerator], order_param: Param
+) -> Sampler:
+    """The table's entry of a multistep solver: its own order parameter, and the spacing, thresholding,
+    steps and factory both share."""
+
     def make(schedule, x, steps, generator, order=2, spacing="trailing", thresholding="clip", timesteps=None):
         return solver_steps(x, *_solver_sigmas(schedule, steps, spacing, timesteps), order, thresholding)
 
-    return make
-
-
-def _solver_max_steps(num_timesteps: int) -> int:
-    return num_timesteps - 1  # every spacing but trailing needs T - 1 distinct timesteps above 0
+    return Sampler(
+        name,
+        title,
+        description,
+        make,
+        (order_param, SOLVER_SPACING, THRESHOLDING),
+        default_steps=10,
+        # every spacing but trailing needs T - 1 distinct timesteps above 0
+        max_steps=lambda num_timesteps: num_timesteps - 1,
+        grid=_solver_grid,
+    )
 
 
 register(
@@ -624,37 +613,23 @@ register(
     )
 )
 register(
-    Sampler(
+    _solver(
         "dpm-solver++",
         "DPM-Solver++(2M)",
         "A second-order multistep ODE solver (Lu et al. 2022) built for guided sampling: "
         "about DDIM-50's images in 10 steps.",
-        _solver(dpm_solver_pp_steps),
-        (
-            Param("order", int, 2, "1 is DDIM; 2 extrapolates from the last two predictions", choices=(1, 2)),
-            SOLVER_SPACING,
-            THRESHOLDING,
-        ),
-        default_steps=10,
-        max_steps=_solver_max_steps,
-        grid=_solver_grid,
+        dpm_solver_pp_steps,
+        Param("order", int, 2, "1 is DDIM; 2 extrapolates from the last two predictions", choices=(1, 2)),
     )
 )
 register(
-    Sampler(
+    _solver(
         "unipc",
         "UniPC",
         "A predictor-corrector multistep solver (Zhao et al. 2023) that corrects each step with the "
         "model's next prediction at no extra cost: good images in 5 to 10 steps.",
-        _solver(unipc_steps),
-        (
-            Param("order", int, 2, "how many past predictions each step extrapolates from", choices=(1, 2, 3)),
-            SOLVER_SPACING,
-            THRESHOLDING,
-        ),
-        default_steps=10,
-        max_steps=_solver_max_steps,
-        grid=_solver_grid,
+        unipc_steps,
+        Param("order", int, 2, "how many past predictions each step extrapolates from", choices=(1, 2, 3)),
     )
 )
 
@@ -677,9 +652,6 @@ def denoise(steps: StepGenerator, eps_fn: EpsFn, include_start: bool = False) ->
 def sample(steps: StepGenerator, eps_fn: EpsFn) -> torch.Tensor:
     """Run a step generator to the end and return x_0."""
     return deque(denoise(steps, eps_fn), maxlen=1)[0].x_t  # keep only the last step in memory
-
-
-# --- the noise predictor with classifier-free guidance ---------------------------------------
 
 
 def guided_eps(

@@ -135,11 +135,10 @@ class NoiseSchedule:
         prediction: str = "epsilon",
         min_snr_gamma: float | None = None,
     ) -> torch.Tensor:
-        """L_simple = E_{t, ε} ||ε - ε_θ(√ᾱ_t x_0 + √(1-ᾱ_t) ε, t)||²  with t uniform (DDPM eq. 14).
-        prediction "v" regresses v = √ᾱ_t ε - √(1-ᾱ_t) x_0 instead (Salimans & Ho 2022). min_snr_gamma
-        weights each t by min(SNR_t, γ) over the target's own weight (SNR_t for ε, SNR_t + 1 for v), as
-        in Min-SNR-γ (Hang et al. 2023): in units of the x_0 error, the easy low-noise steps no longer
-        dominate the gradient."""
+        """L_simple = E_{t, ε} ||ε - ε_θ(√ᾱ_t x_0 + √(1-ᾱ_t) ε, t)||² with t uniform (DDPM eq. 14);
+        prediction "v" regresses `v` instead. min_snr_gamma weights each t by min(SNR_t, γ) over the
+        target's own weight (SNR_t for ε, SNR_t + 1 for v), as in Min-SNR-γ (Hang et al. 2023): in units
+        of the x_0 error, the easy low-noise steps no longer dominate the gradient."""
         t = torch.randint(0, self.num_timesteps, (x0.shape[0],), device=x0.device)
         noise = torch.randn_like(x0)
         target = noise if prediction == "epsilon" else self.v(x0, t, noise)
