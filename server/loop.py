@@ -35,13 +35,13 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from typing import TypeVar
 
 import torch
 
 from model import editing
-from model.samplers import SAMPLERS, StepGenerator, guided_eps
+from model.samplers import StepGenerator, guided_eps
 from server.images import downscale
 from server.metrics import Metrics
 from server.registry import LoadedModel
@@ -64,33 +64,20 @@ class LoopClosed(LoopFull):
 
 @dataclass(frozen=True, eq=False)
 class JobSpec:
-    """What to sample: the settings a request resolved to (server.validation), by the request's names,
-    and their plan (model.editing.Plan), which the loop runs and the queue counts."""
+    """What to sample: a run's plan (model.editing.Plan: its sampler, steps, n, seed and start), which the
+    loop runs and the queue counts, and the settings of the request (server.validation) it does not hold."""
 
     model: LoadedModel
-    sampler: str  # a name of the sampler table, model.samplers.SAMPLERS
-    steps: int
-    n: int
-    seed: int
-    params: dict = field(default_factory=dict)  # the sampler's parameters; those left out take its defaults
+    plan: editing.Plan
     label: int | None = None  # None: unconditional (the null label of a conditional model)
     guidance: float | None = None  # classifier-free guidance w, with a label (None: plain conditional)
     every: int = 0  # report every k-th step (and always the last) as a Frame; 0: no frames
     preview_size: int | None = None  # a frame's images are sent at most this many pixels a side (None: full size)
     branch: BranchSpec | None = None  # the run this one continues: its label and guidance until at_step
-    plan: editing.Plan | None = None  # None: the plain run of the settings above
-
-    def __post_init__(self):
-        if self.plan is None:
-            sampler = SAMPLERS[self.sampler]
-            plan = editing.Plan(
-                sampler, self.model.schedule, self.steps, sampler.resolve(self.params), self.n, self.seed
-            )
-            object.__setattr__(self, "plan", plan)
 
     def echo(self, names) -> dict:
         """The settings of these names (a reply's fields), as the replies report them."""
-        settings = {f.name: getattr(self, f.name) for f in fields(self)} | {"model": self.model.name}
+        settings = vars(self.plan) | vars(self) | {"model": self.model.name, "sampler": self.plan.sampler.name}
         return {name: settings[name] for name in names if name in settings}
 
 
@@ -188,7 +175,7 @@ class Job:
         self.step = next(self.steps)
         if model.num_classes and not model.guidance:
             # no unconditional class: a class drawn for each image samples the same distribution
-            self._drawn = torch.randint(model.num_classes, (spec.n,), generator=generator, device=model.device)
+            self._drawn = torch.randint(model.num_classes, (spec.plan.n,), generator=generator, device=model.device)
         self.labels, self.guidance = self._condition(spec)
 
     def _condition(self, spec: JobSpec) -> tuple[torch.Tensor | None, torch.Tensor]:
@@ -199,9 +186,9 @@ class Job:
             labels = self._drawn
         elif model.num_classes:
             label = model.unet.null_label if spec.label is None else spec.label
-            labels = torch.full((spec.n,), label, dtype=torch.long, device=model.device)
+            labels = torch.full((spec.plan.n,), label, dtype=torch.long, device=model.device)
         w = 1.0 if spec.guidance is None else spec.guidance
-        return labels, torch.full((spec.n,), w, device=model.device)
+        return labels, torch.full((spec.plan.n,), w, device=model.device)
 
     def condition_at(self, index: int) -> tuple[torch.Tensor | None, torch.Tensor]:
         """The labels and guidance for the step after `index`: a replayed step's are its origin's."""
@@ -408,9 +395,9 @@ class SamplingLoop:
     def _advance(self, jobs: list[Job]) -> None:
         """One batched forward for all `jobs` (of one model), then one step of each."""
         model = jobs[0].spec.model
-        sizes = [job.spec.n for job in jobs]
+        sizes = [job.spec.plan.n for job in jobs]
         x = torch.cat([job.step.x_t for job in jobs])
-        t = torch.cat([torch.full((job.spec.n,), job.step.t, device=model.device) for job in jobs])
+        t = torch.cat([torch.full((job.spec.plan.n,), job.step.t, device=model.device) for job in jobs])
         conditions = [job.condition_at(job.step.index) for job in jobs]
         labels = torch.cat([labels for labels, _ in conditions]) if model.num_classes else None
         guidance = torch.cat([guidance for _, guidance in conditions])

@@ -48,7 +48,7 @@ def resolve(request: SampleRequest, registry: ModelRegistry, settings: Settings)
     branch = None if origin is None else (origin.plan, request.branch.at_step)
     plan = editing.Plan(sampler, model.schedule, params=params, branch=branch, **_settings(editing.Plan, values))
     branch = None if origin is None else BranchSpec(origin, request.branch.at_step)
-    return JobSpec(model, sampler.name, params=params, branch=branch, plan=plan, **_settings(JobSpec, values))
+    return JobSpec(model, plan, branch=branch, **_settings(JobSpec, values))
 
 
 def _settings(cls, values: dict) -> dict:
@@ -164,8 +164,8 @@ def _branch(request: SampleRequest, origin: JobSpec, run: tuple) -> list[dict]:
     errors, sent = [], request.branch.origin
     while sent.branch is not None:  # the request that holds the start
         sent = sent.branch.origin
-    start = {**sent.model_dump(include=set(START_FIELDS)), "model": origin.model.name, "n": origin.n}
-    start["seed"] = origin.seed
+    start = {**sent.model_dump(include=set(START_FIELDS)), "model": origin.model.name, "n": origin.plan.n}
+    start["seed"] = origin.plan.seed
     for field in START_FIELDS:
         if field in request.model_fields_set and getattr(request, field) != start[field]:
             message = f"a branch starts from branch.from's {field}: leave {field} out, or send the same"
