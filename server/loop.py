@@ -73,18 +73,12 @@ class JobSpec:
     guidance: float | None = None  # classifier-free guidance w, with a label (None: plain conditional)
     every: int = 0  # report every k-th step (and always the last) as a Frame; 0: no frames
     preview_size: int | None = None  # a frame's images are sent at most this many pixels a side (None: full size)
-    branch: BranchSpec | None = None  # the run this one continues: its label and guidance until at_step
+    origin: JobSpec | None = None  # a branch's original run: its label and guidance until the plan's at_step
 
     def echo(self, names) -> dict:
         """The settings of these names (a reply's fields), as the replies report them."""
         settings = vars(self.plan) | vars(self) | {"model": self.model.name, "sampler": self.plan.sampler.name}
         return {name: settings[name] for name in names if name in settings}
-
-
-@dataclass(frozen=True, eq=False)
-class BranchSpec:
-    origin: JobSpec
-    at_step: int  # the origin's steps taken before this spec's settings take over
 
 
 # --- what the loop reports about a job ----------------------------------------------------------
@@ -193,8 +187,8 @@ class Job:
     def condition_at(self, index: int) -> tuple[torch.Tensor | None, torch.Tensor]:
         """The labels and guidance for the step after `index`: a replayed step's are its origin's."""
         spec = self.spec
-        while spec.branch is not None and index < spec.branch.at_step:
-            spec = spec.branch.origin
+        while spec.origin is not None and index < spec.plan.branch[1]:  # (origin, at_step)
+            spec = spec.origin
         if spec is self.spec:
             return self.labels, self.guidance
         return self._condition(spec)
@@ -204,7 +198,7 @@ class Job:
         if it is streamed (the last one always is), then Finished after the last step."""
         self.step = step = self.steps.send(eps)
         events: list[Event] = []
-        replayed = self.spec.branch is not None and step.index <= self.spec.branch.at_step and not step.done
+        replayed = self.spec.origin is not None and step.index <= self.spec.plan.branch[1] and not step.done
         if self.spec.every and not replayed and (step.index % self.spec.every == 0 or step.done):
             # previews, shrunk where they are made: a 256 px batch leaves the GPU at 1/16 of its size
             x_t, x0 = (downscale(x, self.spec.preview_size).cpu() for x in (step.x_t, step.x0))

@@ -15,7 +15,7 @@ from model import editing
 from model.samplers import SAMPLERS, Sampler
 from server import images
 from server.errors import InvalidRequest
-from server.loop import BranchSpec, JobSpec
+from server.loop import JobSpec
 from server.registry import LoadedModel, ModelRegistry
 from server.schemas import RULES, START_FIELDS, SampleRequest, Scope
 from server.settings import Settings
@@ -47,8 +47,7 @@ def resolve(request: SampleRequest, registry: ModelRegistry, settings: Settings)
         values["seed"] = secrets.randbelow(2**32)
     branch = None if origin is None else (origin.plan, request.branch.at_step)
     plan = editing.Plan(sampler, model.schedule, params=params, branch=branch, **_settings(editing.Plan, values))
-    branch = None if origin is None else BranchSpec(origin, request.branch.at_step)
-    return JobSpec(model, plan, branch=branch, **_settings(JobSpec, values))
+    return JobSpec(model, plan, origin=origin, **_settings(JobSpec, values))
 
 
 def _settings(cls, values: dict) -> dict:

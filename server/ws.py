@@ -216,7 +216,7 @@ def _encode_frame(frame: Frame) -> tuple[str, str]:
 def _start_message(spec: JobSpec) -> StartMessage:
     channels, image_size, _ = spec.model.image_shape
     preview_size = min(image_size, spec.preview_size or image_size)
-    at_step = 0 if spec.branch is None else spec.branch.at_step
+    at_step = 0 if spec.plan.branch is None else spec.plan.branch[1]
     shape = {"image_size": image_size, "channels": channels, "preview_size": preview_size}
     return StartMessage(
         **{**spec.echo(StartMessage.model_fields), "total": spec.plan.steps_taken, "at_step": at_step, **shape}
