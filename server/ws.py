@@ -27,7 +27,7 @@ from starlette.websockets import WebSocketDisconnect
 from server import images
 from server.errors import NORMAL, POLICY_VIOLATION, InvalidRequest, Refused, error
 from server.jobs import Outbox, ServerState, client_address, get_state
-from server.loop import Cancelled, Event, Failed, Finished, Frame, Job, JobSpec, Queued, Started
+from server.loop import Cancelled, Event, Failed, Finished, Frame, Job, JobSpec, Queued
 from server.parsing import parse_json, parse_request
 from server.schemas import CancelledMessage, DoneMessage, FrameMessage, QueuedMessage, StartMessage, StreamRequest
 from server.validation import resolve
@@ -187,7 +187,8 @@ async def _send_text(websocket: WebSocket, text: str, state: ServerState) -> Non
         raise ClientGone("disconnected") from None
 
 
-async def _render(item: Event | BaseModel, spec: JobSpec, state: ServerState) -> BaseModel:
+async def _render(item: Event, spec: JobSpec, state: ServerState) -> BaseModel:
+    """The message of a loop's event (not Failed: _send raises it)."""
     if isinstance(item, Frame):
         x_t, x0 = await state.encode(_encode_frame, item)
         return FrameMessage(step=item.step, total=item.total, t=item.t, x_t=x_t, x0=x0)
@@ -198,9 +199,13 @@ async def _render(item: Event | BaseModel, spec: JobSpec, state: ServerState) ->
         return CancelledMessage(step=item.step)
     if isinstance(item, Queued):
         return QueuedMessage(position=item.position, eta_s=None if item.eta_s is None else round(item.eta_s, 1))
-    if isinstance(item, Started):
-        return _start_message(spec)
-    return item
+    channels, image_size, _ = spec.model.image_shape  # Started: the run's settings and its images' shape
+    preview_size = min(image_size, spec.preview_size or image_size)
+    at_step = 0 if spec.plan.branch is None else spec.plan.branch[1]
+    shape = {"image_size": image_size, "channels": channels, "preview_size": preview_size}
+    return StartMessage(
+        **{**spec.echo(StartMessage.model_fields), "total": spec.plan.steps_taken, "at_step": at_step, **shape}
+    )
 
 
 def _quietly(task: asyncio.Task) -> None:
@@ -211,16 +216,6 @@ def _quietly(task: asyncio.Task) -> None:
 
 def _encode_frame(frame: Frame) -> tuple[str, str]:
     return images.b64(images.grid_png(frame.x_t)), images.b64(images.grid_png(frame.x0))
-
-
-def _start_message(spec: JobSpec) -> StartMessage:
-    channels, image_size, _ = spec.model.image_shape
-    preview_size = min(image_size, spec.preview_size or image_size)
-    at_step = 0 if spec.plan.branch is None else spec.plan.branch[1]
-    shape = {"image_size": image_size, "channels": channels, "preview_size": preview_size}
-    return StartMessage(
-        **{**spec.echo(StartMessage.model_fields), "total": spec.plan.steps_taken, "at_step": at_step, **shape}
-    )
 
 
 async def _close_with_error(websocket: WebSocket, refused: Refused, state: ServerState) -> None:
