@@ -105,9 +105,8 @@ def _droppable(item) -> bool:
 class JobBridge:
     """The sampling loop as the event loop sees it. Created on the event loop (in the lifespan)."""
 
-    def __init__(self, loop: SamplingLoop, metrics: Metrics, timeout_s: float, max_per_client: int = 1 << 30):
+    def __init__(self, loop: SamplingLoop, timeout_s: float, max_per_client: int = 1 << 30):
         self.loop = loop
-        self.metrics = metrics
         self.timeout_s = timeout_s
         self.max_per_client = max_per_client
         self.draining = asyncio.Event()
@@ -236,7 +235,7 @@ class ServerState:
         registry = loop.start(prepare)
         metrics.models.set(len(registry.models))
         encoder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="png")
-        jobs = JobBridge(loop, metrics, settings.request_timeout_s, settings.max_jobs_per_client)
+        jobs = JobBridge(loop, settings.request_timeout_s, settings.max_jobs_per_client)
         log.info(
             "serving %s on %s (default %s), at most %d jobs at once and %d waiting, %d PyTorch CPU threads",
             ", ".join(registry.models) or "no models",

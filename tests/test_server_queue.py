@@ -140,7 +140,7 @@ def test_a_rest_request_waits_in_the_queue_within_its_timeout(checkpoints):
 
 def test_a_rest_request_that_finds_no_place_within_its_timeout_is_504(cond):
     loop = SamplingLoop(torch.device("cpu"), max_jobs=1, max_queue=1)  # not started: the first job keeps its place
-    bridge = JobBridge(loop, loop.metrics, timeout_s=0.2)
+    bridge = JobBridge(loop, timeout_s=0.2)
     spec = plain(cond, "ddim", steps=1, n=1, seed=0)
 
     async def request():
