@@ -226,7 +226,7 @@ class SamplingLoop:
         self._running = 0  # jobs given a place in the batch and not yet reported finished, cancelled or failed
         self._queue_changed = False
         self._positions_sent_at = 0.0
-        self._iteration_s: float | None = None  # one iteration's measured time (the batch's forwards), smoothed
+        self.iteration_s: float | None = None  # one iteration's measured time (the batch's forwards), smoothed
         self._next_start: tuple[float, float] | None = None  # (when, in how many s) the queue's head should start
         self._stopping = False
         self._closed = False  # no more jobs admitted; those running still run
@@ -243,10 +243,6 @@ class SamplingLoop:
     def queued_jobs(self) -> int:
         with self._lock:
             return len(self._queue)
-
-    @property
-    def iteration_s(self) -> float | None:
-        return self._iteration_s
 
     def retry_after_s(self) -> float | None:
         """About when a place in the queue should free up: when its first job should start, as last
@@ -357,8 +353,8 @@ class SamplingLoop:
                     self._advance(model_jobs)
                 if self._active:
                     elapsed = time.perf_counter() - began
-                    last = self._iteration_s
-                    self._iteration_s = elapsed if last is None else last + ITERATION_SMOOTHING * (elapsed - last)
+                    last = self.iteration_s
+                    self.iteration_s = elapsed if last is None else last + ITERATION_SMOOTHING * (elapsed - last)
                 self._send_positions()
         with self._lock:
             leftover, self._incoming = self._active + self._incoming, []
@@ -463,7 +459,7 @@ class SamplingLoop:
         """When each of `queued` (behind `ahead`) should start: the queue played forward on the
         measured iteration time, each place of the batch freeing when its job has taken its
         remaining steps, for the next job of the queue to take it."""
-        if self._iteration_s is None:
+        if self.iteration_s is None:
             return [None] * len(queued)
         # submit reads the active list from another thread: a stale copy only puts the estimate a step off
         running = [job.remaining_steps() for job in [*list(self._active), *joining]]
@@ -473,7 +469,7 @@ class SamplingLoop:
         for job in [*ahead, *queued]:
             start = heapq.heappop(frees)
             heapq.heappush(frees, start + job.spec.plan.steps_taken)
-            etas.append(start * self._iteration_s)
+            etas.append(start * self.iteration_s)
         return etas[len(ahead) :]
 
     def _report(self, job: Job, event: Event) -> None:

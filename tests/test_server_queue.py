@@ -74,7 +74,7 @@ def test_queued_jobs_hear_their_position_fall_and_start_first_come_first_served(
 
 def test_the_wait_estimate_plays_the_queue_forward_on_the_measured_iteration_time(cond):
     loop = SamplingLoop(torch.device("cpu"), max_jobs=2, max_queue=4)  # not started
-    loop._iteration_s = 0.5  # as if measured
+    loop.iteration_s = 0.5  # as if measured
     for steps in (10, 4):  # the batch: places free after 10 and 4 iterations
         submit(loop, plain(cond, "ddim", steps=steps, n=1, seed=0))
     third = submit(loop, plain(cond, "ddim", steps=6, n=1, seed=0))  # takes the place freed after 4
