@@ -29,20 +29,7 @@ from starlette.requests import HTTPConnection
 
 from model.device import resolve_device
 from server.errors import Refused
-from server.loop import (
-    Cancelled,
-    Event,
-    Failed,
-    Finished,
-    Frame,
-    Job,
-    JobSpec,
-    LoopClosed,
-    LoopFull,
-    Queued,
-    SamplingLoop,
-    Started,
-)
+from server.loop import Cancelled, Event, Failed, Finished, Frame, Job, JobSpec, Queued, SamplingLoop, Started
 from server.metrics import Metrics
 from server.registry import ModelRegistry
 from server.settings import Settings
@@ -130,12 +117,9 @@ class JobBridge:
         self._per_client[client] = self._per_client.get(client, 0) + 1
         try:
             self.loop.submit(job)
-        except LoopClosed as e:
+        except Refused:
             self._release(client)
-            raise Refused("shutdown", str(e)) from None
-        except LoopFull as e:
-            self._release(client)
-            raise Refused("busy", str(e), self.loop.retry_after_s()) from None
+            raise
         return job
 
     def _release(self, client: str) -> None:

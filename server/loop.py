@@ -42,6 +42,7 @@ import torch
 
 from model import editing
 from model.samplers import StepGenerator, guided_eps
+from server.errors import Refused
 from server.images import downscale
 from server.metrics import Metrics
 from server.registry import LoadedModel
@@ -52,14 +53,6 @@ T = TypeVar("T")
 
 POSITION_INTERVAL_S = 0.25  # a queued job hears of its new position at most this often
 ITERATION_SMOOTHING = 0.2  # weight of the latest iteration in the measured time of one
-
-
-class LoopFull(Exception):
-    """The batch and the queue are full; try again later."""
-
-
-class LoopClosed(LoopFull):
-    """The loop admits no more jobs: the server is shutting down."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -253,12 +246,13 @@ class SamplingLoop:
         return max(0.0, eta - (time.perf_counter() - estimated_at))
 
     def submit(self, job: Job) -> None:
-        """Give the job a place in the batch, or in the queue (it is then reported Queued at once)."""
+        """Give the job a place in the batch, or in the queue (it is then reported Queued at once);
+        Refused("busy") when both are full, Refused("shutdown") once the loop is closed."""
         job.submitted_at = time.perf_counter()
         job._loop = self
         with self._lock:
             if self._closed:
-                raise LoopClosed("the server is shutting down")
+                raise Refused("shutdown", "the server is shutting down")
             if self._running < self.max_jobs:
                 self._running += 1
                 self._incoming.append(job)
@@ -267,7 +261,8 @@ class SamplingLoop:
                 job.position = len(self._queue)
                 self._queue.append(job)
             else:
-                raise LoopFull(f"the {self.max_jobs} sampling places and the queue's {self.max_queue} are taken")
+                taken = f"the {self.max_jobs} sampling places and the queue's {self.max_queue} are taken"
+                raise Refused("busy", taken, self.retry_after_s())
             self._count()
             queued = job.position is not None
             eta = self._etas([job], [*self._queue][: job.position], self._incoming)[0] if queued else None
@@ -294,7 +289,7 @@ class SamplingLoop:
         return prepared.result()
 
     def close(self) -> None:
-        """Admit no more jobs (submit raises LoopClosed); the jobs running run on, the queued ones
+        """Admit no more jobs (submit refuses them); the jobs running run on, the queued ones
         are failed with "shutdown" (they would not start within a shutdown's grace period)."""
         with self._lock:
             self._closed = True

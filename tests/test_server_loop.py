@@ -32,8 +32,9 @@ from model.samplers import (
 )
 from model.schedule import NoiseSchedule
 from model.unet import UNet, UNetConfig
+from server.errors import Refused
 from server.jobs import Outbox
-from server.loop import Cancelled, Failed, Finished, Frame, Job, JobSpec, LoopFull, SamplingLoop
+from server.loop import Cancelled, Failed, Finished, Frame, Job, JobSpec, SamplingLoop
 from server.registry import LoadedModel
 
 WAIT_S = 30  # generous: the machine is shared; a passing test never waits this long
@@ -233,7 +234,7 @@ def test_cancel_stops_the_job_within_a_step_and_frees_its_place(loop, cond):
 def test_places_are_limited_and_refused_beyond(cond):
     loop = SamplingLoop(torch.device("cpu"), max_jobs=1)  # not started: the first job keeps its place
     loop.submit(Job(plain(cond, "ddim", steps=1, n=1, seed=0), Recorder()))
-    with pytest.raises(LoopFull):
+    with pytest.raises(Refused):
         loop.submit(Job(plain(cond, "ddim", steps=1, n=1, seed=0), Recorder()))
     loop.stop()
 
@@ -261,7 +262,7 @@ def test_stopping_the_loop_fails_the_running_jobs(cond):
     loop.stop()
     event = recorder.wait()
     assert isinstance(event, Failed) and event.kind == "shutdown"
-    with pytest.raises(LoopFull):
+    with pytest.raises(Refused):
         loop.submit(Job(plain(cond, "ddim", steps=1, n=1, seed=0), Recorder()))
 
 

@@ -19,7 +19,7 @@ from test_server_loop import Recorder, plain, submit, tiny_model
 
 from server.errors import Refused
 from server.jobs import JobBridge, Outbox
-from server.loop import Cancelled, Failed, Finished, Job, LoopFull, Queued, SamplingLoop, Started
+from server.loop import Cancelled, Failed, Finished, Job, Queued, SamplingLoop, Started
 
 WAIT_S = 30  # generous: the machine is shared; a passing test never waits this long
 BLOCKER = {"model": "cond", "sampler": "ddpm", "steps": 1000, "n": 1, "every": 50}  # holds a place until cancelled
@@ -53,7 +53,7 @@ def test_queued_jobs_hear_their_position_fall_and_start_first_come_first_served(
     spec = plain(cond, "ddim", steps=4, n=1, seed=0)
     recorders = [submit(loop, spec) for _ in range(4)]
     assert [recorder.events for recorder in recorders] == [[], [Queued(0, None)], [Queued(1, None)], [Queued(2, None)]]
-    with pytest.raises(LoopFull):
+    with pytest.raises(Refused):
         loop.submit(Job(spec, Recorder()))
     recorders[2].job.cancel()  # withdrawn at once, before the loop runs at all
     assert recorders[2].events[-1] == Cancelled(0) and loop.queued_jobs == 2 and loop.active_jobs == 3
@@ -276,7 +276,7 @@ def test_concurrent_submissions_never_exceed_the_batch_or_the_queue(cond):
     def try_submit():
         try:
             loop.submit(Job(plain(cond, "ddim", steps=1, n=1, seed=0), Recorder()))
-        except LoopFull:
+        except Refused:
             refused.append(1)
 
     threads = [threading.Thread(target=try_submit) for _ in range(20)]
