@@ -79,11 +79,8 @@ class JobSpec:
 
 @dataclass
 class Queued:
-    """The job waits for a place: `position` jobs wait ahead of it; it should start in about
-    `eta_s` seconds (None until the loop has measured an iteration)."""
-
-    position: int
-    eta_s: float | None
+    position: int  # jobs waiting ahead of it
+    eta_s: float | None  # about when it should start, in seconds (None until the loop has measured an iteration)
 
 
 @dataclass
