@@ -36,8 +36,6 @@ log = logging.getLogger(__name__)
 
 router = APIRouter()
 
-CANCEL = {"type": "cancel"}
-
 
 class ClientGone(Exception):
     """The client closed the socket, or stopped reading: nothing more can be sent to it."""
@@ -104,8 +102,7 @@ async def _read_request(websocket: WebSocket, state: ServerState) -> JobSpec:
         await asyncio.wait({receive, draining}, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
     finally:
         draining.cancel()
-        if not receive.done():
-            receive.cancel()
+        receive.cancel()  # a no-op once it is done
     if not receive.done():
         if state.jobs.draining.is_set():
             raise Refused("shutdown", "the server is shutting down")
@@ -152,7 +149,7 @@ async def _listen(websocket: WebSocket, job: Job, outbox: Outbox, state: ServerS
         if message["type"] == "websocket.disconnect":
             return
         try:
-            is_cancel = parse_json(message.get("text") or "null", state.settings.max_body_bytes) == CANCEL
+            is_cancel = parse_json(message.get("text") or "null", state.settings.max_body_bytes) == {"type": "cancel"}
         except InvalidRequest:
             is_cancel = False
         job.cancel()
