@@ -1,7 +1,7 @@
 """The one bridge between the sampling thread and the event loop, and what the routes share (ServerState).
 
 A route hands a JobSpec to `JobBridge.submit` with an Outbox and the client's address: the loop's
-events (Queued while it waits, Started, frames, then Finished, Cancelled or Failed) arrive in it
+events (Queued while it waits, Started, frames, then Finished or Cancelled) arrive in it
 on the event loop, to be awaited with `Outbox.get`, or with `run_to_end` when only the outcome
 matters (REST). What cannot run is a `Refused` (server.errors), and so is a job that failed.
 
@@ -71,17 +71,18 @@ class Outbox:
         return self._items.popleft()
 
 
-async def _outcome(outbox: Outbox, wait_s: float) -> Event:
-    """The job's last event; Failed("timeout") if it has not started within `wait_s`."""
+async def _outcome(outbox: Outbox, wait_s: float) -> Finished | Cancelled:
+    """The job's last event; Refused if it failed, or has not started within `wait_s`."""
     try:
         async with asyncio.timeout(wait_s):
-            while not isinstance(event := await outbox.get(), Started):
-                if not isinstance(event, Queued):
-                    return event  # it ended before it started
+            while isinstance(event := await outbox.get(), Queued):
+                pass
     except TimeoutError:
-        return Failed("timeout", f"no sampling place came free within the {wait_s:g} s limit")
-    while isinstance(event := await outbox.get(), Frame):
-        pass
+        raise Refused("timeout", f"no sampling place came free within the {wait_s:g} s limit") from None
+    while isinstance(event, Started | Frame):
+        event = await outbox.get()
+    if isinstance(event, Refused):
+        raise event
     return event
 
 
@@ -103,7 +104,7 @@ class JobBridge:
         self._no_clients.set()
 
     def submit(self, spec: JobSpec, outbox: Outbox, client: str) -> Job:
-        """Run or queue `spec` in the loop, its events going to `outbox`; Refused otherwise."""
+        """Run or queue `spec` in the loop, its events going to `outbox` (Failed as a Refused); Refused otherwise."""
         if self._per_client.get(client, 0) >= self.max_per_client:
             raise Refused("client_limit", f"you already have {self.max_per_client} runs going or waiting (the most)")
         event_loop = asyncio.get_running_loop()
@@ -111,7 +112,7 @@ class JobBridge:
         def receive(event: Event) -> None:  # on the event loop
             if isinstance(event, Finished | Cancelled | Failed):
                 self._release(client)
-            outbox.put(event)
+            outbox.put(Refused(event.kind, event.detail) if isinstance(event, Failed) else event)
 
         job = Job(spec, lambda event: event_loop.call_soon_threadsafe(receive, event), self.timeout_s)
         self._per_client[client] = self._per_client.get(client, 0) + 1
@@ -145,10 +146,7 @@ class JobBridge:
             job.cancel()  # a no-op once the job has ended
         if not outcome.done() or outcome.cancelled():
             return None
-        event: Event = outcome.result()
-        if isinstance(event, Failed):
-            raise Refused(event.kind, event.detail)
-        return event
+        return outcome.result()
 
     @contextmanager
     def client(self) -> Iterator[None]:

@@ -27,7 +27,7 @@ from starlette.websockets import WebSocketDisconnect
 from server import images
 from server.errors import NORMAL, POLICY_VIOLATION, InvalidRequest, Refused, error
 from server.jobs import Outbox, ServerState, client_address, get_state
-from server.loop import Cancelled, Event, Failed, Finished, Frame, Job, JobSpec, Queued
+from server.loop import Cancelled, Event, Finished, Frame, Job, JobSpec, Queued
 from server.parsing import parse_json, parse_request
 from server.schemas import CancelledMessage, DoneMessage, FrameMessage, QueuedMessage, StartMessage, StreamRequest
 from server.validation import resolve
@@ -163,8 +163,6 @@ async def _send(websocket: WebSocket, outbox: Outbox, spec: JobSpec, state: Serv
     raises the Refused that ended the job (after the frames sent before it)."""
     while True:
         item = await outbox.get()
-        if isinstance(item, Failed):
-            item = Refused(item.kind, item.detail)
         if isinstance(item, Refused):
             raise item
         message = await _render(item, spec, state)
@@ -185,7 +183,7 @@ async def _send_text(websocket: WebSocket, text: str, state: ServerState) -> Non
 
 
 async def _render(item: Event, spec: JobSpec, state: ServerState) -> BaseModel:
-    """The message of a loop's event (not Failed: _send raises it)."""
+    """The message of a loop's event (a failure is a Refused, which _send raises)."""
     if isinstance(item, Frame):
         x_t, x0 = await state.encode(_encode_frame, item)
         return FrameMessage(step=item.step, total=item.total, t=item.t, x_t=x_t, x0=x0)
