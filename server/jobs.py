@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -98,35 +98,30 @@ class JobBridge:
         self.timeout_s = timeout_s
         self.max_per_client = max_per_client
         self.draining = asyncio.Event()
-        self._per_client: dict[str, int] = {}  # jobs running or queued, by client address
+        self._per_client: Counter[str] = Counter()  # jobs running or queued, by client address
         self._clients = 0
         self._no_clients = asyncio.Event()
         self._no_clients.set()
 
     def submit(self, spec: JobSpec, outbox: Outbox, client: str) -> Job:
         """Run or queue `spec` in the loop, its events going to `outbox` (Failed as a Refused); Refused otherwise."""
-        if self._per_client.get(client, 0) >= self.max_per_client:
+        if self._per_client[client] >= self.max_per_client:
             raise Refused("client_limit", f"you already have {self.max_per_client} runs going or waiting (the most)")
         event_loop = asyncio.get_running_loop()
 
         def receive(event: Event) -> None:  # on the event loop
             if isinstance(event, Finished | Cancelled | Failed):
-                self._release(client)
+                self._per_client -= Counter([client])  # in place; a client's count of 0 leaves the Counter
             outbox.put(Refused(event.kind, event.detail) if isinstance(event, Failed) else event)
 
         job = Job(spec, lambda event: event_loop.call_soon_threadsafe(receive, event), self.timeout_s)
-        self._per_client[client] = self._per_client.get(client, 0) + 1
+        self._per_client[client] += 1
         try:
             self.loop.submit(job)
         except Refused:
-            self._release(client)
+            self._per_client -= Counter([client])
             raise
         return job
-
-    def _release(self, client: str) -> None:
-        left = self._per_client.pop(client) - 1
-        if left:
-            self._per_client[client] = left
 
     async def run_to_end(
         self, spec: JobSpec, client: str, client_gone: Callable[[], Awaitable]
