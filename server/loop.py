@@ -127,7 +127,7 @@ class Job:
         self.spec = spec
         self.report = report
         self.timeout_s = timeout_s
-        self._cancelled = threading.Event()
+        self.cancelled = threading.Event()  # set by cancel()
         self._loop: SamplingLoop | None = None  # set by submit: cancelling a queued job withdraws it
         self.submitted_at = 0.0
         self.started_at = 0.0
@@ -143,13 +143,9 @@ class Job:
     def cancel(self) -> None:
         """Ask the loop to drop this job: at once if it waits in the queue, else before its next
         step. Safe from any thread."""
-        self._cancelled.set()
+        self.cancelled.set()
         if self._loop is not None:
             self._loop.withdraw(self)
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancelled.is_set()
 
     def start(self) -> None:
         """Draw x_T and build the step generator; on the loop thread, like all torch work."""
@@ -369,7 +365,7 @@ class SamplingLoop:
     def _retire_stopped_jobs(self) -> None:
         now = time.perf_counter()
         for job in list(self._active):
-            if job.cancelled:
+            if job.cancelled.is_set():
                 self._leave(job, Cancelled(job.step.index))
             elif now - job.started_at > job.timeout_s:
                 self._leave(job, Failed("timeout", f"sampling took longer than the {job.timeout_s:g} s limit"))
