@@ -52,10 +52,8 @@ def resolve(request: SampleRequest, registry: ModelRegistry, settings: Settings)
 
 def _settings(cls, values: dict) -> dict:
     """The values `cls` (a dataclass) takes by the request's names, but its model, sampler and branch."""
-    return {f.name: values[f.name] for f in fields(cls) if f.name in values and f.name not in _OWN}
-
-
-_OWN = ("model", "sampler", "branch")  # a model, a Sampler and a branch where the request has names
+    own = ("model", "sampler", "branch")  # a model, a Sampler and a branch where the request has names
+    return {f.name: values[f.name] for f in fields(cls) if f.name in values and f.name not in own}
 
 
 def _raise(errors: list[dict]) -> None:
