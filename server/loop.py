@@ -334,11 +334,8 @@ class SamplingLoop:
                 for job in joining:
                     self._join(job)
                 self._retire_stopped_jobs()
-                by_model: dict[str, list[Job]] = {}
-                for job in self._active:
-                    by_model.setdefault(job.spec.model.name, []).append(job)
-                for model_jobs in by_model.values():
-                    self._advance(model_jobs)
+                for name in dict.fromkeys(job.spec.model.name for job in self._active):  # one forward a model
+                    self._advance([job for job in self._active if job.spec.model.name == name])
                 if self._active:
                     elapsed = time.perf_counter() - began
                     last = self.iteration_s
