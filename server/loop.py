@@ -312,9 +312,6 @@ class SamplingLoop:
         except BaseException as e:
             prepared.set_exception(e)
             return
-        self._run()
-
-    def _run(self) -> None:
         threads = CpuThreads(torch.get_num_threads()) if self.device.type == "cpu" else None
         with torch.inference_mode():
             while True:
