@@ -148,10 +148,9 @@ async def _listen(websocket: WebSocket, job: Job, outbox: Outbox, state: ServerS
         message = await websocket.receive()
         if message["type"] == "websocket.disconnect":
             return
-        try:
+        is_cancel = False
+        with contextlib.suppress(InvalidRequest):
             is_cancel = parse_json(message.get("text") or "null", state.settings.max_body_bytes) == {"type": "cancel"}
-        except InvalidRequest:
-            is_cancel = False
         job.cancel()
         if not is_cancel:
             expected = 'while sampling, the only message accepted is {"type": "cancel"}'
