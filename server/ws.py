@@ -88,7 +88,9 @@ async def _session(websocket: WebSocket, state: ServerState) -> str:
         if refused.kind == "error":
             log.exception("a WebSocket session failed")
         state.metrics.errors.labels(kind=refused.kind).inc()
-        await _close_with_error(websocket, refused, state)
+        with contextlib.suppress(ClientGone):  # then it cannot be told why, nor closed politely
+            await _send_text(websocket, json.dumps({"type": "error", "kind": refused.kind, **refused.body()}), state)
+            await _close(websocket, refused.failure.close_code, state)
         return refused.kind
 
 
@@ -210,14 +212,6 @@ def _quietly(task: asyncio.Task) -> None:
 
 def _encode_frame(frame: Frame) -> tuple[str, str]:
     return images.b64(images.grid_png(frame.x_t)), images.b64(images.grid_png(frame.x0))
-
-
-async def _close_with_error(websocket: WebSocket, refused: Refused, state: ServerState) -> None:
-    try:
-        await _send_text(websocket, json.dumps({"type": "error", "kind": refused.kind, **refused.body()}), state)
-    except ClientGone:
-        return
-    await _close(websocket, refused.failure.close_code, state)
 
 
 async def _close(websocket: WebSocket, code: int, state: ServerState) -> None:
