@@ -21,7 +21,6 @@ import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -143,7 +142,7 @@ class JobBridge:
             return None
         return outcome.result()
 
-    @contextmanager
+    @contextlib.contextmanager
     def client(self) -> Iterator[None]:
         """Counts a client (a REST request or a WebSocket session) until it has its answer."""
         self._clients += 1
