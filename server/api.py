@@ -111,7 +111,7 @@ async def sample(request: Request, state: State):
 
     if "image/png" in request.headers.get("accept", ""):
         grid = await state.encode(images.grid_png, event.images)
-        headers = {"X-Seed": str(spec.seed), "X-Elapsed-Ms": f"{event.elapsed_ms:.1f}"}
+        headers = {"X-Seed": str(spec.plan.seed), "X-Elapsed-Ms": f"{event.elapsed_ms:.1f}"}
         return Response(grid, media_type="image/png", headers=headers)
     grid, pngs = await state.encode(images.grid_and_images_b64, event.images)
     return SampleResponse(images=pngs, grid=grid, elapsed_ms=event.elapsed_ms, **spec.echo(SampleResponse.model_fields))

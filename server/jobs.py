@@ -1,7 +1,7 @@
 """The one bridge between the sampling thread and the event loop, and what the routes share (ServerState).
 
 A route hands a JobSpec to `JobBridge.submit` with an Outbox and the client's address: the loop's
-events (Queued while it waits, Started, frames, then Finished, Cancelled or Failed) arrive in it
+events (Queued while it waits, Started, frames, then Finished or Cancelled) arrive in it
 on the event loop, to be awaited with `Outbox.get`, or with `run_to_end` when only the outcome
 matters (REST). What cannot run is a `Refused` (server.errors), and so is a job that failed.
 
@@ -18,10 +18,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -29,20 +28,7 @@ from starlette.requests import HTTPConnection
 
 from model.device import resolve_device
 from server.errors import Refused
-from server.loop import (
-    Cancelled,
-    Event,
-    Failed,
-    Finished,
-    Frame,
-    Job,
-    JobSpec,
-    LoopClosed,
-    LoopFull,
-    Queued,
-    SamplingLoop,
-    Started,
-)
+from server.loop import Cancelled, Event, Failed, Finished, Frame, Job, JobSpec, Queued, SamplingLoop, Started
 from server.metrics import Metrics
 from server.registry import ModelRegistry
 from server.settings import Settings
@@ -84,17 +70,18 @@ class Outbox:
         return self._items.popleft()
 
 
-async def _outcome(outbox: Outbox, wait_s: float) -> Event:
-    """The job's last event; Failed("timeout") if it has not started within `wait_s`."""
+async def _outcome(outbox: Outbox, wait_s: float) -> Finished | Cancelled:
+    """The job's last event; Refused if it failed, or has not started within `wait_s`."""
     try:
         async with asyncio.timeout(wait_s):
-            while not isinstance(event := await outbox.get(), Started):
-                if not isinstance(event, Queued):
-                    return event  # it ended before it started
+            while isinstance(event := await outbox.get(), Queued):
+                pass
     except TimeoutError:
-        return Failed("timeout", f"no sampling place came free within the {wait_s:g} s limit")
-    while isinstance(event := await outbox.get(), Frame):
-        pass
+        raise Refused("timeout", f"no sampling place came free within the {wait_s:g} s limit") from None
+    while isinstance(event, Started | Frame):
+        event = await outbox.get()
+    if isinstance(event, Refused):
+        raise event
     return event
 
 
@@ -105,44 +92,35 @@ def _droppable(item) -> bool:
 class JobBridge:
     """The sampling loop as the event loop sees it. Created on the event loop (in the lifespan)."""
 
-    def __init__(self, loop: SamplingLoop, metrics: Metrics, timeout_s: float, max_per_client: int = 1 << 30):
+    def __init__(self, loop: SamplingLoop, timeout_s: float, max_per_client: int = 1 << 30):
         self.loop = loop
-        self.metrics = metrics
         self.timeout_s = timeout_s
         self.max_per_client = max_per_client
         self.draining = asyncio.Event()
-        self._per_client: dict[str, int] = {}  # jobs running or queued, by client address
+        self._per_client: Counter[str] = Counter()  # jobs running or queued, by client address
         self._clients = 0
         self._no_clients = asyncio.Event()
         self._no_clients.set()
 
     def submit(self, spec: JobSpec, outbox: Outbox, client: str) -> Job:
-        """Run or queue `spec` in the loop, its events going to `outbox`; Refused otherwise."""
-        if self._per_client.get(client, 0) >= self.max_per_client:
+        """Run or queue `spec` in the loop, its events going to `outbox` (Failed as a Refused); Refused otherwise."""
+        if self._per_client[client] >= self.max_per_client:
             raise Refused("client_limit", f"you already have {self.max_per_client} runs going or waiting (the most)")
         event_loop = asyncio.get_running_loop()
 
         def receive(event: Event) -> None:  # on the event loop
             if isinstance(event, Finished | Cancelled | Failed):
-                self._release(client)
-            outbox.put(event)
+                self._per_client -= Counter([client])  # in place; a client's count of 0 leaves the Counter
+            outbox.put(Refused(event.kind, event.detail) if isinstance(event, Failed) else event)
 
         job = Job(spec, lambda event: event_loop.call_soon_threadsafe(receive, event), self.timeout_s)
-        self._per_client[client] = self._per_client.get(client, 0) + 1
+        self._per_client[client] += 1
         try:
             self.loop.submit(job)
-        except LoopClosed as e:
-            self._release(client)
-            raise Refused("shutdown", str(e)) from None
-        except LoopFull as e:
-            self._release(client)
-            raise Refused("busy", str(e), self.loop.retry_after_s()) from None
+        except Refused:
+            self._per_client -= Counter([client])
+            raise
         return job
-
-    def _release(self, client: str) -> None:
-        left = self._per_client.pop(client) - 1
-        if left:
-            self._per_client[client] = left
 
     async def run_to_end(
         self, spec: JobSpec, client: str, client_gone: Callable[[], Awaitable]
@@ -162,12 +140,9 @@ class JobBridge:
             job.cancel()  # a no-op once the job has ended
         if not outcome.done() or outcome.cancelled():
             return None
-        event: Event = outcome.result()
-        if isinstance(event, Failed):
-            raise Refused(event.kind, event.detail)
-        return event
+        return outcome.result()
 
-    @contextmanager
+    @contextlib.contextmanager
     def client(self) -> Iterator[None]:
         """Counts a client (a REST request or a WebSocket session) until it has its answer."""
         self._clients += 1
@@ -236,7 +211,7 @@ class ServerState:
         registry = loop.start(prepare)
         metrics.models.set(len(registry.models))
         encoder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="png")
-        jobs = JobBridge(loop, metrics, settings.request_timeout_s, settings.max_jobs_per_client)
+        jobs = JobBridge(loop, settings.request_timeout_s, settings.max_jobs_per_client)
         log.info(
             "serving %s on %s (default %s), at most %d jobs at once and %d waiting, %d PyTorch CPU threads",
             ", ".join(registry.models) or "no models",

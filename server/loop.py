@@ -35,13 +35,14 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from typing import TypeVar
 
 import torch
 
 from model import editing
-from model.samplers import SAMPLERS, StepGenerator, guided_eps
+from model.samplers import StepGenerator, guided_eps
+from server.errors import Refused
 from server.images import downscale
 from server.metrics import Metrics
 from server.registry import LoadedModel
@@ -54,50 +55,23 @@ POSITION_INTERVAL_S = 0.25  # a queued job hears of its new position at most thi
 ITERATION_SMOOTHING = 0.2  # weight of the latest iteration in the measured time of one
 
 
-class LoopFull(Exception):
-    """The batch and the queue are full; try again later."""
-
-
-class LoopClosed(LoopFull):
-    """The loop admits no more jobs: the server is shutting down."""
-
-
 @dataclass(frozen=True, eq=False)
 class JobSpec:
-    """What to sample: the settings a request resolved to (server.validation), by the request's names,
-    and their plan (model.editing.Plan), which the loop runs and the queue counts."""
+    """What to sample: a run's plan (model.editing.Plan: its sampler, steps, n, seed and start), which the
+    loop runs and the queue counts, and the settings of the request (server.validation) it does not hold."""
 
     model: LoadedModel
-    sampler: str  # a name of the sampler table, model.samplers.SAMPLERS
-    steps: int
-    n: int
-    seed: int
-    params: dict = field(default_factory=dict)  # the sampler's parameters; those left out take its defaults
+    plan: editing.Plan
     label: int | None = None  # None: unconditional (the null label of a conditional model)
     guidance: float | None = None  # classifier-free guidance w, with a label (None: plain conditional)
     every: int = 0  # report every k-th step (and always the last) as a Frame; 0: no frames
     preview_size: int | None = None  # a frame's images are sent at most this many pixels a side (None: full size)
-    branch: BranchSpec | None = None  # the run this one continues: its label and guidance until at_step
-    plan: editing.Plan | None = None  # None: the plain run of the settings above
-
-    def __post_init__(self):
-        if self.plan is None:
-            sampler = SAMPLERS[self.sampler]
-            plan = editing.Plan(
-                sampler, self.model.schedule, self.steps, sampler.resolve(self.params), self.n, self.seed
-            )
-            object.__setattr__(self, "plan", plan)
+    origin: JobSpec | None = None  # a branch's original run: its label and guidance until the plan's at_step
 
     def echo(self, names) -> dict:
         """The settings of these names (a reply's fields), as the replies report them."""
-        settings = {f.name: getattr(self, f.name) for f in fields(self)} | {"model": self.model.name}
+        settings = vars(self.plan) | vars(self) | {"model": self.model.name, "sampler": self.plan.sampler.name}
         return {name: settings[name] for name in names if name in settings}
-
-
-@dataclass(frozen=True, eq=False)
-class BranchSpec:
-    origin: JobSpec
-    at_step: int  # the origin's steps taken before this spec's settings take over
 
 
 # --- what the loop reports about a job ----------------------------------------------------------
@@ -105,11 +79,8 @@ class BranchSpec:
 
 @dataclass
 class Queued:
-    """The job waits for a place: `position` jobs wait ahead of it; it should start in about
-    `eta_s` seconds (None until the loop has measured an iteration)."""
-
-    position: int
-    eta_s: float | None
+    position: int  # jobs waiting ahead of it
+    eta_s: float | None  # about when it should start, in seconds (None until the loop has measured an iteration)
 
 
 @dataclass
@@ -156,7 +127,7 @@ class Job:
         self.spec = spec
         self.report = report
         self.timeout_s = timeout_s
-        self._cancelled = threading.Event()
+        self.cancelled = threading.Event()  # set by cancel()
         self._loop: SamplingLoop | None = None  # set by submit: cancelling a queued job withdraws it
         self.submitted_at = 0.0
         self.started_at = 0.0
@@ -172,13 +143,9 @@ class Job:
     def cancel(self) -> None:
         """Ask the loop to drop this job: at once if it waits in the queue, else before its next
         step. Safe from any thread."""
-        self._cancelled.set()
+        self.cancelled.set()
         if self._loop is not None:
             self._loop.withdraw(self)
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancelled.is_set()
 
     def start(self) -> None:
         """Draw x_T and build the step generator; on the loop thread, like all torch work."""
@@ -188,7 +155,7 @@ class Job:
         self.step = next(self.steps)
         if model.num_classes and not model.guidance:
             # no unconditional class: a class drawn for each image samples the same distribution
-            self._drawn = torch.randint(model.num_classes, (spec.n,), generator=generator, device=model.device)
+            self._drawn = torch.randint(model.num_classes, (spec.plan.n,), generator=generator, device=model.device)
         self.labels, self.guidance = self._condition(spec)
 
     def _condition(self, spec: JobSpec) -> tuple[torch.Tensor | None, torch.Tensor]:
@@ -199,15 +166,15 @@ class Job:
             labels = self._drawn
         elif model.num_classes:
             label = model.unet.null_label if spec.label is None else spec.label
-            labels = torch.full((spec.n,), label, dtype=torch.long, device=model.device)
+            labels = torch.full((spec.plan.n,), label, dtype=torch.long, device=model.device)
         w = 1.0 if spec.guidance is None else spec.guidance
-        return labels, torch.full((spec.n,), w, device=model.device)
+        return labels, torch.full((spec.plan.n,), w, device=model.device)
 
     def condition_at(self, index: int) -> tuple[torch.Tensor | None, torch.Tensor]:
         """The labels and guidance for the step after `index`: a replayed step's are its origin's."""
         spec = self.spec
-        while spec.branch is not None and index < spec.branch.at_step:
-            spec = spec.branch.origin
+        while spec.origin is not None and index < spec.plan.branch[1]:  # (origin, at_step)
+            spec = spec.origin
         if spec is self.spec:
             return self.labels, self.guidance
         return self._condition(spec)
@@ -217,7 +184,7 @@ class Job:
         if it is streamed (the last one always is), then Finished after the last step."""
         self.step = step = self.steps.send(eps)
         events: list[Event] = []
-        replayed = self.spec.branch is not None and step.index <= self.spec.branch.at_step and not step.done
+        replayed = self.spec.origin is not None and step.index <= self.spec.plan.branch[1] and not step.done
         if self.spec.every and not replayed and (step.index % self.spec.every == 0 or step.done):
             # previews, shrunk where they are made: a 256 px batch leaves the GPU at 1/16 of its size
             x_t, x0 = (downscale(x, self.spec.preview_size).cpu() for x in (step.x_t, step.x0))
@@ -245,7 +212,7 @@ class SamplingLoop:
         self._running = 0  # jobs given a place in the batch and not yet reported finished, cancelled or failed
         self._queue_changed = False
         self._positions_sent_at = 0.0
-        self._iteration_s: float | None = None  # one iteration's measured time (the batch's forwards), smoothed
+        self.iteration_s: float | None = None  # one iteration's measured time (the batch's forwards), smoothed
         self._next_start: tuple[float, float] | None = None  # (when, in how many s) the queue's head should start
         self._stopping = False
         self._closed = False  # no more jobs admitted; those running still run
@@ -263,10 +230,6 @@ class SamplingLoop:
         with self._lock:
             return len(self._queue)
 
-    @property
-    def iteration_s(self) -> float | None:
-        return self._iteration_s
-
     def retry_after_s(self) -> float | None:
         """About when a place in the queue should free up: when its first job should start, as last
         estimated (None: not measured yet)."""
@@ -276,12 +239,13 @@ class SamplingLoop:
         return max(0.0, eta - (time.perf_counter() - estimated_at))
 
     def submit(self, job: Job) -> None:
-        """Give the job a place in the batch, or in the queue (it is then reported Queued at once)."""
+        """Give the job a place in the batch, or in the queue (it is then reported Queued at once);
+        Refused("busy") when both are full, Refused("shutdown") once the loop is closed."""
         job.submitted_at = time.perf_counter()
         job._loop = self
         with self._lock:
             if self._closed:
-                raise LoopClosed("the server is shutting down")
+                raise Refused("shutdown", "the server is shutting down")
             if self._running < self.max_jobs:
                 self._running += 1
                 self._incoming.append(job)
@@ -290,7 +254,8 @@ class SamplingLoop:
                 job.position = len(self._queue)
                 self._queue.append(job)
             else:
-                raise LoopFull(f"the {self.max_jobs} sampling places and the queue's {self.max_queue} are taken")
+                taken = f"the {self.max_jobs} sampling places and the queue's {self.max_queue} are taken"
+                raise Refused("busy", taken, self.retry_after_s())
             self._count()
             queued = job.position is not None
             eta = self._etas([job], [*self._queue][: job.position], self._incoming)[0] if queued else None
@@ -317,7 +282,7 @@ class SamplingLoop:
         return prepared.result()
 
     def close(self) -> None:
-        """Admit no more jobs (submit raises LoopClosed); the jobs running run on, the queued ones
+        """Admit no more jobs (submit refuses them); the jobs running run on, the queued ones
         are failed with "shutdown" (they would not start within a shutdown's grace period)."""
         with self._lock:
             self._closed = True
@@ -347,9 +312,6 @@ class SamplingLoop:
         except BaseException as e:
             prepared.set_exception(e)
             return
-        self._run()
-
-    def _run(self) -> None:
         threads = CpuThreads(torch.get_num_threads()) if self.device.type == "cpu" else None
         with torch.inference_mode():
             while True:
@@ -369,15 +331,12 @@ class SamplingLoop:
                 for job in joining:
                     self._join(job)
                 self._retire_stopped_jobs()
-                by_model: dict[str, list[Job]] = {}
-                for job in self._active:
-                    by_model.setdefault(job.spec.model.name, []).append(job)
-                for model_jobs in by_model.values():
-                    self._advance(model_jobs)
+                for name in dict.fromkeys(job.spec.model.name for job in self._active):  # one forward a model
+                    self._advance([job for job in self._active if job.spec.model.name == name])
                 if self._active:
                     elapsed = time.perf_counter() - began
-                    last = self._iteration_s
-                    self._iteration_s = elapsed if last is None else last + ITERATION_SMOOTHING * (elapsed - last)
+                    last = self.iteration_s
+                    self.iteration_s = elapsed if last is None else last + ITERATION_SMOOTHING * (elapsed - last)
                 self._send_positions()
         with self._lock:
             leftover, self._incoming = self._active + self._incoming, []
@@ -400,7 +359,7 @@ class SamplingLoop:
     def _retire_stopped_jobs(self) -> None:
         now = time.perf_counter()
         for job in list(self._active):
-            if job.cancelled:
+            if job.cancelled.is_set():
                 self._leave(job, Cancelled(job.step.index))
             elif now - job.started_at > job.timeout_s:
                 self._leave(job, Failed("timeout", f"sampling took longer than the {job.timeout_s:g} s limit"))
@@ -408,9 +367,9 @@ class SamplingLoop:
     def _advance(self, jobs: list[Job]) -> None:
         """One batched forward for all `jobs` (of one model), then one step of each."""
         model = jobs[0].spec.model
-        sizes = [job.spec.n for job in jobs]
+        sizes = [job.spec.plan.n for job in jobs]
         x = torch.cat([job.step.x_t for job in jobs])
-        t = torch.cat([torch.full((job.spec.n,), job.step.t, device=model.device) for job in jobs])
+        t = torch.cat([torch.full((job.spec.plan.n,), job.step.t, device=model.device) for job in jobs])
         conditions = [job.condition_at(job.step.index) for job in jobs]
         labels = torch.cat([labels for labels, _ in conditions]) if model.num_classes else None
         guidance = torch.cat([guidance for _, guidance in conditions])
@@ -482,7 +441,7 @@ class SamplingLoop:
         """When each of `queued` (behind `ahead`) should start: the queue played forward on the
         measured iteration time, each place of the batch freeing when its job has taken its
         remaining steps, for the next job of the queue to take it."""
-        if self._iteration_s is None:
+        if self.iteration_s is None:
             return [None] * len(queued)
         # submit reads the active list from another thread: a stale copy only puts the estimate a step off
         running = [job.remaining_steps() for job in [*list(self._active), *joining]]
@@ -492,7 +451,7 @@ class SamplingLoop:
         for job in [*ahead, *queued]:
             start = heapq.heappop(frees)
             heapq.heappush(frees, start + job.spec.plan.steps_taken)
-            etas.append(start * self._iteration_s)
+            etas.append(start * self.iteration_s)
         return etas[len(ahead) :]
 
     def _report(self, job: Job, event: Event) -> None:

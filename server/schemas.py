@@ -171,10 +171,6 @@ class Scope:
         """The most steps the sampler takes on the model (None: any sampler, or any model)."""
         return None if self.sampler is None or self.timesteps is None else self.sampler.max_steps(self.timesteps)
 
-    @property
-    def max_steps(self) -> int:
-        return min(self.settings.max_steps, self.sampler_steps or self.timesteps or self.settings.max_steps)
-
     def default_steps(self) -> int | None:
         """The steps of a request that gives none: those its model or the server pairs with this sampler
         when it is their default, else the sampler's own (all T for DDPM)."""
@@ -206,7 +202,7 @@ RULES: dict[str, Rule] = {
     "sampler": Rule("The sampler"),
     "steps": Rule(
         "Steps",
-        maximum=lambda s: s.max_steps,
+        maximum=lambda s: min(s.settings.max_steps, s.sampler_steps or s.timesteps or s.settings.max_steps),
         over="at most {most} steps ({s.sampler.name} on a model of T = {s.timesteps} takes {s.sampler_steps}, "
         "the server allows {s.settings.max_steps})",
         default=lambda s, value: s.default_steps(),

@@ -15,7 +15,7 @@ from model import editing
 from model.samplers import SAMPLERS, Sampler
 from server import images
 from server.errors import InvalidRequest
-from server.loop import BranchSpec, JobSpec
+from server.loop import JobSpec
 from server.registry import LoadedModel, ModelRegistry
 from server.schemas import RULES, START_FIELDS, SampleRequest, Scope
 from server.settings import Settings
@@ -47,16 +47,13 @@ def resolve(request: SampleRequest, registry: ModelRegistry, settings: Settings)
         values["seed"] = secrets.randbelow(2**32)
     branch = None if origin is None else (origin.plan, request.branch.at_step)
     plan = editing.Plan(sampler, model.schedule, params=params, branch=branch, **_settings(editing.Plan, values))
-    branch = None if origin is None else BranchSpec(origin, request.branch.at_step)
-    return JobSpec(model, sampler.name, params=params, branch=branch, plan=plan, **_settings(JobSpec, values))
+    return JobSpec(model, plan, origin=origin, **_settings(JobSpec, values))
 
 
 def _settings(cls, values: dict) -> dict:
     """The values `cls` (a dataclass) takes by the request's names, but its model, sampler and branch."""
-    return {f.name: values[f.name] for f in fields(cls) if f.name in values and f.name not in _OWN}
-
-
-_OWN = ("model", "sampler", "branch")  # a model, a Sampler and a branch where the request has names
+    own = ("model", "sampler", "branch")  # a model, a Sampler and a branch where the request has names
+    return {f.name: values[f.name] for f in fields(cls) if f.name in values and f.name not in own}
 
 
 def _raise(errors: list[dict]) -> None:
@@ -164,8 +161,8 @@ def _branch(request: SampleRequest, origin: JobSpec, run: tuple) -> list[dict]:
     errors, sent = [], request.branch.origin
     while sent.branch is not None:  # the request that holds the start
         sent = sent.branch.origin
-    start = {**sent.model_dump(include=set(START_FIELDS)), "model": origin.model.name, "n": origin.n}
-    start["seed"] = origin.seed
+    start = {**sent.model_dump(include=set(START_FIELDS)), "model": origin.model.name, "n": origin.plan.n}
+    start["seed"] = origin.plan.seed
     for field in START_FIELDS:
         if field in request.model_fields_set and getattr(request, field) != start[field]:
             message = f"a branch starts from branch.from's {field}: leave {field} out, or send the same"

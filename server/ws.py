@@ -27,7 +27,7 @@ from starlette.websockets import WebSocketDisconnect
 from server import images
 from server.errors import NORMAL, POLICY_VIOLATION, InvalidRequest, Refused, error
 from server.jobs import Outbox, ServerState, client_address, get_state
-from server.loop import Cancelled, Event, Failed, Finished, Frame, Job, JobSpec, Queued, Started
+from server.loop import Cancelled, Event, Finished, Frame, Job, JobSpec, Queued
 from server.parsing import parse_json, parse_request
 from server.schemas import CancelledMessage, DoneMessage, FrameMessage, QueuedMessage, StartMessage, StreamRequest
 from server.validation import resolve
@@ -35,8 +35,6 @@ from server.validation import resolve
 log = logging.getLogger(__name__)
 
 router = APIRouter()
-
-CANCEL = {"type": "cancel"}
 
 
 class ClientGone(Exception):
@@ -90,7 +88,9 @@ async def _session(websocket: WebSocket, state: ServerState) -> str:
         if refused.kind == "error":
             log.exception("a WebSocket session failed")
         state.metrics.errors.labels(kind=refused.kind).inc()
-        await _close_with_error(websocket, refused, state)
+        with contextlib.suppress(ClientGone):  # then it cannot be told why, nor closed politely
+            await _send_text(websocket, json.dumps({"type": "error", "kind": refused.kind, **refused.body()}), state)
+            await _close(websocket, refused.failure.close_code, state)
         return refused.kind
 
 
@@ -104,8 +104,7 @@ async def _read_request(websocket: WebSocket, state: ServerState) -> JobSpec:
         await asyncio.wait({receive, draining}, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
     finally:
         draining.cancel()
-        if not receive.done():
-            receive.cancel()
+        receive.cancel()  # a no-op once it is done
     if not receive.done():
         if state.jobs.draining.is_set():
             raise Refused("shutdown", "the server is shutting down")
@@ -151,10 +150,9 @@ async def _listen(websocket: WebSocket, job: Job, outbox: Outbox, state: ServerS
         message = await websocket.receive()
         if message["type"] == "websocket.disconnect":
             return
-        try:
-            is_cancel = parse_json(message.get("text") or "null", state.settings.max_body_bytes) == CANCEL
-        except InvalidRequest:
-            is_cancel = False
+        is_cancel = False
+        with contextlib.suppress(InvalidRequest):
+            is_cancel = parse_json(message.get("text") or "null", state.settings.max_body_bytes) == {"type": "cancel"}
         job.cancel()
         if not is_cancel:
             expected = 'while sampling, the only message accepted is {"type": "cancel"}'
@@ -166,8 +164,6 @@ async def _send(websocket: WebSocket, outbox: Outbox, spec: JobSpec, state: Serv
     raises the Refused that ended the job (after the frames sent before it)."""
     while True:
         item = await outbox.get()
-        if isinstance(item, Failed):
-            item = Refused(item.kind, item.detail)
         if isinstance(item, Refused):
             raise item
         message = await _render(item, spec, state)
@@ -187,7 +183,8 @@ async def _send_text(websocket: WebSocket, text: str, state: ServerState) -> Non
         raise ClientGone("disconnected") from None
 
 
-async def _render(item: Event | BaseModel, spec: JobSpec, state: ServerState) -> BaseModel:
+async def _render(item: Event, spec: JobSpec, state: ServerState) -> BaseModel:
+    """The message of a loop's event (a failure is a Refused, which _send raises)."""
     if isinstance(item, Frame):
         x_t, x0 = await state.encode(_encode_frame, item)
         return FrameMessage(step=item.step, total=item.total, t=item.t, x_t=x_t, x0=x0)
@@ -198,9 +195,13 @@ async def _render(item: Event | BaseModel, spec: JobSpec, state: ServerState) ->
         return CancelledMessage(step=item.step)
     if isinstance(item, Queued):
         return QueuedMessage(position=item.position, eta_s=None if item.eta_s is None else round(item.eta_s, 1))
-    if isinstance(item, Started):
-        return _start_message(spec)
-    return item
+    channels, image_size, _ = spec.model.image_shape  # Started: the run's settings and its images' shape
+    preview_size = min(image_size, spec.preview_size or image_size)
+    at_step = 0 if spec.plan.branch is None else spec.plan.branch[1]
+    shape = {"image_size": image_size, "channels": channels, "preview_size": preview_size}
+    return StartMessage(
+        **{**spec.echo(StartMessage.model_fields), "total": spec.plan.steps_taken, "at_step": at_step, **shape}
+    )
 
 
 def _quietly(task: asyncio.Task) -> None:
@@ -211,24 +212,6 @@ def _quietly(task: asyncio.Task) -> None:
 
 def _encode_frame(frame: Frame) -> tuple[str, str]:
     return images.b64(images.grid_png(frame.x_t)), images.b64(images.grid_png(frame.x0))
-
-
-def _start_message(spec: JobSpec) -> StartMessage:
-    channels, image_size, _ = spec.model.image_shape
-    preview_size = min(image_size, spec.preview_size or image_size)
-    at_step = 0 if spec.branch is None else spec.branch.at_step
-    shape = {"image_size": image_size, "channels": channels, "preview_size": preview_size}
-    return StartMessage(
-        **{**spec.echo(StartMessage.model_fields), "total": spec.plan.steps_taken, "at_step": at_step, **shape}
-    )
-
-
-async def _close_with_error(websocket: WebSocket, refused: Refused, state: ServerState) -> None:
-    try:
-        await _send_text(websocket, json.dumps({"type": "error", "kind": refused.kind, **refused.body()}), state)
-    except ClientGone:
-        return
-    await _close(websocket, refused.failure.close_code, state)
 
 
 async def _close(websocket: WebSocket, code: int, state: ServerState) -> None:

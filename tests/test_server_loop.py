@@ -19,11 +19,22 @@ from PIL import Image
 
 from conftest import REPO, server_unet
 from model.checkpoint import Checkpoint, save_checkpoint
-from model.samplers import ddim_steps, ddim_timesteps, ddpm_steps, guided_eps, initial_noise, make_generator, sample
+from model.editing import Plan
+from model.samplers import (
+    SAMPLERS,
+    ddim_steps,
+    ddim_timesteps,
+    ddpm_steps,
+    guided_eps,
+    initial_noise,
+    make_generator,
+    sample,
+)
 from model.schedule import NoiseSchedule
 from model.unet import UNet, UNetConfig
+from server.errors import Refused
 from server.jobs import Outbox
-from server.loop import Cancelled, Failed, Finished, Frame, Job, JobSpec, LoopFull, SamplingLoop
+from server.loop import Cancelled, Failed, Finished, Frame, Job, JobSpec, SamplingLoop
 from server.registry import LoadedModel
 
 WAIT_S = 30  # generous: the machine is shared; a passing test never waits this long
@@ -33,6 +44,12 @@ def tiny_model(name: str, channels: int, num_classes: int, timesteps: int, devic
     unet = server_unet(channels, num_classes, seed=len(name))
     checkpoint = Checkpoint(unet.to(device).eval(), NoiseSchedule.from_name("linear", timesteps).to(device), "toy")
     return LoadedModel(name, checkpoint, torch.device(device))
+
+
+def plain(model: LoadedModel, sampler: str, steps: int, n: int, seed: int, params=None, **settings) -> JobSpec:
+    """The spec of a plain run (no SDEdit, inpainting, interpolation or branch), as server.validation builds it."""
+    entry = SAMPLERS[sampler]
+    return JobSpec(model, Plan(entry, model.schedule, steps, entry.resolve(params or {}), n, seed), **settings)
 
 
 @pytest.fixture(scope="module")
@@ -103,11 +120,11 @@ def run_alone(spec: JobSpec) -> torch.Tensor:
 
 def test_concurrent_jobs_share_batched_forwards_and_match_their_solo_runs(loop, cond, uncond):
     specs = [
-        JobSpec(cond, "ddpm", steps=12, n=2, seed=1, label=1, guidance=3.0),
-        JobSpec(cond, "ddim", steps=8, n=3, seed=2, params={"eta": 0.0}),  # unconditional on a conditional model
-        JobSpec(cond, "ddim", steps=10, n=1, seed=3, params={"eta": 0.7}, label=2, guidance=1.0),
-        JobSpec(uncond, "ddim", steps=6, n=2, seed=4, params={"eta": 0.0}),
-        JobSpec(uncond, "ddpm", steps=5, n=1, seed=5),
+        plain(cond, "ddpm", steps=12, n=2, seed=1, label=1, guidance=3.0),
+        plain(cond, "ddim", steps=8, n=3, seed=2, params={"eta": 0.0}),  # unconditional on a conditional model
+        plain(cond, "ddim", steps=10, n=1, seed=3, params={"eta": 0.7}, label=2, guidance=1.0),
+        plain(uncond, "ddim", steps=6, n=2, seed=4, params={"eta": 0.0}),
+        plain(uncond, "ddpm", steps=5, n=1, seed=5),
     ]
     # submitted before the loop starts, so that they all join at its first iteration
     recorders = [submit(loop, spec) for spec in specs]
@@ -121,7 +138,7 @@ def test_concurrent_jobs_share_batched_forwards_and_match_their_solo_runs(loop, 
     assert forwards_above(loop, 1) == 8 + 2 + 5
     assert forwards_above(loop, 0) == 12 + 6
     for spec, result in zip(specs, results, strict=True):
-        assert result.images.shape == (spec.n, *spec.model.image_shape)
+        assert result.images.shape == (spec.plan.n, *spec.model.image_shape)
         torch.testing.assert_close(result.images, run_alone(spec), atol=1e-5, rtol=1e-5)
 
 
@@ -129,9 +146,9 @@ def test_multistep_solvers_keep_their_history_when_batched_with_other_jobs(loop,
     """DPM-Solver++ and UniPC remember earlier predictions; sharing forwards with jobs of other
     samplers and lengths must not change what they compute."""
     specs = [
-        JobSpec(cond, "dpm-solver++", steps=6, n=2, seed=5, label=1, guidance=3.0),
-        JobSpec(cond, "unipc", steps=5, n=1, seed=6, params={"order": 3, "spacing": "karras"}),
-        JobSpec(cond, "ddim", steps=3, n=2, seed=7),
+        plain(cond, "dpm-solver++", steps=6, n=2, seed=5, label=1, guidance=3.0),
+        plain(cond, "unipc", steps=5, n=1, seed=6, params={"order": 3, "spacing": "karras"}),
+        plain(cond, "ddim", steps=3, n=2, seed=7),
     ]
     recorders = [submit(loop, spec) for spec in specs]
     loop.start()
@@ -142,25 +159,25 @@ def test_multistep_solvers_keep_their_history_when_batched_with_other_jobs(loop,
 
 
 def test_the_loop_computes_what_the_core_sampler_computes(loop, cond):
-    spec = JobSpec(cond, "ddim", steps=7, n=2, seed=11, params={"eta": 0.5}, label=0, guidance=2.5)
+    spec = plain(cond, "ddim", steps=7, n=2, seed=11, params={"eta": 0.5}, label=0, guidance=2.5)
     loop.start()
     served = submit(loop, spec).wait().images
 
-    generator = make_generator(spec.seed)
-    x = initial_noise((spec.n, *cond.image_shape), generator)
-    steps = ddim_steps(cond.schedule, x, ddim_timesteps(1000, spec.steps), 0.5, generator, thresholding="clip")
-    labels = torch.full((spec.n,), spec.label)
+    generator = make_generator(spec.plan.seed)
+    x = initial_noise((spec.plan.n, *cond.image_shape), generator)
+    steps = ddim_steps(cond.schedule, x, ddim_timesteps(1000, spec.plan.steps), 0.5, generator, thresholding="clip")
+    labels = torch.full((spec.plan.n,), spec.label)
     with torch.inference_mode():
         expected = sample(steps, lambda x, t: guided_eps(cond.unet, x, t, labels, spec.guidance))
     torch.testing.assert_close(served, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_ddpm_jobs_clip_x0(loop, uncond):
-    spec = JobSpec(uncond, "ddpm", steps=4, n=1, seed=3)
+    spec = plain(uncond, "ddpm", steps=4, n=1, seed=3)
     loop.start()
     served = submit(loop, spec).wait().images
 
-    generator = make_generator(spec.seed)
+    generator = make_generator(spec.plan.seed)
     x = initial_noise((1, *uncond.image_shape), generator)
     with torch.inference_mode():
         expected = sample(ddpm_steps(uncond.schedule, x, 4, generator=generator, thresholding="clip"), uncond.unet)
@@ -169,7 +186,7 @@ def test_ddpm_jobs_clip_x0(loop, uncond):
 
 def test_frames_every_k_steps_and_always_the_last(loop, uncond):
     loop.start()
-    recorder = submit(loop, JobSpec(uncond, "ddim", steps=10, n=2, seed=0, params={"eta": 0.0}, every=4))
+    recorder = submit(loop, plain(uncond, "ddim", steps=10, n=2, seed=0, params={"eta": 0.0}, every=4))
     finished = recorder.wait()
     frames = [event for event in recorder.events if isinstance(event, Frame)]
     assert [frame.step for frame in frames] == [4, 8, 10]
@@ -180,9 +197,9 @@ def test_frames_every_k_steps_and_always_the_last(loop, uncond):
 
 def test_a_new_job_does_not_wait_for_a_long_one(loop, cond):
     loop.start()
-    long_job = submit(loop, JobSpec(cond, "ddpm", steps=1000, n=1, seed=0, every=1))
+    long_job = submit(loop, plain(cond, "ddpm", steps=1000, n=1, seed=0, every=1))
     long_job.wait_for_progress()
-    short_job = submit(loop, JobSpec(cond, "ddim", steps=5, n=1, seed=1, params={"eta": 0.0}))
+    short_job = submit(loop, plain(cond, "ddim", steps=5, n=1, seed=1, params={"eta": 0.0}))
     assert isinstance(short_job.wait(), Finished)
     assert not long_job.ended.is_set(), "the short job should have finished while the long one runs"
     assert loop.active_jobs == 1
@@ -206,7 +223,7 @@ def test_the_loop_keeps_each_models_time_per_row_up_to_date(loop):
     model = tiny_model("timed", channels=1, num_classes=3, timesteps=1000)
     model.seconds_per_row = 100.0  # a start-up figure far from the truth
     loop.start()
-    run = submit(loop, JobSpec(model, "ddim", steps=100, n=2, seed=0, params={"eta": 0.0}))
+    run = submit(loop, plain(model, "ddim", steps=100, n=2, seed=0, params={"eta": 0.0}))
     assert isinstance(run.wait(), Finished)
     assert 0 < model.seconds_per_row < 0.1
     assert model.info()["seconds_per_row"] == model.seconds_per_row
@@ -214,7 +231,7 @@ def test_the_loop_keeps_each_models_time_per_row_up_to_date(loop):
 
 def test_cancel_stops_the_job_within_a_step_and_frees_its_place(loop, cond):
     loop.start()
-    recorder = submit(loop, JobSpec(cond, "ddpm", steps=1000, n=1, seed=0, every=1))
+    recorder = submit(loop, plain(cond, "ddpm", steps=1000, n=1, seed=0, every=1))
     recorder.wait_for_progress()
     assert loop.active_jobs == 1
     frames_before = len(recorder.frames())
@@ -228,15 +245,15 @@ def test_cancel_stops_the_job_within_a_step_and_frees_its_place(loop, cond):
 
 def test_places_are_limited_and_refused_beyond(cond):
     loop = SamplingLoop(torch.device("cpu"), max_jobs=1)  # not started: the first job keeps its place
-    loop.submit(Job(JobSpec(cond, "ddim", steps=1, n=1, seed=0), Recorder()))
-    with pytest.raises(LoopFull):
-        loop.submit(Job(JobSpec(cond, "ddim", steps=1, n=1, seed=0), Recorder()))
+    loop.submit(Job(plain(cond, "ddim", steps=1, n=1, seed=0), Recorder()))
+    with pytest.raises(Refused):
+        loop.submit(Job(plain(cond, "ddim", steps=1, n=1, seed=0), Recorder()))
     loop.stop()
 
 
 def test_a_job_past_its_deadline_fails_with_timeout(loop, cond):
     loop.start()
-    event = submit(loop, JobSpec(cond, "ddpm", steps=1000, n=1, seed=0), timeout_s=0.05).wait()
+    event = submit(loop, plain(cond, "ddpm", steps=1000, n=1, seed=0), timeout_s=0.05).wait()
     assert isinstance(event, Failed) and event.kind == "timeout"
     assert loop.active_jobs == 0
 
@@ -244,21 +261,21 @@ def test_a_job_past_its_deadline_fails_with_timeout(loop, cond):
 def test_a_failing_forward_fails_its_jobs_and_the_loop_keeps_serving(loop, cond):
     loop.start()
     # label 7 of a 3-class model: validation would refuse it; here it breaks the embedding lookup
-    broken = submit(loop, JobSpec(cond, "ddim", steps=3, n=1, seed=0, label=7, guidance=2.0)).wait()
+    broken = submit(loop, plain(cond, "ddim", steps=3, n=1, seed=0, label=7, guidance=2.0)).wait()
     assert isinstance(broken, Failed) and broken.kind == "error"
-    assert isinstance(submit(loop, JobSpec(cond, "ddim", steps=3, n=1, seed=0)).wait(), Finished)
+    assert isinstance(submit(loop, plain(cond, "ddim", steps=3, n=1, seed=0)).wait(), Finished)
 
 
 def test_stopping_the_loop_fails_the_running_jobs(cond):
     loop = SamplingLoop(torch.device("cpu"), max_jobs=2)
     loop.start()
-    recorder = submit(loop, JobSpec(cond, "ddpm", steps=1000, n=1, seed=0, every=1))
+    recorder = submit(loop, plain(cond, "ddpm", steps=1000, n=1, seed=0, every=1))
     recorder.wait_for_progress()
     loop.stop()
     event = recorder.wait()
     assert isinstance(event, Failed) and event.kind == "shutdown"
-    with pytest.raises(LoopFull):
-        loop.submit(Job(JobSpec(cond, "ddim", steps=1, n=1, seed=0), Recorder()))
+    with pytest.raises(Refused):
+        loop.submit(Job(plain(cond, "ddim", steps=1, n=1, seed=0), Recorder()))
 
 
 @pytest.mark.cuda
@@ -267,8 +284,8 @@ def test_batched_jobs_on_cuda_match_their_solo_runs():
     model = tiny_model("cuda", channels=1, num_classes=3, timesteps=1000, device="cuda")
     loop = SamplingLoop(torch.device("cuda"), max_jobs=4)
     specs = [
-        JobSpec(model, "ddpm", steps=10, n=2, seed=1, label=0, guidance=2.0),
-        JobSpec(model, "ddim", steps=6, n=3, seed=2, params={"eta": 0.3}),
+        plain(model, "ddpm", steps=10, n=2, seed=1, label=0, guidance=2.0),
+        plain(model, "ddim", steps=6, n=3, seed=2, params={"eta": 0.3}),
     ]
     recorders = [submit(loop, spec) for spec in specs]
     loop.start()

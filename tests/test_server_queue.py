@@ -15,11 +15,11 @@ import pytest
 import torch
 from prometheus_client.parser import text_string_to_metric_families
 from test_server import expect_close, read_to_end, serve, write_checkpoint
-from test_server_loop import Recorder, submit, tiny_model
+from test_server_loop import Recorder, plain, submit, tiny_model
 
 from server.errors import Refused
 from server.jobs import JobBridge, Outbox
-from server.loop import Cancelled, Failed, Finished, Job, JobSpec, LoopFull, Queued, SamplingLoop, Started
+from server.loop import Cancelled, Failed, Finished, Job, Queued, SamplingLoop, Started
 
 WAIT_S = 30  # generous: the machine is shared; a passing test never waits this long
 BLOCKER = {"model": "cond", "sampler": "ddpm", "steps": 1000, "n": 1, "every": 50}  # holds a place until cancelled
@@ -50,10 +50,10 @@ def wait_for(condition, what: str) -> None:
 
 def test_queued_jobs_hear_their_position_fall_and_start_first_come_first_served(cond):
     loop = SamplingLoop(torch.device("cpu"), max_jobs=1, max_queue=3)  # not started: the first job keeps its place
-    spec = JobSpec(cond, "ddim", steps=4, n=1, seed=0)
+    spec = plain(cond, "ddim", steps=4, n=1, seed=0)
     recorders = [submit(loop, spec) for _ in range(4)]
     assert [recorder.events for recorder in recorders] == [[], [Queued(0, None)], [Queued(1, None)], [Queued(2, None)]]
-    with pytest.raises(LoopFull):
+    with pytest.raises(Refused):
         loop.submit(Job(spec, Recorder()))
     recorders[2].job.cancel()  # withdrawn at once, before the loop runs at all
     assert recorders[2].events[-1] == Cancelled(0) and loop.queued_jobs == 2 and loop.active_jobs == 3
@@ -74,20 +74,20 @@ def test_queued_jobs_hear_their_position_fall_and_start_first_come_first_served(
 
 def test_the_wait_estimate_plays_the_queue_forward_on_the_measured_iteration_time(cond):
     loop = SamplingLoop(torch.device("cpu"), max_jobs=2, max_queue=4)  # not started
-    loop._iteration_s = 0.5  # as if measured
+    loop.iteration_s = 0.5  # as if measured
     for steps in (10, 4):  # the batch: places free after 10 and 4 iterations
-        submit(loop, JobSpec(cond, "ddim", steps=steps, n=1, seed=0))
-    third = submit(loop, JobSpec(cond, "ddim", steps=6, n=1, seed=0))  # takes the place freed after 4
-    fourth = submit(loop, JobSpec(cond, "ddim", steps=6, n=1, seed=0))  # the one freed after 10
-    fifth = submit(loop, JobSpec(cond, "ddim", steps=6, n=1, seed=0))  # the third's, after 4 + 6
+        submit(loop, plain(cond, "ddim", steps=steps, n=1, seed=0))
+    third = submit(loop, plain(cond, "ddim", steps=6, n=1, seed=0))  # takes the place freed after 4
+    fourth = submit(loop, plain(cond, "ddim", steps=6, n=1, seed=0))  # the one freed after 10
+    fifth = submit(loop, plain(cond, "ddim", steps=6, n=1, seed=0))  # the third's, after 4 + 6
     assert [r.events for r in (third, fourth, fifth)] == [[Queued(0, 2.0)], [Queued(1, 5.0)], [Queued(2, 5.0)]]
     loop.stop()
 
 
 def test_closing_the_loop_fails_the_queued_jobs_at_once(cond):
     loop = SamplingLoop(torch.device("cpu"), max_jobs=1, max_queue=2)
-    submit(loop, JobSpec(cond, "ddim", steps=2, n=1, seed=0))
-    queued = submit(loop, JobSpec(cond, "ddim", steps=2, n=1, seed=0))
+    submit(loop, plain(cond, "ddim", steps=2, n=1, seed=0))
+    queued = submit(loop, plain(cond, "ddim", steps=2, n=1, seed=0))
     loop.close()
     assert queued.events[-1] == Failed("shutdown", "the server is shutting down") and loop.queued_jobs == 0
     loop.stop()
@@ -140,8 +140,8 @@ def test_a_rest_request_waits_in_the_queue_within_its_timeout(checkpoints):
 
 def test_a_rest_request_that_finds_no_place_within_its_timeout_is_504(cond):
     loop = SamplingLoop(torch.device("cpu"), max_jobs=1, max_queue=1)  # not started: the first job keeps its place
-    bridge = JobBridge(loop, loop.metrics, timeout_s=0.2)
-    spec = JobSpec(cond, "ddim", steps=1, n=1, seed=0)
+    bridge = JobBridge(loop, timeout_s=0.2)
+    spec = plain(cond, "ddim", steps=1, n=1, seed=0)
 
     async def request():
         bridge.submit(spec, Outbox(), "a")
@@ -207,7 +207,7 @@ def test_a_crowd_is_served_first_come_first_served(checkpoints, monkeypatch):
     start in the order they came and finish; the server ends with nothing running or queued."""
     starts = []
     original_start = Job.start
-    monkeypatch.setattr(Job, "start", lambda job: (starts.append(job.spec.seed), original_start(job))[1])
+    monkeypatch.setattr(Job, "start", lambda job: (starts.append(job.spec.plan.seed), original_start(job))[1])
     hang_up, cancel = {3, 8}, {5, 10}
     with serve(checkpoints, max_jobs=2, max_jobs_per_client=100) as client:
         state = client.app.state.server
@@ -275,8 +275,8 @@ def test_concurrent_submissions_never_exceed_the_batch_or_the_queue(cond):
 
     def try_submit():
         try:
-            loop.submit(Job(JobSpec(cond, "ddim", steps=1, n=1, seed=0), Recorder()))
-        except LoopFull:
+            loop.submit(Job(plain(cond, "ddim", steps=1, n=1, seed=0), Recorder()))
+        except Refused:
             refused.append(1)
 
     threads = [threading.Thread(target=try_submit) for _ in range(20)]
