@@ -285,8 +285,8 @@ class RunLog:
                 lines = metrics.read_text().splitlines(keepends=True)
                 kept = "".join(line for line in lines if json.loads(line)["step"] <= step)
                 atomic_write(metrics, lambda tmp: Path(tmp).write_text(kept))
-            config = {k: (str(v) if isinstance(v, Path) else v) for k, v in config.items()}
-            atomic_write(out / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2)))
+            text = json.dumps(config, indent=2, default=str)  # a Path as its text
+            atomic_write(out / "config.json", lambda tmp: Path(tmp).write_text(text))
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(out), purge_step=step)
@@ -326,37 +326,26 @@ class RunLog:
             self.writer.close()
 
 
-def batches(dataset, args: argparse.Namespace, step: int, rt: Runtime) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Endless (images, labels) batches on the device, the same ones a resumed run would see. The
-    DataLoader draws its base seed here, so call this before restoring the RNG states."""
-    sampler = EpochBatches(len(dataset), args.batch_size, args.seed, step, rt.rank, rt.world)
-    loader = iter(DataLoader(dataset, batch_sampler=sampler, num_workers=args.workers, pin_memory=rt.cuda))
-
-    def on_device():
-        for x0, labels in loader:
-            x0 = x0.to(rt.device, non_blocking=True)
-            if rt.channels_last:
-                x0 = x0.contiguous(memory_format=torch.channels_last)
-            yield x0, labels.to(rt.device)
-
-    return on_device()
-
-
 def open_run(
     model: UNet, dataset, args: argparse.Namespace, total: int, folder: Path, config: dict, rt: Runtime
 ) -> tuple[TrainState, Iterator[tuple[torch.Tensor, torch.Tensor]], RunLog]:
-    """The state of a run in `folder` (resumed from its state.pt if it has one), the batches from its step
-    and its log; every process's random stream is continued last, once the rest has drawn from it."""
+    """The state of a run in `folder` (resumed from its state.pt if it has one), the endless (images, labels)
+    batches on the device from its step (those a resumed run would see) and its log; every process's
+    random stream is continued last, once the rest has drawn from it."""
     resume = (folder / "state.pt").is_file()
     state = TrainState(model, args, total)
     saved = state.load(folder / "state.pt", rt) if resume else None
-    loader = batches(dataset, args, state.step, rt)
+    sampler = EpochBatches(len(dataset), args.batch_size, args.seed, state.step, rt.rank, rt.world)
+    # iter() draws the DataLoader's base seed: before the RNG states are restored below
+    loader = iter(DataLoader(dataset, batch_sampler=sampler, num_workers=args.workers, pin_memory=rt.cuda))
+    layout = torch.channels_last if rt.channels_last else torch.preserve_format
+    batches = ((x0.to(rt.device, memory_format=layout, non_blocking=True), y.to(rt.device)) for x0, y in loader)
     log = RunLog(folder, config, rt, state.step, total, resume, not args.no_progress)
     if saved:
         torch.set_rng_state(saved["rng_cpu"][rt.rank].cpu())
         if rt.cuda and "rng_cuda" in saved:
             torch.cuda.set_rng_state(saved["rng_cuda"][rt.rank].cpu())
-    return state, loader, log
+    return state, batches, log
 
 
 def train(args: argparse.Namespace) -> Path:
