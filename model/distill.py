@@ -146,10 +146,10 @@ def student_of(teacher: Checkpoint, rt: Runtime) -> UNet:
     """A v-predicting student that takes w as an input and starts as its teacher: the same weights (round 0:
     plus a guidance embedding that adds 0)."""
     config = UNetConfig.from_dict({**teacher.config.to_dict(), "guidance_input": True, "prediction": "v"})
-    student = UNet(config).to(rt.device)
+    student = UNet(config).to(rt.device, memory_format=rt.memory_format)
     missing, unexpected = student.load_state_dict(teacher.net.state_dict(), strict=False)
     assert not unexpected and all(k.startswith("guidance_mlp.") for k in missing), (missing, unexpected)
-    return student.to(memory_format=torch.channels_last) if rt.channels_last else student
+    return student
 
 
 def run_round(
@@ -162,8 +162,8 @@ def run_round(
     teacher: Checkpoint,
     dataset,
     provenance: dict,
-) -> Path:
-    """Train one round's student in `folder` (resuming it if it has a state.pt); returns its checkpoint."""
+) -> None:
+    """Train one round's student in `folder` (resuming it if it has a state.pt)."""
     schedule = teacher.schedule
     torch.manual_seed(args.seed + index)
     student = student_of(teacher, rt)
@@ -190,26 +190,24 @@ def run_round(
                  grad_norm=grad_norm)  # fmt: skip
         if step % args.ckpt_every == 0 or step == total:
             state.save(folder / "state.pt", rt)
-        if rt.rank == 0 and (step % args.ckpt_every == 0 or step == total):
-            save_checkpoint(
-                folder / "model.safetensors",
-                state.ema.module,
-                schedule,
-                teacher.dataset,
-                teacher.class_names,
-                step,
-                ema=True,
-                # how the student must be sampled: the server and evaluation follow it
-                sampling={"sampler": "ddim", "steps": student_steps, "spacing": SPACING, "eta": 0.0},
-                distillation={**provenance, "round": index, "round_steps": step},
-            )
+            if rt.rank == 0:
+                save_checkpoint(
+                    folder / "model.safetensors",
+                    state.ema.module,
+                    schedule,
+                    teacher.dataset,
+                    teacher.class_names,
+                    step,
+                    # how the student must be sampled: the server and evaluation follow it
+                    sampling={"sampler": "ddim", "steps": student_steps, "spacing": SPACING, "eta": 0.0},
+                    distillation={**provenance, "round": index, "round_steps": step},
+                )
     log.close()
     if rt.distributed:
         torch.distributed.barrier()  # rank 0's checkpoint is the next round's teacher
     if rt.rank == 0:
         images = sample_student(load_model(folder / "model.safetensors", rt.device), student_steps, 100, 3.0)
         save_sample_grid(images, folder / "samples" / f"grid_{student_steps}_steps_w3.png", nrow=10)
-    return folder / "model.safetensors"
 
 
 def distill(args: argparse.Namespace) -> Path:
