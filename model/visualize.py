@@ -295,9 +295,6 @@ def quality_against_nfe(tables: dict[str, list[dict]], metrics: list[str], size=
     return out
 
 
-# --- the command -------------------------------------------------------------------------------
-
-
 @torch.inference_mode()
 def sampling_steps(ckpt: Checkpoint, args: argparse.Namespace) -> list[Step]:
     """Every state, from x_T to x_0, of the sampling run the flags ask for (by default the model's own
