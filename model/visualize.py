@@ -54,11 +54,10 @@ def denoising_strip(steps: list[Step], columns: int = 10) -> torch.Tensor:
     """A grid image (C, H, W) in [0, 1]: for each sample, a row of `columns` chosen steps from noise to
     image and below it the row of its predicted x0 at the same steps."""
     picks = pick_steps(steps, columns)
-    rows = []
-    for b in range(picks[0].x_t.shape[0]):
-        rows.append(torch.stack([s.x_t[b] for s in picks]))
-        rows.append(torch.stack([s.x0[b] if s.x0 is not None else torch.zeros_like(s.x_t[b]) for s in picks]))
-    return make_grid(to_unit(torch.cat(rows).cpu()), nrow=columns, padding=1)
+    x_t = torch.stack([s.x_t for s in picks], 1)
+    x0 = torch.stack([s.x0 if s.x0 is not None else torch.zeros_like(s.x_t) for s in picks], 1)
+    rows = torch.stack([x_t, x0], 1).flatten(0, 2)  # sample b's x_t row, then its x0 row
+    return make_grid(to_unit(rows.cpu()), nrow=columns, padding=1)
 
 
 def save_denoising_strip(steps: list[Step], path: str | Path, columns: int = 10) -> None:
@@ -103,12 +102,10 @@ def denoising_panels(steps: list[Step], columns: int = 8, scale: int = 2) -> Ima
     """x_t (left) and the predicted x0 (right) side by side: one row per sample, `columns` steps from
     noise to image, each column headed by the timestep of its x_t."""
     picks = pick_steps(steps, columns)
-    size = picks[0].x_t.shape[-1]
     x_t = torch.stack([s.x_t for s in picks], 1).flatten(0, 1)  # row b: sample b at each pick
     x0 = torch.stack([s.x0 if s.x0 is not None else torch.zeros_like(s.x_t) for s in picks], 1).flatten(0, 1)
-    labels = [step_label(s) for s in picks]
-    cell = (size + 1) * scale
-    left = with_column_labels(grid_image(x_t, columns, scale), labels, cell, scale)
+    cell = (picks[0].x_t.shape[-1] + 1) * scale  # an image and make_grid's padding, enlarged
+    left = with_column_labels(grid_image(x_t, columns, scale), [step_label(s) for s in picks], cell, scale)
     right = with_column_labels(grid_image(x0, columns, scale), ["x0 pred."] * columns, cell, scale)
     return side_by_side(left, right)
 
