@@ -10,10 +10,9 @@ Two stages, as in Meng et al. 2023 ("On Distillation of Guided Diffusion Models"
       teacher learns to take in one DDIM step what the teacher takes in two, so each round halves the
       steps: --teacher-steps/2, /4, … down to --final-steps.
 Each round is a run folder of its own under --out (round-0-guidance, round-1-8-steps, …), written and
-resumed as model.train's runs are (config.json, state.pt, model.safetensors, metrics.jsonl, TensorBoard
-events, a sample grid per round); `--resume` skips the rounds that are done and continues the one that
-is not. --out/model.safetensors is the final student, with the sampler and steps it must be used with
-in its metadata.
+resumed as model.train's runs are, with a sample grid; `--resume` skips the rounds that are done and
+continues the one that is not. --out/model.safetensors is the final student, with the sampler and steps
+it must be used with in its metadata.
 """
 
 from __future__ import annotations
@@ -153,17 +152,11 @@ def student_of(teacher: Checkpoint, rt: Runtime) -> UNet:
 
 
 def run_round(
-    args: argparse.Namespace,
-    rt: Runtime,
-    index: int,
-    folder: Path,
-    student_steps: int,
-    total: int,
-    teacher: Checkpoint,
-    dataset,
-    provenance: dict,
+    args: argparse.Namespace, rt: Runtime, index: int, teacher: Checkpoint, dataset, provenance: dict
 ) -> None:
-    """Train one round's student in `folder` (resuming it if it has a state.pt)."""
+    """Train round `index`'s student in its folder (resuming it if it has a state.pt)."""
+    name, student_steps, total = rounds(args)[index]
+    folder = args.out / name
     schedule = teacher.schedule
     torch.manual_seed(args.seed + index)
     student = student_of(teacher, rt)
@@ -229,11 +222,11 @@ def distill(args: argparse.Namespace) -> Path:
         "teacher_steps": args.teacher_steps,
         "guidance_range": list(args.guidance_range),
     }
-    for index, (name, steps, total) in enumerate(rounds(args)):
+    for index, (name, _, total) in enumerate(rounds(args)):
         folder = args.out / name
         state = folder / "state.pt"
         if not (state.is_file() and int(torch.load(state, weights_only=True)["step"]) >= total):  # not done
-            run_round(args, rt, index, folder, steps, total, teacher, dataset, provenance)
+            run_round(args, rt, index, teacher, dataset, provenance)
         teacher = load_model(folder / "model.safetensors", rt.device)
     final = args.out / "model.safetensors"
     atomic_write(final, lambda tmp: shutil.copyfile(folder / "model.safetensors", tmp))
