@@ -8,7 +8,7 @@ classes covered, and how far are the samples from real images in its 128-d featu
 The file is a safetensors file like the diffusion checkpoints (tensors only, no pickle); its header
 metadata["classifier"] is a JSON object:
   {"format": 1, "config": ClassifierConfig, "dataset": str, "class_names": [str],
-   "test_accuracy": float, "test_images": int, "training": {epochs, batch_size, lr, seed}}
+   "test_accuracy": float, "test_images": int, "training": {epochs, batch_size, lr, seed, augment, bf16}}
 """
 
 from __future__ import annotations
