@@ -8,7 +8,7 @@ classes covered, and how far are the samples from real images in its 128-d featu
 The file is a safetensors file like the diffusion checkpoints (tensors only, no pickle); its header
 metadata["classifier"] is a JSON object:
   {"format": 1, "config": ClassifierConfig, "dataset": str, "class_names": [str],
-   "test_accuracy": float, "test_images": int, "training": {epochs, batch_size, lr, seed}}
+   "test_accuracy": float, "test_images": int, "training": {epochs, batch_size, lr, seed, augment, bf16}}
 """
 
 from __future__ import annotations
@@ -259,15 +259,12 @@ def main(argv: list[str] | None = None) -> None:
 
     start = time.perf_counter()
     info = DATASETS[args.dataset]
-    augment = info.flip if args.augment is None else args.augment
-    model = train_classifier(
-        train_x, train_y, len(info.class_names), args.epochs, args.batch_size, args.lr, args.width, args.seed, device,
-        augment=augment, bf16=args.bf16,
-    )  # fmt: skip
+    args.augment = info.flip if args.augment is None else args.augment
+    # the arguments of train_classifier that the file's metadata records
+    training = {key: getattr(args, key) for key in ("epochs", "batch_size", "lr", "seed", "augment", "bf16")}
+    model = train_classifier(train_x, train_y, len(info.class_names), width=args.width, device=device, **training)
     acc = accuracy(model, test_x, test_y)
     out = args.out or default_classifier_path(args.dataset)
-    training = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
-                "augment": augment, "bf16": args.bf16}  # fmt: skip
     save_classifier(out, model, args.dataset, list(info.class_names), acc, len(test_x), training)
     print(
         f"{args.dataset}: test accuracy {acc:.2%} on {len(test_x)} test images "

@@ -68,9 +68,9 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: list[str] | None = 
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> dict[str, argparse._ArgumentGroup]:
-    """--config and the options that model.train's parts of a run read (batches, TrainState, init_runtime,
-    RunLog), in the groups data, optimization, speed and output, returned for each tool to add its own to.
-    Training and distillation each set their batch size, warmup, EMA decay, run folder and intervals."""
+    """--config and the options that model.train's parts of a run read (init_runtime, open_run, TrainState,
+    RunLog), in groups (data, optimization, speed, output) returned for each tool to add its own to; training
+    and distillation each set their batch size, warmup, EMA decay, run folder and intervals."""
     parser.add_argument("--config", type=Path, help="JSON file of option values (keys: the option names with "
                         "underscores); options on the command line win")  # fmt: skip
     groups = {name: parser.add_argument_group(name) for name in ("data", "optimization", "speed", "output")}

@@ -228,10 +228,8 @@ def load_dataset(
         if name == "celeba":
             split = "train" if train else "test"
             return Unlabeled(datasets.CelebA(root, split=split, target_type=[], transform=transform, download=download))
-        if not root.is_dir():
-            raise DatasetNotFound(root)
         dataset = ImageFolderFlat(root, transform)
-        if not len(dataset):
+        if not len(dataset):  # no images, or no folder
             raise DatasetNotFound(root)
         return dataset
     except (RuntimeError, OSError) as e:

@@ -112,9 +112,6 @@ def eps_from_prediction(
     raise ValueError(f"unknown prediction_type {prediction_type!r}; choose one of {PREDICTIONS}")
 
 
-# --- finding and reading the files -------------------------------------------------------------
-
-
 def is_diffusers_folder(path: Path) -> bool:
     """Whether `path` looks like a diffusers model (it may still fail to load: that is then logged)."""
     return path.is_dir() and any(
@@ -143,9 +140,6 @@ def read_json(path: Path) -> dict:
     if not isinstance(value, dict):
         raise CheckpointError(f"{path}: expected a JSON object")
     return value
-
-
-# --- the scheduler config → NoiseSchedule ----------------------------------------------------------
 
 
 def schedule_from_config(config: dict, where: Path | str, defaults: dict[str, object]) -> tuple[NoiseSchedule, str]:
@@ -218,9 +212,6 @@ def scheduler_defaults(class_name: str) -> dict[str, object]:
     cls = getattr(diffusers, class_name)
     params = inspect.signature(cls.__init__).parameters
     return {name: p.default for name, p in params.items() if name != "self" and p.kind is p.POSITIONAL_OR_KEYWORD}
-
-
-# --- loading ---------------------------------------------------------------------------------------
 
 
 def load_diffusers_model(folder: str | Path, device: torch.device | str = "cpu") -> Checkpoint:

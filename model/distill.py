@@ -10,10 +10,9 @@ Two stages, as in Meng et al. 2023 ("On Distillation of Guided Diffusion Models"
       teacher learns to take in one DDIM step what the teacher takes in two, so each round halves the
       steps: --teacher-steps/2, /4, … down to --final-steps.
 Each round is a run folder of its own under --out (round-0-guidance, round-1-8-steps, …), written and
-resumed as model.train's runs are (config.json, state.pt, model.safetensors, metrics.jsonl, TensorBoard
-events, a sample grid per round); `--resume` skips the rounds that are done and continues the one that
-is not. --out/model.safetensors is the final student, with the sampler and steps it must be used with
-in its metadata.
+resumed as model.train's runs are, with a sample grid; `--resume` skips the rounds that are done and
+continues the one that is not. --out/model.safetensors is the final student, with the sampler and steps
+it must be used with in its metadata.
 """
 
 from __future__ import annotations
@@ -146,24 +145,18 @@ def student_of(teacher: Checkpoint, rt: Runtime) -> UNet:
     """A v-predicting student that takes w as an input and starts as its teacher: the same weights (round 0:
     plus a guidance embedding that adds 0)."""
     config = UNetConfig.from_dict({**teacher.config.to_dict(), "guidance_input": True, "prediction": "v"})
-    student = UNet(config).to(rt.device)
+    student = UNet(config).to(rt.device, memory_format=rt.memory_format)
     missing, unexpected = student.load_state_dict(teacher.net.state_dict(), strict=False)
     assert not unexpected and all(k.startswith("guidance_mlp.") for k in missing), (missing, unexpected)
-    return student.to(memory_format=torch.channels_last) if rt.channels_last else student
+    return student
 
 
 def run_round(
-    args: argparse.Namespace,
-    rt: Runtime,
-    index: int,
-    folder: Path,
-    student_steps: int,
-    total: int,
-    teacher: Checkpoint,
-    dataset,
-    provenance: dict,
-) -> Path:
-    """Train one round's student in `folder` (resuming it if it has a state.pt); returns its checkpoint."""
+    args: argparse.Namespace, rt: Runtime, index: int, teacher: Checkpoint, dataset, provenance: dict
+) -> None:
+    """Train round `index`'s student in its folder (resuming it if it has a state.pt)."""
+    name, student_steps, total = rounds(args)[index]
+    folder = args.out / name
     schedule = teacher.schedule
     torch.manual_seed(args.seed + index)
     student = student_of(teacher, rt)
@@ -190,26 +183,24 @@ def run_round(
                  grad_norm=grad_norm)  # fmt: skip
         if step % args.ckpt_every == 0 or step == total:
             state.save(folder / "state.pt", rt)
-        if rt.rank == 0 and (step % args.ckpt_every == 0 or step == total):
-            save_checkpoint(
-                folder / "model.safetensors",
-                state.ema.module,
-                schedule,
-                teacher.dataset,
-                teacher.class_names,
-                step,
-                ema=True,
-                # how the student must be sampled: the server and evaluation follow it
-                sampling={"sampler": "ddim", "steps": student_steps, "spacing": SPACING, "eta": 0.0},
-                distillation={**provenance, "round": index, "round_steps": step},
-            )
+            if rt.rank == 0:
+                save_checkpoint(
+                    folder / "model.safetensors",
+                    state.ema.module,
+                    schedule,
+                    teacher.dataset,
+                    teacher.class_names,
+                    step,
+                    # how the student must be sampled: the server and evaluation follow it
+                    sampling={"sampler": "ddim", "steps": student_steps, "spacing": SPACING, "eta": 0.0},
+                    distillation={**provenance, "round": index, "round_steps": step},
+                )
     log.close()
     if rt.distributed:
         torch.distributed.barrier()  # rank 0's checkpoint is the next round's teacher
     if rt.rank == 0:
         images = sample_student(load_model(folder / "model.safetensors", rt.device), student_steps, 100, 3.0)
         save_sample_grid(images, folder / "samples" / f"grid_{student_steps}_steps_w3.png", nrow=10)
-    return folder / "model.safetensors"
 
 
 def distill(args: argparse.Namespace) -> Path:
@@ -231,11 +222,11 @@ def distill(args: argparse.Namespace) -> Path:
         "teacher_steps": args.teacher_steps,
         "guidance_range": list(args.guidance_range),
     }
-    for index, (name, steps, total) in enumerate(rounds(args)):
+    for index, (name, _, total) in enumerate(rounds(args)):
         folder = args.out / name
         state = folder / "state.pt"
         if not (state.is_file() and int(torch.load(state, weights_only=True)["step"]) >= total):  # not done
-            run_round(args, rt, index, folder, steps, total, teacher, dataset, provenance)
+            run_round(args, rt, index, teacher, dataset, provenance)
         teacher = load_model(folder / "model.safetensors", rt.device)
     final = args.out / "model.safetensors"
     atomic_write(final, lambda tmp: shutil.copyfile(folder / "model.safetensors", tmp))

@@ -38,7 +38,7 @@ from model.device import resolve_device
 from model.formats import load_model
 from model.samplers import ddim_steps, ddim_timesteps, denoise, guided_eps, initial_noise, make_generator
 from model.schedule import SCHEDULES, NoiseSchedule
-from model.unet import PREDICTIONS, PRESETS, UNet, UNetConfig
+from model.unet import PREDICTIONS, PRESETS, UNet, build_unet
 from model.visualize import save_denoising_strip, save_sample_grid
 
 
@@ -127,18 +127,6 @@ def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def unet_config(args: argparse.Namespace, channels: int, image_size: int, num_classes: int) -> UNetConfig:
-    names = ("base_channels", "channel_mults", "num_res_blocks", "attention_resolutions", "dropout")
-    overrides = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
-    return UNetConfig(
-        **{**PRESETS[args.preset], **overrides},
-        in_channels=channels,
-        image_size=image_size,
-        num_classes=num_classes,
-        prediction=args.prediction,
-    )
-
-
 @torch.inference_mode()
 def save_samples(model: UNet, schedule: NoiseSchedule, folder: Path, step: int, device: torch.device) -> None:
     """A 10×10 grid (one row per class for conditional models, guidance w = 3) and a denoising strip of 4
@@ -168,7 +156,7 @@ class Runtime:
     world: int = 1
     distributed: bool = False
     bf16: bool = False
-    channels_last: bool = False
+    memory_format: torch.memory_format = torch.preserve_format  # of the model and the batches
 
     @property
     def cuda(self) -> bool:
@@ -201,7 +189,8 @@ def init_runtime(args: argparse.Namespace) -> Runtime:
         raise SystemExit(f"--batch-size {args.batch_size} must be divisible by the {world} processes")
     bf16 = cuda if args.bf16 is None else args.bf16
     channels_last = cuda if args.channels_last is None else args.channels_last
-    return Runtime(device, rank, world, distributed, bf16, channels_last)
+    memory_format = torch.channels_last if channels_last else torch.preserve_format
+    return Runtime(device, rank, world, distributed, bf16, memory_format)
 
 
 def guard_run_folder(out: Path, resume: bool) -> Path:
@@ -245,8 +234,9 @@ class TrainState:
 
     def save(self, path: Path, rt: Runtime) -> None:
         """state.pt, atomically. Every process joins the RNG gather; only rank 0 writes."""
-        rng_cpu = gather_states(torch.get_rng_state(), rt)
-        rng_cuda = gather_states(torch.cuda.get_rng_state(rt.device).to(rt.device), rt) if rt.cuda else None
+        rng = {"rng_cpu": gather_states(torch.get_rng_state(), rt)}
+        if rt.cuda:
+            rng["rng_cuda"] = gather_states(torch.cuda.get_rng_state(rt.device).to(rt.device), rt)
         if rt.rank != 0:
             return
         state = {
@@ -255,10 +245,8 @@ class TrainState:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "step": torch.tensor(self.step),
-            "rng_cpu": rng_cpu,
+            **rng,
         }
-        if rng_cuda is not None:
-            state["rng_cuda"] = rng_cuda
         atomic_write(path, lambda tmp: torch.save(state, tmp))
 
     def load(self, path: Path, rt: Runtime) -> dict:
@@ -285,8 +273,8 @@ class RunLog:
                 lines = metrics.read_text().splitlines(keepends=True)
                 kept = "".join(line for line in lines if json.loads(line)["step"] <= step)
                 atomic_write(metrics, lambda tmp: Path(tmp).write_text(kept))
-            config = {k: (str(v) if isinstance(v, Path) else v) for k, v in config.items()}
-            atomic_write(out / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2)))
+            text = json.dumps(config, indent=2, default=str)  # a Path as its text
+            atomic_write(out / "config.json", lambda tmp: Path(tmp).write_text(text))
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(out), purge_step=step)
@@ -326,37 +314,25 @@ class RunLog:
             self.writer.close()
 
 
-def batches(dataset, args: argparse.Namespace, step: int, rt: Runtime) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Endless (images, labels) batches on the device, the same ones a resumed run would see. The
-    DataLoader draws its base seed here, so call this before restoring the RNG states."""
-    sampler = EpochBatches(len(dataset), args.batch_size, args.seed, step, rt.rank, rt.world)
-    loader = iter(DataLoader(dataset, batch_sampler=sampler, num_workers=args.workers, pin_memory=rt.cuda))
-
-    def on_device():
-        for x0, labels in loader:
-            x0 = x0.to(rt.device, non_blocking=True)
-            if rt.channels_last:
-                x0 = x0.contiguous(memory_format=torch.channels_last)
-            yield x0, labels.to(rt.device)
-
-    return on_device()
-
-
 def open_run(
     model: UNet, dataset, args: argparse.Namespace, total: int, folder: Path, config: dict, rt: Runtime
 ) -> tuple[TrainState, Iterator[tuple[torch.Tensor, torch.Tensor]], RunLog]:
-    """The state of a run in `folder` (resumed from its state.pt if it has one), the batches from its step
-    and its log; every process's random stream is continued last, once the rest has drawn from it."""
+    """The state of a run in `folder` (resumed from its state.pt if it has one), the endless (images, labels)
+    batches on the device from its step (those a resumed run would see) and its log; every process's
+    random stream is continued last, once the rest has drawn from it."""
     resume = (folder / "state.pt").is_file()
     state = TrainState(model, args, total)
     saved = state.load(folder / "state.pt", rt) if resume else None
-    loader = batches(dataset, args, state.step, rt)
+    sampler = EpochBatches(len(dataset), args.batch_size, args.seed, state.step, rt.rank, rt.world)
+    # iter() draws the DataLoader's base seed: before the RNG states are restored below
+    loader = iter(DataLoader(dataset, batch_sampler=sampler, num_workers=args.workers, pin_memory=rt.cuda))
+    batches = ((x.to(rt.device, memory_format=rt.memory_format, non_blocking=True), y.to(rt.device)) for x, y in loader)
     log = RunLog(folder, config, rt, state.step, total, resume, not args.no_progress)
     if saved:
         torch.set_rng_state(saved["rng_cpu"][rt.rank].cpu())
         if rt.cuda and "rng_cuda" in saved:
             torch.cuda.set_rng_state(saved["rng_cuda"][rt.rank].cpu())
-    return state, loader, log
+    return state, batches, log
 
 
 def train(args: argparse.Namespace) -> Path:
@@ -372,12 +348,12 @@ def train(args: argparse.Namespace) -> Path:
 
     torch.manual_seed(args.seed)
     schedule = NoiseSchedule.from_name(args.schedule, args.timesteps).to(rt.device)
-    model = UNet(unet_config(args, channels, image_size, num_classes))
+    flags = ("base_channels", "channel_mults", "num_res_blocks", "attention_resolutions", "dropout", "prediction")
+    given = {name: getattr(args, name) for name in flags if getattr(args, name) is not None}  # over the preset's
+    model = build_unet(args.preset, **given, in_channels=channels, image_size=image_size, num_classes=num_classes)
     if args.init_from and not args.resume:
         warm_start(model, args.init_from)
-    model = model.to(rt.device)
-    if rt.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = model.to(rt.device, memory_format=rt.memory_format)
     state, loader, log = open_run(model, dataset, args, args.steps, args.out, vars(args), rt)
     trained = DistributedDataParallel(model) if rt.distributed else model
     forward = torch.compile(trained) if args.compile else trained

@@ -56,8 +56,7 @@ class UNetConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> UNetConfig:
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
+        if unknown := set(d) - set(cls.__dataclass_fields__):
             raise ValueError(f"unknown UNet config keys: {sorted(unknown)}")
         return cls(**d)
 

@@ -54,11 +54,10 @@ def denoising_strip(steps: list[Step], columns: int = 10) -> torch.Tensor:
     """A grid image (C, H, W) in [0, 1]: for each sample, a row of `columns` chosen steps from noise to
     image and below it the row of its predicted x0 at the same steps."""
     picks = pick_steps(steps, columns)
-    rows = []
-    for b in range(picks[0].x_t.shape[0]):
-        rows.append(torch.stack([s.x_t[b] for s in picks]))
-        rows.append(torch.stack([s.x0[b] if s.x0 is not None else torch.zeros_like(s.x_t[b]) for s in picks]))
-    return make_grid(to_unit(torch.cat(rows).cpu()), nrow=columns, padding=1)
+    x_t = torch.stack([s.x_t for s in picks], 1)
+    x0 = torch.stack([s.x0 if s.x0 is not None else torch.zeros_like(s.x_t) for s in picks], 1)
+    rows = torch.stack([x_t, x0], 1).flatten(0, 2)  # sample b's x_t row, then its x0 row
+    return make_grid(to_unit(rows.cpu()), nrow=columns, padding=1)
 
 
 def save_denoising_strip(steps: list[Step], path: str | Path, columns: int = 10) -> None:
@@ -103,12 +102,10 @@ def denoising_panels(steps: list[Step], columns: int = 8, scale: int = 2) -> Ima
     """x_t (left) and the predicted x0 (right) side by side: one row per sample, `columns` steps from
     noise to image, each column headed by the timestep of its x_t."""
     picks = pick_steps(steps, columns)
-    size = picks[0].x_t.shape[-1]
     x_t = torch.stack([s.x_t for s in picks], 1).flatten(0, 1)  # row b: sample b at each pick
     x0 = torch.stack([s.x0 if s.x0 is not None else torch.zeros_like(s.x_t) for s in picks], 1).flatten(0, 1)
-    labels = [step_label(s) for s in picks]
-    cell = (size + 1) * scale
-    left = with_column_labels(grid_image(x_t, columns, scale), labels, cell, scale)
+    cell = (picks[0].x_t.shape[-1] + 1) * scale  # an image and make_grid's padding, enlarged
+    left = with_column_labels(grid_image(x_t, columns, scale), [step_label(s) for s in picks], cell, scale)
     right = with_column_labels(grid_image(x0, columns, scale), ["x0 pred."] * columns, cell, scale)
     return side_by_side(left, right)
 
@@ -128,23 +125,19 @@ def forward_noising(
     return with_column_labels(grid_image(images, len(columns), scale), labels, cell, scale)
 
 
-def sampling_frames(steps: list[Step], frames: int = 60, scale: int = 3, with_x0: bool = True) -> list[Image.Image]:
-    """One picture per chosen step of a run: the grid of x_t, and beside it the predicted x0."""
+def save_sampling_gif(steps: list[Step], path: Path, frames: int, scale: int, with_x0: bool, frame_ms: int) -> None:
+    """One frame per chosen step of a run (the grid of x_t, and beside it the predicted x0); the last holds 2 s."""
     nrow = max(1, round(steps[0].x_t.shape[0] ** 0.5))
-    out = []
+    pictures = []
     for s in pick_steps(steps, min(frames, len(steps))):
         image = grid_image(s.x_t, nrow, scale)
         if with_x0:  # before the first step there is no prediction yet: a grey panel
             image = side_by_side(image, grid_image(s.x0 if s.x0 is not None else torch.zeros_like(s.x_t), nrow, scale))
         caption = f"step {s.index}/{s.total}  {step_label(s)}" + ("   |   predicted x0" if with_x0 else "")
-        out.append(with_column_labels(image, [caption], image.width))
-    return out
-
-
-def save_gif(frames: list[Image.Image], path: str | Path, frame_ms: int = 80, hold_last_ms: int = 2000) -> None:
-    durations = [frame_ms] * (len(frames) - 1) + [hold_last_ms]
-    animation = {"save_all": True, "append_images": frames[1:], "duration": durations, "loop": 0}
-    atomic_write(path, lambda tmp: frames[0].save(tmp, format="GIF", **animation))
+        pictures.append(with_column_labels(image, [caption], image.width))
+    durations = [frame_ms] * (len(pictures) - 1) + [2000]
+    animation = {"save_all": True, "append_images": pictures[1:], "duration": durations, "loop": 0}
+    atomic_write(path, lambda tmp: pictures[0].save(tmp, format="GIF", **animation))
 
 
 def save_picture(image: Image.Image, path: str | Path) -> None:
@@ -299,32 +292,26 @@ def quality_against_nfe(tables: dict[str, list[dict]], metrics: list[str], size=
     return out
 
 
-# --- the command -------------------------------------------------------------------------------
-
-
 @torch.inference_mode()
-def sampling_steps(
-    ckpt: Checkpoint,
-    n: int,
-    sampler: str = "ddim",
-    steps: int | None = None,
-    label: int | None = None,
-    guidance: float = 1.0,
-    seed: int = 0,
-    **params,
-) -> list[Step]:
-    """Every state of one sampling run of n samples, from x_T to x_0, by a sampler of the table (its
-    default steps and parameters unless given); a conditional model's sample i is conditioned on class
-    i mod K, or on `label` for all."""
+def sampling_steps(ckpt: Checkpoint, args: argparse.Namespace) -> list[Step]:
+    """Every state, from x_T to x_0, of the sampling run the flags ask for (by default the model's own
+    sampler, steps and parameters, else DDIM's); a conditional model's sample i is conditioned on class
+    i mod K, or on --class for all."""
+    own = ckpt.sampling or {}  # a distilled student's sampler and steps, which it needs
+    sampler = get_sampler(args.sampler or own.get("sampler", "ddim"))
+    if unused := unused_sampler_flags(args, [sampler]):
+        raise ValueError(f"{', '.join(unused)}: {sampler.name} takes no such parameter")
+    params = {**ckpt.sampler_defaults().get(sampler.name, {}), **sampler_params(args, sampler)}
+    steps = args.steps or (own.get("steps") if sampler.name == own.get("sampler") else None)
     device, cfg = ckpt.schedule.device, ckpt.config
-    generator = make_generator(seed, device)
-    x = initial_noise((n, cfg.in_channels, cfg.image_size, cfg.image_size), generator, device)
+    generator = make_generator(args.seed, device)
+    x = initial_noise((args.n, cfg.in_channels, cfg.image_size, cfg.image_size), generator, device)
     labels = None
     if cfg.num_classes:
-        labels = torch.full((n,), label, device=device) if label is not None else torch.arange(n, device=device)
-        labels = labels % cfg.num_classes
-    run = sampling_run(sampler, ckpt.schedule, x, steps, generator, **params)
-    eps = lambda x_t, t: guided_eps(ckpt.unet, x_t, t, labels, guidance)  # noqa: E731
+        labels = torch.arange(args.n) if args.label is None else torch.full((args.n,), args.label)
+        labels = labels.to(device) % cfg.num_classes
+    run = sampling_run(sampler.name, ckpt.schedule, x, steps, generator, **params)
+    eps = lambda x_t, t: guided_eps(ckpt.unet, x_t, t, labels, args.guidance)  # noqa: E731
     return list(denoise(run, eps, include_start=True))  # the pure noise first: pictures start from it
 
 
@@ -402,13 +389,7 @@ def run(args: argparse.Namespace) -> None:
         return save_picture(forward_noising(schedule, x0, args.t, args.seed, args.scale), args.out)
 
     ckpt = load_model(args.checkpoint, args.device)
-    own = ckpt.sampling or {}  # a distilled student's sampler and steps, which it needs
-    sampler = get_sampler(args.sampler or own.get("sampler", "ddim"))
-    if unused := unused_sampler_flags(args, [sampler]):
-        raise ValueError(f"{', '.join(unused)}: {sampler.name} takes no such parameter")
-    params = {**ckpt.sampler_defaults().get(sampler.name, {}), **sampler_params(args, sampler)}
-    n_steps = args.steps or (own.get("steps") if sampler.name == own.get("sampler") else None)
-    steps = sampling_steps(ckpt, args.n, sampler.name, n_steps, args.label, args.guidance, args.seed, **params)
+    steps = sampling_steps(ckpt, args)
     if args.command == "grid":
         conditional = ckpt.config.num_classes and args.label is None
         nrow = args.nrow or (ckpt.config.num_classes if conditional else max(1, round(args.n**0.5)))
@@ -417,7 +398,7 @@ def run(args: argparse.Namespace) -> None:
         if args.layout == "rows":
             return save_picture(upscale(to_pil_image(denoising_strip(steps, args.columns)), args.scale), args.out)
         return save_picture(denoising_panels(steps, args.columns, args.scale), args.out)
-    return save_gif(sampling_frames(steps, args.frames, args.scale, not args.no_x0), args.out, args.frame_ms)
+    return save_sampling_gif(steps, args.out, args.frames, args.scale, not args.no_x0, args.frame_ms)
 
 
 def main(argv: list[str] | None = None) -> None:
