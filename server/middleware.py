@@ -57,7 +57,7 @@ def add_middleware(app: FastAPI, settings: Settings, metrics: Metrics, *routers:
             expose_headers=["Retry-After", "X-Seed", "X-Elapsed-Ms"],
         )
     app.add_middleware(HostCheck, allowed=trusted_hosts(settings), metrics=metrics)
-    app.add_middleware(SecurityHeaders)
+    app.add_middleware(AddHeaders, headers=SECURITY_HEADERS)
     app.add_middleware(RequestMetrics, routes=routes, metrics=metrics)
     if settings.trusted_proxies:  # the client's address as the proxy saw it, for the per-client limit and the logs
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
@@ -67,7 +67,7 @@ def trusted_hosts(settings: Settings) -> list[str]:
     """The Host names to answer: the setting; else, when bound to loopback, the loopback names
     (a page on another site reaching 127.0.0.1 through DNS rebinding sends its own name); else any."""
     if settings.allowed_hosts:
-        return settings.allowed_hosts
+        return [pattern.lower() for pattern in settings.allowed_hosts]
     address = _ip_address(settings.host.strip("[]"))
     loopback = settings.host == "localhost" or (address is not None and address.is_loopback)
     return LOOPBACK_NAMES if loopback else ["*"]
@@ -103,17 +103,32 @@ def host_allowed(header: str | None, allowed: list[str]) -> bool:
     return bool(name) and any(matches)
 
 
-class HostCheck:
-    """Refuses requests whose Host is not an allowed name: 400 over HTTP, a refused handshake (403)
-    for a WebSocket."""
+class Middleware:
+    """An ASGI middleware: `handle` takes the scopes of the types in `scopes`, the others pass through.
+    The keyword arguments of app.add_middleware become its attributes (each subclass declares its own)."""
 
-    def __init__(self, app: ASGIApp, allowed: list[str], metrics: Metrics):
+    scopes: tuple[str, ...] = ("http",)
+
+    def __init__(self, app: ASGIApp, **options):
         self.app = app
-        self.allowed = [pattern.lower() for pattern in allowed]
-        self.metrics = metrics
+        vars(self).update(options)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket") or host_allowed(Headers(scope=scope).get("host"), self.allowed):
+        if scope["type"] in self.scopes:
+            await self.handle(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
+class HostCheck(Middleware):
+    """Refuses a Host that is not an allowed name: 400 over HTTP, a refused handshake (403) for a WebSocket."""
+
+    scopes = ("http", "websocket")
+    allowed: list[str]  # lower case (trusted_hosts)
+    metrics: Metrics
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if host_allowed(Headers(scope=scope).get("host"), self.allowed):
             await self.app(scope, receive, send)
         elif scope["type"] == "websocket":
             self.metrics.ws_sessions.labels(outcome="forbidden").inc()
@@ -122,22 +137,20 @@ class HostCheck:
             await PlainTextResponse("Invalid host header", status_code=400)(scope, receive, send)
 
 
-class SecurityHeaders:
-    """nosniff, no framing, no referrer and a Content-Security-Policy on every answer that has not
-    set its own (the docs pages do)."""
+class AddHeaders(Middleware):
+    """`headers` on every answer that has not set its own (the docs pages set their CSP): at the messages
+    of `at`, which start an HTTP answer or a WebSocket's refused handshake (or, where asked, its accept)."""
 
-    def __init__(self, app: ASGIApp):
-        self.app = app
+    scopes = ("http", "websocket")
+    headers: dict[str, str]
+    at: tuple[str, ...] = ("http.response.start", "websocket.http.response.start")
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket"):
-            await self.app(scope, receive, send)
-            return
-
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def send_with_headers(message: Message) -> None:
-            if message["type"] in ("http.response.start", "websocket.http.response.start"):
+            if message["type"] in self.at:
+                message.setdefault("headers", [])  # optional in a websocket.accept
                 headers = MutableHeaders(scope=message)
-                for name, value in SECURITY_HEADERS.items():
+                for name, value in self.headers.items():
                     headers.setdefault(name, value)
             await send(message)
 
@@ -156,16 +169,14 @@ def api_route(routes: list[BaseRoute], scope: Scope) -> tuple[Route | None, Matc
     return partial, (Match.PARTIAL if partial else Match.NONE)
 
 
-class MethodCheck:
+class MethodCheck(Middleware):
     """OPTIONS on an API route answers 204 with the route's methods in Allow, and any other wrong
     method 405 with them (without this, the UI's mount at / answers for it, with its own)."""
 
-    def __init__(self, app: ASGIApp, routes: list[BaseRoute]):
-        self.app = app
-        self.routes = routes
+    routes: list[BaseRoute]
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        route, match = api_route(self.routes, scope) if scope["type"] == "http" else (None, Match.NONE)
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route, match = api_route(self.routes, scope)
         if match != Match.PARTIAL or not isinstance(route, Route):
             await self.app(scope, receive, send)
             return
@@ -177,19 +188,14 @@ class MethodCheck:
         await response(scope, receive, send)
 
 
-class BodyLimit:
+class BodyLimit(Middleware):
     """Refuses request bodies larger than `max_bytes` with 422, the API's answer to bad input,
     before they are read into memory: by Content-Length, or while a chunked body streams in."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int, metrics: Metrics):
-        self.app = app
-        self.max_bytes = max_bytes
-        self.metrics = metrics
+    max_bytes: int
+    metrics: Metrics
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         too_long = Refused("invalid", [error("too_long", f"the request body is larger than {self.max_bytes} bytes")])
         declared = Headers(scope=scope).get("content-length", "")
         if declared.isdigit() and int(declared) > self.max_bytes:
@@ -209,19 +215,14 @@ class BodyLimit:
         await self.app(scope, limited_receive, send)
 
 
-class RequestMetrics:
+class RequestMetrics(Middleware):
     """Counts HTTP requests by method, route template (not the raw path: bounded label values) and
     status; the route is found here, so that answers given before routing count under it too."""
 
-    def __init__(self, app: ASGIApp, routes: list[BaseRoute], metrics: Metrics):
-        self.app = app
-        self.routes = routes
-        self.metrics = metrics
+    routes: list[BaseRoute]
+    metrics: Metrics
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         status = 500
 
         async def send_and_note_status(message: Message) -> None:

@@ -3,15 +3,13 @@ every replica, and one replica = one process holding the models and one sampling
 
 A replica is configured the way the plain server is, by DDPM_* environment variables, which the
 deployment's runtime_env gives it (`python -m server.ray` sets them from its flags; a config file
-for `serve run` / `serve deploy` lists them, see deploy/ray/serve.yaml). Everything the app does is
-unchanged: the same routes, the same REST and WebSocket contract, the page. Two things are added:
-
-- every answer carries the id of the replica that gave it, in the X-Serve-Replica header (a WebSocket
-  in its handshake response), so a client, a test or a log line can tell the replicas apart;
-- the replica's own metrics (what its /metrics shows) are copied into Ray's metrics every few seconds,
-  so that each node's Ray metrics endpoint shows every replica's ddpm_* series, as ray_ddpm_*
-  gauges tagged with the replica's id, beside Ray's own serve_* ones. Through the HTTP proxy, /metrics
-  is answered by whichever replica the request reaches (its id is in the header).
+for `serve run` / `serve deploy` lists them, see deploy/ray/serve.yaml). The app is unchanged (its
+routes, its REST and WebSocket contract, the page), with two additions:
+- every answer (a WebSocket: its handshake response) carries the replica's id in the X-Serve-Replica
+  header, so a client, a test or a log line can tell the replicas apart;
+- the replica's /metrics are copied into Ray's every few seconds: each node's Ray metrics endpoint shows
+  every replica's ddpm_* series as ray_ddpm_* gauges tagged with its id, beside Ray's serve_* ones.
+  Through the HTTP proxy, /metrics is answered by whichever replica the request reaches (see the header).
 """
 
 from __future__ import annotations
@@ -25,10 +23,10 @@ from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 from ray import serve
 from ray.serve.metrics import Gauge
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.app import create_app
 from server.metrics import Metrics
+from server.middleware import AddHeaders
 from server.settings import Settings
 
 APP_NAME = "ddpm"
@@ -49,7 +47,7 @@ def build_asgi_app() -> FastAPI:
     logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     app = create_app(settings)
     replica = serve.get_replica_context().replica_tag
-    app.add_middleware(ReplicaHeader, replica=replica)
+    app.add_middleware(AddHeaders, headers={REPLICA_HEADER: replica}, at=("http.response.start", "websocket.accept"))
     serving = app.router.lifespan_context
 
     @asynccontextmanager
@@ -96,21 +94,17 @@ def deployment_options(settings: Settings, replicas: tuple[int, int], gpu: bool,
     low, high = replicas
     if low == high:
         options["num_replicas"] = low
-    else:
-        options["autoscaling_config"] = autoscaling_config(settings, low, high)
-    return options
-
-
-def autoscaling_config(settings: Settings, low: int, high: int) -> dict:
-    """Ray's autoscaler adds replicas while the ongoing requests per replica (a WebSocket session is one
-    for its whole run) stay above the target: half the sampling places, so a burst finds room."""
-    return {
+        return options
+    # Ray's autoscaler adds replicas while the ongoing requests per replica (a WebSocket session is one for
+    # its whole run) stay above the target: half the sampling places, so a burst finds room
+    options["autoscaling_config"] = {
         "min_replicas": low,
         "max_replicas": high,
         "target_ongoing_requests": max(1, settings.max_jobs // 2),
         "upscale_delay_s": 10,  # a burst of users is a burst: Ray's default waits 30 s
         "downscale_delay_s": 300,
     }
+    return options
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -123,22 +117,6 @@ def settings_env(settings: Settings) -> dict[str, str]:
         if value is not None:
             env[f"DDPM_{name.upper()}"] = ",".join(value) if isinstance(value, list) else str(value)
     return env
-
-
-class ReplicaHeader:
-    """Adds X-Serve-Replica: <replica id> to every HTTP answer and WebSocket handshake."""
-
-    def __init__(self, app: ASGIApp, replica: str):
-        self.app = app
-        self.header = (REPLICA_HEADER.lower().encode(), replica.encode())
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async def send_with_replica(message: Message) -> None:
-            if message["type"] in ("http.response.start", "websocket.accept"):
-                message["headers"] = [*message.get("headers", []), self.header]
-            await send(message)
-
-        await self.app(scope, receive, send_with_replica)
 
 
 async def copy_metrics_to_ray(metrics: Metrics, interval_s: float = METRICS_COPY_INTERVAL_S) -> None:
