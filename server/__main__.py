@@ -47,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    flags = {key: value for key, value in vars(args).items() if key != "env_file" and value is not None}
+    flags = {key: value for key, value in vars(args).items() if key in Settings.model_fields and value is not None}
     return Settings(_env_file=args.env_file, **flags)
 
 

@@ -26,7 +26,6 @@ from server.__main__ import add_arguments, browsable_host, settings_from_args
 from server.ray.deployment import APP_NAME, Sampler, deployment_options
 
 PROXY_CALLBACK = ("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", "server.ray.proxy:middlewares")
-RAY_FLAGS = ("replicas", "dashboard")
 
 log = logging.getLogger("server.ray")
 
@@ -62,7 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    settings = settings_from_args(argparse.Namespace(**{k: v for k, v in vars(args).items() if k not in RAY_FLAGS}))
+    settings = settings_from_args(args)
     # the replicas may run elsewhere: a folder given relative to here, as on this machine's command line
     settings = settings.model_copy(update={"checkpoint_dir": settings.checkpoint_dir.resolve()})
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
