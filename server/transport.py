@@ -1,25 +1,22 @@
 """uvicorn's HTTP and WebSocket protocols, with the limits uvicorn does not have.
 
 - A request must arrive whole (request line, headers and body) within `read_timeout_s` of its first
-  byte, and a new connection must start one within that time: otherwise the connection is dropped.
-  uvicorn itself only times out idle keep-alive connections, so a client that sends half its
-  headers, or nothing at all, would hold a connection (and a file descriptor) for ever.
-- A request's head (its request line and headers) may be at most `max_head_bytes`: a larger one is
-  answered 431 as soon as it passes that size, before the parser has buffered it. httptools (llhttp)
-  has no such limit and uvicorn none for it (h11's `h11_max_incomplete_event_size` is for the h11
-  protocol, which would need these deadlines written again for its own callbacks).
-- One client address may hold at most `max_connections_per_client` connections. When it opens one
-  more, its oldest idle connection is dropped for it (one that has not sent a whole request head, or
-  a WebSocket that has not sent a message): a client's idle sockets cannot pile up to the process's
-  file limit, and its own next request still gets through. With none idle, the new one is dropped.
-  Connections from `trusted_proxies` are not counted: they carry many clients.
-- Once the application is done with a WebSocket, its connection is closed within `linger_s`, and
-  at once if the client has stopped reading: asyncio's transport.close() waits until the write
-  buffer has drained, which for a client that reads nothing is never.
+  byte, and a new connection must start one within that time, or the connection is dropped: uvicorn
+  only times out idle keep-alive connections, so a client that sends half its headers, or nothing at
+  all, would hold a connection (and a file descriptor) for ever.
+- A request head (request line and headers) larger than `max_head_bytes` is answered 431 as soon as it
+  passes that size, before the parser has buffered it: httptools (llhttp) has no such limit, and
+  uvicorn none for it (h11's `h11_max_incomplete_event_size` is for h11, which would need these
+  deadlines written again for its own callbacks).
+- One client address may hold at most `max_connections_per_client` connections; one more drops its
+  oldest idle one (no whole request head yet, or a WebSocket that has sent no message), or itself if
+  none is idle: a client's idle sockets cannot pile up to the process's file limit, and its own next
+  request still gets through. Connections from `trusted_proxies` carry many clients: not counted.
+- A WebSocket the application is done with is closed within `linger_s`, and at once if the client has
+  stopped reading: asyncio's transport.close() waits for the write buffer to drain, for such a client never.
 
-These extend uvicorn's internal classes, whose hooks (the parser's callbacks, run_asgi) are not a
-public API: TESTED_UVICORN names the uvicorn releases they are tested with, and pyproject.toml pins it.
-
+These extend uvicorn's internal classes, whose hooks (the parser's callbacks, run_asgi) are not a public
+API: TESTED_UVICORN names the uvicorn releases they are tested with, and pyproject.toml pins it.
 `protocols(settings)` gives the two classes to pass to uvicorn.Config(http=..., ws=...).
 """
 
@@ -36,14 +33,6 @@ from server.settings import Settings
 
 TESTED_UVICORN = ("0.55",)  # release series (major.minor) the subclasses below are tested against
 HEAD_END = b"\r\n\r\n"
-
-
-def head_too_large(limit: int) -> bytes:
-    text = f"the request line and headers are larger than {limit} bytes".encode()
-    return (
-        b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain; charset=utf-8\r\n"
-        b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(text), text)
-    )
 
 
 class ClientLimit:
@@ -142,7 +131,11 @@ class DeadlineHttpProtocol(HttpToolsProtocol):
     def _refuse_head(self) -> None:
         self._refused = True
         self.logger.info("refusing a request whose head is larger than %d bytes", self.max_head_bytes)
-        self.transport.write(head_too_large(self.max_head_bytes))
+        text = f"the request line and headers are larger than {self.max_head_bytes} bytes".encode()
+        self.transport.write(
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain; charset=utf-8\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(text), text)
+        )
         if self.transport.can_write_eof():
             # the answer, then our end closed; what the client still sends is dropped until it closes,
             # or the read deadline: closing now would reset the connection and lose the answer
