@@ -64,11 +64,10 @@ def add_docs(app: FastAPI, settings: Settings) -> None:
 
     def openapi() -> dict:
         state = getattr(app.state, "server", None)
-        if app.openapi_schema is None or state is None:
-            schema = api_schema(app, settings, state.registry if state else None)
-            if state is None:
-                return schema  # the models are not loaded yet: not the final schema
-            app.openapi_schema = schema
+        if state is None:  # the models are not loaded yet: not the final schema
+            return api_schema(app, settings, None)
+        if app.openapi_schema is None:
+            app.openapi_schema = api_schema(app, settings, state.registry)
         return app.openapi_schema
 
     app.openapi = openapi
@@ -109,8 +108,7 @@ def api_schema(app: FastAPI, settings: Settings, registry: ModelRegistry | None)
     the schema accepts, the server accepts (for a server of one model, exactly)."""
     schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
     components = schema.setdefault("components", {}).setdefault("schemas", {})
-    request = _request_schema(SampleRequest, settings, registry)
-    components["SampleRequest"] = by_sampler(request)
+    components["SampleRequest"] = by_sampler(_request_schema(SampleRequest, settings, registry))
     # a branch's "from" is a request as the WebSocket takes it (every and preview_size allowed, and ignored)
     components["StreamRequest"] = by_sampler(_request_schema(StreamRequest, settings, registry))
     branch = StreamRequest.model_json_schema(ref_template="#/components/schemas/{model}")["$defs"]["Branch"]

@@ -25,11 +25,10 @@ ROW_TIME_SMOOTHING = 0.1  # weight of the latest iteration in a model's seconds_
 
 @dataclass
 class LoadedModel:
-    """A checkpoint ready to sample from; `name` is its file name without .safetensors, or the name
-    of its diffusers folder. A model may name the sampler (and its steps) that a request for it gets
-    when it names none, and its own defaults for samplers' parameters: a distilled student's metadata
-    (which fixes them: `own_sampling`) or a diffusers scheduler's choices. server.validation prefers
-    these to the server's defaults."""
+    """A model ready to sample from, named by model.formats. It may name the sampler (and its steps) that
+    a request for it gets when it names none, and its own defaults for samplers' parameters: a distilled
+    student's metadata (which fixes them: `own_sampling`) or a diffusers scheduler's choices, which
+    server.validation prefers to the server's defaults."""
 
     name: str
     checkpoint: Checkpoint
@@ -135,7 +134,8 @@ class ModelRegistry:
     def __init__(self, models: dict[str, LoadedModel], default: str | None = None):
         self.models = models
         if default is not None and default not in models:
-            raise ValueError(f"default model {default!r} is not loaded; loaded: {sorted(models)}")
+            log.warning("default model %r is not loaded; using the first one instead", default)
+            default = None
         self.default = default or (PREFERRED_DEFAULT if PREFERRED_DEFAULT in models else next(iter(models), None))
 
     @classmethod
@@ -180,9 +180,6 @@ class ModelRegistry:
                 time.perf_counter() - started,
                 describe(checkpoint),
             )
-        if default is not None and default not in models:
-            log.warning("default model %r is not loaded; using the first one instead", default)
-            default = None
         return cls(models, default)
 
     def get(self, name: str | None) -> LoadedModel | None:
