@@ -1,9 +1,7 @@
-"""Every way a request can fail, at the bottom of server/ (it imports none of it): FAILURES, what
-each kind is over REST (status) and over the WebSocket (close code, after an error message); the
-`Refused(kind, detail)` that stops a request, from a bad field to a shutdown; the `InvalidRequest`
-of a request's wrong fields, with pydantic's error shape, so that a client handles a 422 the same
-way whichever check refused it; `safe_errors`, which makes any such list JSON-ready without ever
-raising; and the REST answers (`add_handlers`). server.ws sends `Refused.body()` and closes."""
+"""Every way a request can fail, at the bottom of server/ (it imports none of it): FAILURES, each kind's
+REST status and WebSocket close code; `Refused(kind, detail)`, which stops a request, from a bad field to a
+shutdown; `InvalidRequest`, a request's wrong fields in pydantic's error shape (a client handles any 422
+alike, whichever check refused it); `safe_errors`, JSON-ready without ever raising; the REST answers (add_handlers)."""
 
 from __future__ import annotations
 

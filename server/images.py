@@ -91,11 +91,10 @@ KEPT = (*CRITICAL, b"tRNS")
 
 
 def decode_image(text: str, max_bytes: int, size: int, channels: int, what: str) -> np.ndarray:
-    """A request's base64 PNG (a data:image/png;base64, prefix allowed) as (channels, size, size)
-    float32 in [0, 1], or ValueError saying why not; `what` names the model in the message. The one way
-    in for every image a request holds. Its chunks are checked (png_chunks) before the decoder sees
-    any, and the decoder's own reading of the size is checked again before it decodes a pixel: the
-    work and memory of a request's image are bounded by the model's size, whatever its bytes say."""
+    """Any image of a request, a base64 PNG (a data:image/png;base64, prefix allowed), as (channels, size,
+    size) float32 in [0, 1], or ValueError saying why not (`what`: the model). Its chunks are checked before
+    the decoder sees any, and the decoder's reading of its size before it decodes a pixel: the work and
+    memory of a request's image are bounded by the model's size, whatever its bytes say."""
     if text.startswith(DATA_URL_PREFIX):
         text = text[len(DATA_URL_PREFIX) :]
     if len(text) > 4 * math.ceil(max_bytes / 3) + 4:  # before decoding: the base64 of max_bytes, and some padding
@@ -123,9 +122,8 @@ def decode_image(text: str, max_bytes: int, size: int, channels: int, what: str)
 
 
 def png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
-    """The (type, data) chunks of a PNG file, or ValueError: the signature; every chunk whole, within
-    the data, with a valid type and CRC; exactly one IHDR, first and well-formed; at most one PLTE and
-    tRNS, before the IDATs; one run of IDATs; IEND last, with nothing after it; no unknown critical chunk."""
+    """The (type, data) chunks of a PNG file, or ValueError: each whole, with a valid type and CRC, in the
+    order and number the specification allows (_check_order), IHDR well-formed, nothing after IEND."""
     if not data.startswith(PNG_SIGNATURE):
         raise ValueError("is not a PNG")
     chunks, position = [], len(PNG_SIGNATURE)

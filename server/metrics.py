@@ -1,8 +1,6 @@
-"""The server's metrics, kept and exposed by prometheus_client.
-
-Each Metrics has its own CollectorRegistry (a test may run several apps in one process), updated
-from the sampling thread and the event loop alike (prometheus_client's metrics are thread-safe).
-"""
+"""The server's metrics, kept and exposed by prometheus_client. Each Metrics has its own CollectorRegistry
+(a test may run several apps in one process), updated from the sampling thread and the event loop alike
+(prometheus_client's metrics are thread-safe)."""
 
 from __future__ import annotations
 

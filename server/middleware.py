@@ -1,10 +1,8 @@
-"""The middleware, from the outside in: ProxyHeadersMiddleware (uvicorn's), when trusted_proxies are
-set, takes the client's address from their X-Forwarded-For; RequestMetrics counts every answer under its route;
-SecurityHeaders adds nosniff, no framing and a Content-Security-Policy to each; HostCheck refuses a
-Host header this server does not answer to (DNS rebinding); CORS, when configured; MethodCheck
-answers OPTIONS and wrong methods on the API's routes (the UI's mount at / would otherwise); and
-BodyLimit refuses bodies over request_bytes (max_body_bytes and room for images) before they are read.
-"""
+"""The middleware, from the outside in: uvicorn's ProxyHeadersMiddleware, when trusted_proxies are set,
+takes the client's address from their X-Forwarded-For; RequestMetrics counts every answer under its route;
+AddHeaders adds SECURITY_HEADERS; HostCheck refuses a Host header this server does not answer to (DNS
+rebinding); CORS, when configured; MethodCheck answers OPTIONS and wrong methods on the API's routes (the
+UI's mount at / would otherwise); and BodyLimit refuses bodies over request_bytes before they are read."""
 
 from __future__ import annotations
 

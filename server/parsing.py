@@ -106,9 +106,8 @@ def _int(text: str) -> int:
 
 
 def _float(text: str) -> float | int:
-    """A number written with a fraction or an exponent. One with an integral value (4.0, 1e3) is the
-    integer it equals, as JSON and JSON Schema have it: an integer field takes it, a float field
-    turns it back into a float; 4.5 stays a float, which integer fields refuse."""
+    """A number with a fraction or an exponent: the integer it equals if integral (4.0, 1e3), which an integer
+    field takes and a float field turns back into a float; else a float (4.5), which integer fields refuse."""
     if len(text) > MAX_DIGITS + 10:
         raise ValueError(f"a number with more than {MAX_DIGITS} digits")
     value = float(text)

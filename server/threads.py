@@ -1,17 +1,14 @@
 """PyTorch's CPU threads for the sampling loop: as many as it was given, less the cores that other
-processes keep busy.
-
-The loop's forwards run on one OpenMP team (server.loop), whose threads spin at each kernel's
-barrier rather than sleep. On free cores that is the fastest there is (a student's 16 images in
-90 ms, against 147 ms when they sleep: docs/performance.md), but when another process takes one of
-those cores, the spinning thread waits out its partner's lost time slice at every one of a forward's
-hundreds of kernels (the same request: 832 ms, against 120 ms sleeping). So before each iteration
-the loop asks `CpuThreads.adapt`, which every SAMPLE_S compares the machine's busy time with this
-process's own (Linux's /proc/stat) and runs on the cores left free: one thread, with no barrier at
-all, when the rest of the machine keeps all but one busy. Where /proc/stat cannot be read the given
-count stands. (A forward's result can differ in its last bits between thread counts, as it can
-between batch sizes: about 1e-6.)
-"""
+processes keep busy. The loop's forwards run on one OpenMP team (server.loop), whose threads spin at
+each kernel's barrier rather than sleep. On free cores that is the fastest there is (a student's 16
+images in 90 ms, against 147 ms when they sleep: docs/performance.md), but when another process takes
+one of those cores, the spinning thread waits out its partner's lost time slice at every one of a
+forward's hundreds of kernels (the same request: 832 ms, against 120 ms sleeping). So before each
+iteration the loop asks `CpuThreads.adapt`, which every SAMPLE_S compares the machine's busy time with
+this process's own (Linux's /proc/stat) and runs on the cores left free: one thread, with no barrier at
+all, when the rest of the machine keeps all but one busy; where /proc/stat cannot be read, the given
+count. (A forward's result can differ in its last bits between thread counts, as between batch sizes:
+about 1e-6.)"""
 
 from __future__ import annotations
 
