@@ -109,9 +109,8 @@ class LoadedModel:
 
 
 def model_paths(folder: Path) -> list[Path]:
-    """The models directly inside `folder` (model.formats: *.safetensors files, diffusers model folders),
-    by name; what looks like a model but cannot be one (a directory or a broken link named *.safetensors,
-    a format whose package is not installed) is logged and left out."""
+    """The models directly inside `folder` (model.formats), by name; what looks like one but cannot be (a
+    directory or a broken link named *.safetensors, a format whose package is not installed) is logged, left out."""
     paths = []
     for path in sorted(folder.iterdir() if folder.is_dir() else []):
         if path.name.startswith("."):  # downloads or writes in progress (model.fetch, atomic_write)
@@ -172,14 +171,8 @@ class ModelRegistry:
                 log.warning("skipping a checkpoint: %s: %s: %s", path, type(e).__name__, e, exc_info=True)
                 continue
             models[name], sources[name] = model, path
-            log.info(
-                "loaded %s from %s on %s in %.1f s: %s",
-                model.name,
-                path,
-                device,
-                time.perf_counter() - started,
-                describe(checkpoint),
-            )
+            seconds = time.perf_counter() - started
+            log.info("loaded %s from %s on %s in %.1f s: %s", name, path, device, seconds, describe(checkpoint))
         return cls(models, default)
 
     def get(self, name: str | None) -> LoadedModel | None:
