@@ -86,8 +86,12 @@ def parse_json(data: bytes | str, max_bytes: int) -> object:
         ) from None
     except ValueError as e:  # raised by the hooks below; their messages are ours
         raise InvalidRequest([error("json_invalid", str(e))]) from None
-    if not _is_unicode(value):
-        raise InvalidRequest([error("json_invalid", "a string holds a lone surrogate escape (\\ud800–\\udfff)")])
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")  # every key and string, at any depth
+    except UnicodeEncodeError:
+        raise InvalidRequest(
+            [error("json_invalid", "a string holds a lone surrogate escape (\\ud800–\\udfff)")]
+        ) from None
     return value
 
 
@@ -129,11 +133,3 @@ def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
 
 def _no_constant(name: str):
     raise ValueError(f"{name} is not a JSON value")
-
-
-def _is_unicode(value) -> bool:
-    try:
-        json.dumps(value, ensure_ascii=False).encode("utf-8")  # every key and string, at any depth
-    except UnicodeEncodeError:
-        return False
-    return True
