@@ -23,6 +23,7 @@ API: TESTED_UVICORN names the uvicorn releases they are tested with, and pyproje
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import time
 
@@ -42,7 +43,10 @@ class ClientLimit:
     def __init__(self, per_client: int, trusted: list[str]):
         self.per_client = per_client
         self.anyone = "*" in trusted
-        self.trusted = [ipaddress.ip_network(item, strict=False) for item in trusted if _is_network(item)]
+        self.trusted = []
+        for item in trusted:
+            with contextlib.suppress(ValueError):  # not a network: "*", or a name
+                self.trusted.append(ipaddress.ip_network(item, strict=False))
 
     def admit(self, protocol) -> bool:
         """Whether the connection `protocol` just made may stay; it may first drop an idle one."""
@@ -60,19 +64,10 @@ class ClientLimit:
         return True
 
     def _trusted(self, host: str) -> bool:
-        try:
+        with contextlib.suppress(ValueError):
             address = ipaddress.ip_address(host)
-        except ValueError:
-            return False
-        return any(address in network for network in self.trusted)
-
-
-def _is_network(text: str) -> bool:
-    try:
-        ipaddress.ip_network(text, strict=False)
-    except ValueError:
+            return any(address in network for network in self.trusted)
         return False
-    return True
 
 
 class DeadlineHttpProtocol(HttpToolsProtocol):
