@@ -95,8 +95,7 @@ def decode_image(text: str, max_bytes: int, size: int, channels: int, what: str)
     size) float32 in [0, 1], or ValueError saying why not (`what`: the model). Its chunks are checked before
     the decoder sees any, and the decoder's reading of its size before it decodes a pixel: the work and
     memory of a request's image are bounded by the model's size, whatever its bytes say."""
-    if text.startswith(DATA_URL_PREFIX):
-        text = text[len(DATA_URL_PREFIX) :]
+    text = text.removeprefix(DATA_URL_PREFIX)
     if len(text) > 4 * math.ceil(max_bytes / 3) + 4:  # before decoding: the base64 of max_bytes, and some padding
         raise ValueError(f"is larger than {max_bytes} bytes")
     try:
