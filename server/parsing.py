@@ -1,12 +1,10 @@
-"""Request JSON, parsed once for REST and the WebSocket alike, and the error details sent back.
-
-The one way in: bytes or text → `parse_request` → a pydantic request model, or InvalidRequest with
-every problem. Before `json.loads` sees the text, it must be UTF-8, within the size limit and nested
-at most MAX_DEPTH deep (deeper JSON would exhaust the parser's recursion); numbers are bounded, NaN
-and Infinity refused (they are not JSON), a number with an integral value is an integer however it
-is written (4.0 and 4e0 are 4, as in JSON Schema; decided on the digits, not on the nearest float),
-strings must be Unicode (a lone surrogate escape such as "\\ud800" is not, RFC 7493) and an object's
-names unique (RFC 7493 too). What the server parses it can therefore always echo (server.errors).
+"""Request JSON, parsed once for REST and the WebSocket alike: bytes or text → `parse_request` → a pydantic
+request model, or InvalidRequest with every problem. Before `json.loads` sees the text, it must be UTF-8,
+within the size limit and nested at most MAX_DEPTH deep (deeper JSON would exhaust the parser's recursion);
+numbers are bounded, NaN and Infinity refused (they are not JSON), a number with an integral value is an
+integer however it is written (4.0 and 4e0 are 4, as in JSON Schema; decided on the digits, not on the
+nearest float), strings must be Unicode (a lone surrogate escape such as "\\ud800" is not, RFC 7493) and an
+object's names unique (RFC 7493 too). What the server parses it can therefore always echo (server.errors).
 """
 
 from __future__ import annotations

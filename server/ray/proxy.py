@@ -1,10 +1,7 @@
-"""What Ray's HTTP proxies add in front of the replicas. Ray loads it when the cluster's processes have
-
-    RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=server.ray.proxy.middlewares
-
-in their environment (`python -m server.ray` sets it for a cluster it starts; on a cluster of your own,
-set it where `ray start` runs). Only Starlette, the message schema and the failure table (server.errors)
-are imported."""
+"""What Ray's HTTP proxies add in front of the replicas, loaded where the cluster's processes have
+RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=server.ray.proxy:middlewares in their environment (`python -m
+server.ray` sets it for a cluster it starts; on a cluster of your own, set it where `ray start` runs).
+Only Starlette, the message schema and the failure table (server.errors) are imported."""
 
 from __future__ import annotations
 
