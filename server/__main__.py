@@ -8,7 +8,6 @@ import logging
 import sys
 
 import uvicorn
-from fastapi import FastAPI
 
 from model.device import resolve_device
 from server.app import create_app
@@ -60,15 +59,10 @@ class Server(uvicorn.Server):
     the jobs (server.jobs.JobBridge.drain) before uvicorn waits for the connections to close, which
     would otherwise wait for every running job. A second Ctrl-C cuts the drain short."""
 
-    def __init__(self, config: uvicorn.Config, app: FastAPI, settings: Settings):
-        super().__init__(config)
-        self.app = app
-        self.settings = settings
-
     def handle_exit(self, sig, frame) -> None:
         super().handle_exit(sig, frame)
         # the models may be loading: the event loop waits for them, this handler does not
-        self.app.state.stopping.set()
+        self.config.app.state.stopping.set()
 
     async def startup(self, sockets=None) -> None:
         await super().startup(sockets)
@@ -79,9 +73,9 @@ class Server(uvicorn.Server):
     async def shutdown(self, sockets=None) -> None:
         for server in self.servers:
             server.close()  # no new connections
-        state = getattr(self.app.state, "server", None)
+        state = getattr(self.config.app.state, "server", None)
         if state is not None and not self.force_exit:
-            settings = self.settings
+            settings = state.settings
             await state.jobs.drain(settings.shutdown_grace_s, settings.ws_send_timeout_s, lambda: self.force_exit)
         await super().shutdown(sockets)
         if self.force_exit:
@@ -123,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
         timeout_graceful_shutdown=SHUTDOWN_BACKSTOP_S,
     )
     try:
-        Server(config, app, settings).run()
+        Server(config).run()
     except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it shut down for, once it has
         sys.exit(130)
 
