@@ -83,17 +83,15 @@ def start_ray(dashboard: bool, started_here: bool) -> None:
     """Start a local cluster, or join RAY_ADDRESS's. On a machine so busy that the node's dashboard agent
     takes more than the 15 s its raylet waits for it (ray-project/ray#65983), the local cluster fails to
     start with a generic timeout: once more, then give up."""
-    if not started_here:
-        ray.init(logging_level=logging.WARNING)
-        return
+    options = {"include_dashboard": dashboard} if started_here else {}
     try:
-        ray.init(include_dashboard=dashboard, logging_level=logging.WARNING)
+        ray.init(logging_level=logging.WARNING, **options)
     except Exception as e:  # Ray raises a bare Exception for it
-        if "timed out during startup" not in str(e):
+        if not started_here or "timed out during startup" not in str(e):
             raise
         log.warning("the Ray node did not start (%s); starting it once more", e)
         ray.shutdown()
-        ray.init(include_dashboard=dashboard, logging_level=logging.WARNING)
+        ray.init(logging_level=logging.WARNING, **options)
 
 
 def run(settings, replicas: tuple[int, int], started_here: bool) -> None:
