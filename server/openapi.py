@@ -58,9 +58,8 @@ DOCS_CSP = (
 
 
 def add_docs(app: FastAPI, settings: Settings) -> None:
-    """app.openapi: api_schema, kept once the models are loaded; /docs (Swagger UI) and /redoc (ReDoc)
-    with their files from the fastapi-offline package, so that they need no network; relative URLs,
-    so that they work under a proxy's path prefix too."""
+    """app.openapi: api_schema, kept once the models are loaded; /docs (Swagger UI) and /redoc (ReDoc) with
+    their files from fastapi-offline, at relative URLs so that they work under a proxy's path prefix too."""
 
     def openapi() -> dict:
         state = getattr(app.state, "server", None)
