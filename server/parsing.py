@@ -60,8 +60,7 @@ def _image_chars(value, depth: int) -> int:
 
 def parse_json(data: bytes | str, max_bytes: int) -> object:
     """Strict JSON: the checks of the module docstring, each refused with InvalidRequest."""
-    size = _size(data)
-    if size > max_bytes:
+    if _size(data) > max_bytes:
         raise InvalidRequest([error("too_long", f"the request is larger than {max_bytes} bytes")])
     if isinstance(data, bytes):
         try:

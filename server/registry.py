@@ -76,8 +76,7 @@ class LoadedModel:
 
     @property
     def guidance_input(self) -> bool:
-        """Whether w is an input of the network (a guidance-distilled student): a guided image then costs
-        one row of a forward, not two."""
+        """Whether w is a network input (a guidance-distilled student): a guided image costs one row, not two."""
         return getattr(self.checkpoint.config, "guidance_input", False)
 
     @property

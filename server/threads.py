@@ -64,8 +64,7 @@ def _cores() -> int:
 
 
 def _sample() -> tuple[float, float, float] | None:
-    """(now, CPU seconds the whole machine has been busy, CPU seconds this process has used), or None
-    where the machine's figures cannot be read."""
+    """(now, CPU seconds the machine has been busy, CPU seconds this process has used), or None if unreadable."""
     try:
         with open("/proc/stat") as f:
             fields = [int(v) for v in f.readline().split()[1:]]
