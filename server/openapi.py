@@ -49,6 +49,8 @@ own (its T, its classes) are in `GET /models`.
 DOCUMENT = dict(
     title="DDPM/DDIM sampling server", version="0.1.0", description=DESCRIPTION, docs_url=None, redoc_url=None
 )
+# what the schema of a sampler's parameter takes from its info(), in this order
+PARAM_KEYWORDS = ("type", "default", "minimum", "maximum", "enum", "description")
 DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"  # Swagger UI and ReDoc, as files
 # Swagger UI and ReDoc style their elements inline and ReDoc searches in a blob: worker.
 DOCS_CSP = (
@@ -153,13 +155,8 @@ def by_sampler(request: dict) -> dict:
         params = {}
         for param in sampler.params:
             info = param.info()
-            params[param.name] = {
-                k: v
-                for k, v in {"type": info["type"], "default": info["default"], "minimum": info["minimum"],
-                             "maximum": info["maximum"], "enum": info["choices"],
-                             "description": info["description"]}.items()
-                if v is not None
-            }  # fmt: skip
+            info["enum"] = info["choices"]  # JSON Schema's name for them
+            params[param.name] = {key: info[key] for key in PARAM_KEYWORDS if info[key] is not None}
         properties = {**fields, "sampler": {"const": sampler.name, "description": sampler.description}, **params}
         variants.append(
             {"type": "object", "properties": properties, "required": ["sampler"], "additionalProperties": False}
