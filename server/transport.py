@@ -192,12 +192,8 @@ class BoundedCloseWebSocketProtocol(WebSocketsSansIOProtocol):
 
 def protocols(settings: Settings) -> tuple[type, type]:
     """The HTTP and WebSocket protocol classes, with the settings' deadlines and limits."""
-    limit = ClientLimit(settings.max_connections_per_client, settings.trusted_proxies)
-    http = type(
-        "HttpProtocol",
-        (DeadlineHttpProtocol,),
-        {"read_timeout_s": settings.request_read_timeout_s, "max_head_bytes": settings.max_header_bytes,
-         "client_limit": limit},
-    )  # fmt: skip
+    http_options = {"read_timeout_s": settings.request_read_timeout_s, "max_head_bytes": settings.max_header_bytes}
+    http_options["client_limit"] = ClientLimit(settings.max_connections_per_client, settings.trusted_proxies)
+    http = type("HttpProtocol", (DeadlineHttpProtocol,), http_options)
     ws = type("WebSocketProtocol", (BoundedCloseWebSocketProtocol,), {"linger_s": settings.ws_send_timeout_s})
     return http, ws
