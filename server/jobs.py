@@ -89,6 +89,27 @@ def _droppable(item) -> bool:
     return isinstance(item, Frame) and item.step < item.total
 
 
+async def first(*awaitables: Awaitable, timeout_s: float | None = None) -> list[asyncio.Future]:
+    """The awaitables as tasks, once one is done (or `timeout_s` has passed): the others are cancelled
+    but not awaited, since a handler being cancelled must not wait for anything (anyio, which runs it,
+    would cancel it again and take that for a cancellation from outside)."""
+    tasks = [asyncio.ensure_future(awaitable) for awaitable in awaitables]
+    for task in tasks:
+        task.add_done_callback(_quietly)
+    try:
+        await asyncio.wait(tasks, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()  # a no-op on one that is done
+    return tasks
+
+
+def _quietly(task: asyncio.Task) -> None:
+    """Take a task's exception so that asyncio does not log it: first's caller re-raises what matters."""
+    if not task.cancelled():
+        task.exception()
+
+
 class JobBridge:
     """The sampling loop as the event loop sees it. Created on the event loop (in the lifespan)."""
 
@@ -130,13 +151,9 @@ class JobBridge:
         cancelled, which frees its place at once, or within one step if it runs)."""
         outbox = Outbox()
         job = self.submit(spec, outbox, client)
-        outcome = asyncio.ensure_future(_outcome(outbox, self.timeout_s))
-        gone = asyncio.ensure_future(client_gone())
         try:
-            await asyncio.wait({outcome, gone}, return_when=asyncio.FIRST_COMPLETED)
+            outcome, _ = await first(_outcome(outbox, self.timeout_s), client_gone())
         finally:
-            gone.cancel()
-            outcome.cancel()
             job.cancel()  # a no-op once the job has ended
         if not outcome.done() or outcome.cancelled():
             return None

@@ -26,7 +26,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from server import images
 from server.errors import NORMAL, POLICY_VIOLATION, InvalidRequest, Refused, error
-from server.jobs import Outbox, ServerState, client_address, get_state
+from server.jobs import Outbox, ServerState, client_address, first, get_state
 from server.loop import Cancelled, Event, Finished, Frame, Job, JobSpec, Queued
 from server.parsing import parse_json, parse_request
 from server.schemas import CancelledMessage, DoneMessage, FrameMessage, QueuedMessage, StartMessage, StreamRequest
@@ -96,15 +96,9 @@ async def _session(websocket: WebSocket, state: ServerState) -> str:
 
 async def _read_request(websocket: WebSocket, state: ServerState) -> JobSpec:
     """The first message, as a job; InvalidRequest or Refused("shutdown") otherwise."""
-    receive = asyncio.ensure_future(websocket.receive())
-    draining = asyncio.ensure_future(state.jobs.draining.wait())
-    try:
-        # as long as an HTTP request may take to arrive: an idle socket is held no longer over either
-        wait_s = state.settings.request_read_timeout_s
-        await asyncio.wait({receive, draining}, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        draining.cancel()
-        receive.cancel()  # a no-op once it is done
+    # as long as an HTTP request may take to arrive: an idle socket is held no longer over either
+    wait_s = state.settings.request_read_timeout_s
+    receive, _ = await first(websocket.receive(), state.jobs.draining.wait(), timeout_s=wait_s)
     if not receive.done():
         if state.jobs.draining.is_set():
             raise Refused("shutdown", "the server is shutting down")
@@ -123,18 +117,10 @@ async def _read_request(websocket: WebSocket, state: ServerState) -> JobSpec:
 async def _stream(websocket: WebSocket, state: ServerState, spec: JobSpec) -> str:
     outbox = Outbox(state.settings.ws_frame_buffer, on_drop=state.metrics.frames_dropped.inc)
     job = state.jobs.submit(spec, outbox, client_address(websocket))
-    sender = asyncio.create_task(_send(websocket, outbox, spec, state))
-    listener = asyncio.create_task(_listen(websocket, job, outbox, state))
-    for task in (sender, listener):
-        task.add_done_callback(_quietly)
     try:
-        await asyncio.wait({sender, listener}, return_when=asyncio.FIRST_COMPLETED)
+        sender, listener = await first(_send(websocket, outbox, spec, state), _listen(websocket, job, outbox, state))
     finally:
-        # Not awaited: a handler being cancelled must not wait for anything (anyio, which runs
-        # it, would cancel it again and take that for a cancellation from outside).
         job.cancel()  # a no-op once it has ended; frees its place within one step otherwise
-        for task in (sender, listener):
-            task.cancel()  # a no-op on the one that is done
     if not sender.done():  # the listener saw the socket close first
         listener.result()  # raises what ended it, if anything did
         return "disconnected"
@@ -202,12 +188,6 @@ async def _render(item: Event, spec: JobSpec, state: ServerState) -> BaseModel:
     return StartMessage(
         **{**spec.echo(StartMessage.model_fields), "total": spec.plan.steps_taken, "at_step": at_step, **shape}
     )
-
-
-def _quietly(task: asyncio.Task) -> None:
-    """Take a task's exception so that asyncio does not log it: _stream re-raises what matters."""
-    if not task.cancelled():
-        task.exception()
 
 
 def _encode_frame(frame: Frame) -> tuple[str, str]:
