@@ -119,9 +119,7 @@ class JobBridge:
         self.max_per_client = max_per_client
         self.draining = asyncio.Event()
         self._per_client: Counter[str] = Counter()  # jobs running or queued, by client address
-        self._clients = 0
-        self._no_clients = asyncio.Event()
-        self._no_clients.set()
+        self._clients = 0  # counted by client()
 
     def submit(self, spec: JobSpec, outbox: Outbox, client: str) -> Job:
         """Run or queue `spec` in the loop, its events going to `outbox` (Failed as a Refused); Refused otherwise."""
@@ -163,13 +161,10 @@ class JobBridge:
     def client(self) -> Iterator[None]:
         """Counts a client (a REST request or a WebSocket session) until it has its answer."""
         self._clients += 1
-        self._no_clients.clear()
         try:
             yield
         finally:
             self._clients -= 1
-            if not self._clients:
-                self._no_clients.set()
 
     async def drain(self, grace_s: float, settle_s: float, give_up: Callable[[], bool] = lambda: False) -> None:
         """Stop admitting jobs; let those running finish within `grace_s`, then stop the loop,
@@ -184,10 +179,8 @@ class JobBridge:
             log.warning("shutting down: stopping %d jobs still running %s", self.loop.active_jobs, why)
         await asyncio.to_thread(self.loop.stop)
         deadline = time.monotonic() + settle_s
-        # in slices: a second signal (give_up) ends this wait too
-        while not self._no_clients.is_set() and not give_up() and (left := deadline - time.monotonic()) > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._no_clients.wait(), min(left, 0.05))
+        while self._clients and time.monotonic() < deadline and not give_up():
+            await asyncio.sleep(0.05)
         if self._clients and not give_up():
             log.warning("shutting down: %d clients did not take their answer within %g s", self._clients, settle_s)
 
