@@ -150,22 +150,16 @@ class Block(nn.Module):
         return self.attn(self.res(x, emb))
 
 
-class Downsample(nn.Module):
-    def __init__(self, channels: int):
+class Resample(nn.Module):
+    """Halves the resolution with a stride-2 convolution, or (up) doubles it: nearest, then a convolution."""
+
+    def __init__(self, channels: int, up: bool):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+        self.up = up
+        self.conv = nn.Conv2d(channels, channels, 3, stride=1 if up else 2, padding=1)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)
-
-
-class Upsample(nn.Module):
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest") if self.up else x)
 
 
 class UNet(nn.Module):
@@ -191,7 +185,7 @@ class UNet(nn.Module):
                 cur = ch * mult
                 skips.append(cur)
             if level < len(cfg.channel_mults) - 1:
-                self.down.append(Downsample(cur))
+                self.down.append(Resample(cur, up=False))
                 skips.append(cur)
                 size //= 2
 
@@ -203,7 +197,7 @@ class UNet(nn.Module):
                 self.up.append(Block(cur + skips.pop(), ch * mult, emb_dim, size in cfg.attention_resolutions, cfg))
                 cur = ch * mult
             if level > 0:
-                self.up.append(Upsample(cur))
+                self.up.append(Resample(cur, up=True))
                 size *= 2
 
         self.norm_out = _norm(cur, cfg.groups)
