@@ -136,8 +136,6 @@ class Job:
         # set on the loop thread by start()
         self.steps: StepGenerator | None = None
         self.step = None
-        self.labels: torch.Tensor | None = None
-        self.guidance: torch.Tensor | None = None
         self._drawn: torch.Tensor | None = None  # the classes drawn for a model without an unconditional class
 
     def cancel(self) -> None:
@@ -156,11 +154,12 @@ class Job:
         if model.num_classes and not model.guidance:
             # no unconditional class: a class drawn for each image samples the same distribution
             self._drawn = torch.randint(model.num_classes, (spec.plan.n,), generator=generator, device=model.device)
-        self.labels, self.guidance = self._condition(spec)
 
-    def _condition(self, spec: JobSpec) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """The labels and guidance weights of the rows of `spec`'s own steps."""
-        model = spec.model
+    def condition(self) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """The labels and guidance weights of the rows of the next step: a replayed step's are its origin's."""
+        spec, model = self.spec, self.spec.model
+        while spec.origin is not None and self.step.index < spec.plan.branch[1]:  # (origin, at_step)
+            spec = spec.origin
         labels = None
         if model.num_classes and spec.label is None and not model.guidance:
             labels = self._drawn
@@ -169,15 +168,6 @@ class Job:
             labels = torch.full((spec.plan.n,), label, dtype=torch.long, device=model.device)
         w = 1.0 if spec.guidance is None else spec.guidance
         return labels, torch.full((spec.plan.n,), w, device=model.device)
-
-    def condition_at(self, index: int) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """The labels and guidance for the step after `index`: a replayed step's are its origin's."""
-        spec = self.spec
-        while spec.origin is not None and index < spec.plan.branch[1]:  # (origin, at_step)
-            spec = spec.origin
-        if spec is self.spec:
-            return self.labels, self.guidance
-        return self._condition(spec)
 
     def advance(self, eps: torch.Tensor) -> list[Event]:
         """Take one step with ε for the current x_t; return what to report: the frame of this step
@@ -370,7 +360,7 @@ class SamplingLoop:
         sizes = [job.spec.plan.n for job in jobs]
         x = torch.cat([job.step.x_t for job in jobs])
         t = torch.cat([torch.full((job.spec.plan.n,), job.step.t, device=model.device) for job in jobs])
-        conditions = [job.condition_at(job.step.index) for job in jobs]
+        conditions = [job.condition() for job in jobs]
         labels = torch.cat([labels for labels, _ in conditions]) if model.num_classes else None
         guidance = torch.cat([guidance for _, guidance in conditions])
         began = time.perf_counter()
