@@ -182,13 +182,11 @@ class Plan:
     def same_run(self, other: Plan) -> bool:
         return (self.sampler.name, self.steps, self.params) == (other.sampler.name, other.steps, other.params)
 
-    def root(self) -> Plan:
-        """The run a chain of branches starts from: it holds the start."""
-        return self if self.branch is None else self.branch[0].root()
-
     def begin(self, device: torch.device, image_shape: tuple) -> tuple[StepGenerator, torch.Generator]:
         """The run's step generator from x_T drawn from the seed(s), and the generator it draws from."""
-        root = self.root()
+        root = self  # the run a chain of branches starts from: it holds the start
+        while root.branch is not None:
+            root = root.branch[0]
         generator = make_generator(root.seed, device)
         if root.interpolate_to is None:
             x = initial_noise((root.n, *image_shape), generator, device)
