@@ -248,7 +248,7 @@ class SamplingLoop:
                 raise Refused("busy", taken, self.retry_after_s())
             self._count()
             queued = job.position is not None
-            eta = self._etas([job], [*self._queue][: job.position], self._incoming)[0] if queued else None
+            eta = self._etas([*self._queue][: job.position + 1], self._incoming)[-1] if queued else None
         if queued:
             self._report(job, Queued(job.position, eta))
 
@@ -420,15 +420,15 @@ class SamplingLoop:
             queued, joining = list(self._queue), list(self._incoming)
             self._queue_changed = False
         self._positions_sent_at = now
-        etas = self._etas(queued, [], joining)
+        etas = self._etas(queued, joining)
         self._next_start = (now, etas[0]) if etas and etas[0] is not None else None
         for position, (job, eta) in enumerate(zip(queued, etas, strict=True)):
             if job.position != position:
                 job.position = position
                 self._report(job, Queued(position, eta))
 
-    def _etas(self, queued: list[Job], ahead: list[Job], joining: list[Job]) -> list[float | None]:
-        """When each of `queued` (behind `ahead`) should start: the queue played forward on the
+    def _etas(self, queued: list[Job], joining: list[Job]) -> list[float | None]:
+        """When each job of `queued` (the queue from its first job) should start: the queue played forward on the
         measured iteration time, each place of the batch freeing when its job has taken its
         remaining steps, for the next job of the queue to take it."""
         if self.iteration_s is None:
@@ -438,11 +438,11 @@ class SamplingLoop:
         frees = sorted(running)[: self.max_jobs] + [0] * max(0, self.max_jobs - len(running))
         heapq.heapify(frees)
         etas = []
-        for job in [*ahead, *queued]:
+        for job in queued:
             start = heapq.heappop(frees)
             heapq.heappush(frees, start + job.spec.plan.steps_taken)
             etas.append(start * self.iteration_s)
-        return etas[len(ahead) :]
+        return etas
 
     def _report(self, job: Job, event: Event) -> None:
         try:
