@@ -24,11 +24,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(**openapi.DOCUMENT, lifespan=lambda app: serving(app, settings, metrics))
     # set by the server on SIGTERM or Ctrl-C (server.__main__), which may come while the models load
     app.state.stopping = threading.Event()
-    for router in (api.router, config.router, ws.router):
+    routers = (api.router, config.router, ws.router)
+    for router in routers:
         app.include_router(router)
     openapi.add_docs(app, settings)
     errors.add_handlers(app, lambda kind: metrics.errors.labels(kind=kind).inc())
-    middleware.add_middleware(app, settings, metrics, api.router, ws.router)
+    middleware.add_middleware(app, settings, metrics, *routers)
     add_ui(app, settings)  # last: a mount at / would otherwise shadow the API routes
     return app
 

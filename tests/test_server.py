@@ -437,10 +437,12 @@ def test_a_job_over_the_time_limit_is_504(checkpoints):
 def test_metrics_count_requests_jobs_and_batches(client):
     client.post("/sample", json={"model": "uncond", "n": 1, "steps": 2})
     client.post("/sample", json={"n": 0})
+    client.get("/config")
     text = client.get("/metrics").text
     assert client.get("/metrics").headers["content-type"].startswith("text/plain; version=0.0.4")
     assert 'ddpm_http_requests_total{method="POST",route="/sample",status="200"}' in text
     assert 'ddpm_http_requests_total{method="POST",route="/sample",status="422"}' in text
+    assert 'ddpm_http_requests_total{method="GET",route="/config",status="200"}' in text
     assert 'ddpm_errors_total{kind="invalid"}' in text
     samples = ("ddpm_active_jobs 0.0", "ddpm_queued_jobs 0.0", "ddpm_batch_jobs_count", "ddpm_batch_images_bucket")
     for sample in (*samples, "_per_second"):
@@ -691,6 +693,8 @@ def test_options_and_wrong_methods_name_the_routes_own_methods(client):
     wrong = client.get("/sample")
     assert wrong.status_code == 405 and wrong.headers["allow"] == "OPTIONS, POST"
     assert client.post("/models").headers["allow"] == "GET, OPTIONS"
+    # every router's routes, /config's too (it answered OPTIONS with 405 and was counted as "other")
+    assert client.options("/config").status_code == 204 and client.post("/config").headers["allow"] == "GET, OPTIONS"
 
 
 def test_cors_preflight_still_works(checkpoints):
