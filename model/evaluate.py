@@ -584,9 +584,8 @@ def make_judges(
     args: argparse.Namespace, ckpt: Checkpoint, real: RealImages, device: torch.device, fid_features: FeatureFn | None
 ) -> list:
     """The judges of --metrics (default: FID, and the classifier where there is one for the dataset)."""
-    metrics = args.metrics or ["fid"] + (
-        ["classifier"] if (args.classifier or default_classifier_path(ckpt.dataset)).is_file() else []
-    )
+    classifier_path = args.classifier or default_classifier_path(ckpt.dataset)
+    metrics = args.metrics or ["fid"] + (["classifier"] if classifier_path.is_file() else [])
     if "classifier" in metrics and not DATASETS.get(ckpt.dataset, DATASETS["folder"]).class_names:
         raise ValueError(f"{ckpt.dataset} has no labels: the classifier scores need MNIST or Fashion-MNIST")
     judges = []
@@ -596,7 +595,7 @@ def make_judges(
         cache = args.fid_cache if isinstance(fid_features, InceptionFeatures) else None
         judges.append(FIDJudge(fid_features, real, args.ref_images, cache, args.fid_batch_size, not args.no_progress))
     if "classifier" in metrics:
-        clf = load_classifier(args.classifier or default_classifier_path(ckpt.dataset), device)
+        clf = load_classifier(classifier_path, device)
         cfg, ccfg = ckpt.config, clf.model.config
         if clf.dataset != ckpt.dataset or (ccfg.in_channels, ccfg.image_size) != (cfg.in_channels, cfg.image_size):
             raise ClassifierError(
