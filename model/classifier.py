@@ -133,14 +133,8 @@ def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> Cla
         model.load_state_dict(state)
     except (SafetensorError, OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
         raise ClassifierError(f"{path}: not a classifier checkpoint of this project ({e})") from e
-    return ClassifierCheckpoint(
-        model=model.to(device).eval(),
-        dataset=meta["dataset"],
-        class_names=list(meta["class_names"]),
-        test_accuracy=float(meta["test_accuracy"]),
-        test_images=int(meta["test_images"]),
-        path=path,
-    )
+    described = {key: meta[key] for key in ("dataset", "class_names", "test_accuracy", "test_images")}
+    return ClassifierCheckpoint(model.to(device).eval(), **described, path=path)
 
 
 @torch.inference_mode()

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import shlex
 import sys
 import time
@@ -206,9 +207,6 @@ class RealImages:
         self.dataset, self.root, self.image_size = dataset, Path(root), image_size
         self._splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def size(self, split: str) -> int:
-        return len(self._load(split)[0])
-
     def get(self, split: str, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = self._load(split)
         return images[:n], labels[:n]
@@ -240,7 +238,7 @@ class FIDJudge:
     ):
         self.features, self.real, self.cache_dir, self.batch_size = features, real, cache_dir, batch_size
         self.progress = progress
-        self.m = min(ref_images or real.size("train"), real.size("train"))
+        self.m = len(real.get("train", ref_images or None)[0])
         self.train = self._stats("train", self.m)
 
     def _stats(self, split: str, n: int) -> Stats:
@@ -265,11 +263,10 @@ class ClassifierJudge:
 
     def __init__(self, classifier: ClassifierCheckpoint, real: RealImages, ref_images: int | None):
         self.classifier, self.real = classifier, real
-        self.m = min(ref_images or real.size("train"), real.size("train"))
-        _, feats = classify(classifier.model, real.get("train", self.m)[0])
-        self.train = Stats.of(feats)
-        k = len(classifier.class_names)
-        self.train_freq = torch.bincount(real.get("train")[1], minlength=k).double() / real.size("train")
+        reference, labels = real.get("train", ref_images or None)[0], real.get("train")[1]
+        self.m = len(reference)
+        self.train = Stats.of(classify(classifier.model, reference)[1])
+        self.train_freq = torch.bincount(labels, minlength=len(classifier.class_names)).double() / len(labels)
 
     def score(self, images: torch.Tensor, labels: torch.Tensor | None) -> dict[str, float]:
         preds, feats = classify(self.classifier.model, images)
@@ -366,15 +363,11 @@ def write_reports(out: Path, rows: list[dict], floor: dict, header: list[str], c
     report = markdown_report(rows, floor, header, class_names)
     atomic_write(out / "results.md", lambda tmp: Path(tmp).write_text(report))
     all_rows = [*rows, {"sampler": "real test images", **floor}]
-    fields = list(dict.fromkeys(k for r in all_rows for k in r))
-
-    def write_csv(tmp: str) -> None:
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fields)
-            writer.writeheader()
-            writer.writerows(all_rows)
-
-    atomic_write(out / "results.csv", write_csv)
+    table = io.StringIO()
+    writer = csv.DictWriter(table, list(dict.fromkeys(k for r in all_rows for k in r)))
+    writer.writeheader()
+    writer.writerows(all_rows)
+    atomic_write(out / "results.csv", lambda tmp: Path(tmp).write_text(table.getvalue(), newline=""))
 
 
 def summary_line(row: dict, floor: dict) -> str:
@@ -530,7 +523,7 @@ def evaluate(args: argparse.Namespace, fid_features: FeatureFn | None = None) ->
     class_names = list(DATASETS.get(ckpt.dataset, DATASETS["folder"]).class_names)
     real = RealImages(ckpt.dataset, args.data_root, ckpt.config.image_size)
     judges = make_judges(args, ckpt, real, device, fid_features)
-    floor = {"n": min(args.num_samples, real.size("test"))}
+    floor = {"n": len(real.get("test", args.num_samples)[0])}
     for judge in judges:
         floor.update(judge.floor(floor["n"], conditional))
     header = report_header(args, ckpt, judges, conditional, floor["n"], device)
@@ -591,9 +584,8 @@ def make_judges(
     args: argparse.Namespace, ckpt: Checkpoint, real: RealImages, device: torch.device, fid_features: FeatureFn | None
 ) -> list:
     """The judges of --metrics (default: FID, and the classifier where there is one for the dataset)."""
-    metrics = args.metrics or ["fid"] + (
-        ["classifier"] if (args.classifier or default_classifier_path(ckpt.dataset)).is_file() else []
-    )
+    classifier_path = args.classifier or default_classifier_path(ckpt.dataset)
+    metrics = args.metrics or ["fid"] + (["classifier"] if classifier_path.is_file() else [])
     if "classifier" in metrics and not DATASETS.get(ckpt.dataset, DATASETS["folder"]).class_names:
         raise ValueError(f"{ckpt.dataset} has no labels: the classifier scores need MNIST or Fashion-MNIST")
     judges = []
@@ -603,7 +595,7 @@ def make_judges(
         cache = args.fid_cache if isinstance(fid_features, InceptionFeatures) else None
         judges.append(FIDJudge(fid_features, real, args.ref_images, cache, args.fid_batch_size, not args.no_progress))
     if "classifier" in metrics:
-        clf = load_classifier(args.classifier or default_classifier_path(ckpt.dataset), device)
+        clf = load_classifier(classifier_path, device)
         cfg, ccfg = ckpt.config, clf.model.config
         if clf.dataset != ckpt.dataset or (ccfg.in_channels, ccfg.image_size) != (cfg.in_channels, cfg.image_size):
             raise ClassifierError(

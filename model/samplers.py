@@ -256,8 +256,6 @@ def dpm_solver_pp_steps(
       x_{i+1} = (σ_{i+1}/σ_i) x_i - α_{i+1} (e^{-h_i} - 1) D_i,   D_i = (1 + 1/2r) x0_i - (1/2r) x0_{i-1},
     first order (D_i = x0_i, which is DDIM) at the first step and at the last one, which lands on σ = 0.
     `sigmas` (from `solver_timesteps`) holds σ at each timestep and a final 0."""
-    if order not in (1, 2):
-        raise ValueError(f"order must be 1 or 2, got {order}")
     alpha, sigma, lam = _vp(sigmas)
     total = len(timesteps)
     x0_prev = None
@@ -288,8 +286,6 @@ def unipc_steps(
     predictions (UniP-p). The order p rises from 1 as predictions accumulate and falls back near the end
     (p ≤ steps left), so the last step, which lands on σ = 0, is first order.
     `sigmas` (from `solver_timesteps`) holds σ at each timestep and a final 0."""
-    if order not in (1, 2, 3):
-        raise ValueError(f"order must be 1, 2 or 3, got {order}")
     vp = _vp(sigmas)
     alpha, sigma, _ = vp
     total = len(timesteps)

@@ -215,6 +215,7 @@ class TrainState:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, args.warmup, total_steps, args.min_lr_ratio)
         )
+        self.parts = {"model": model, "ema": self.ema, "optimizer": self.optimizer, "scheduler": self.scheduler}
         self.grad_clip = args.grad_clip
         self.step = 0
 
@@ -239,23 +240,14 @@ class TrainState:
             rng["rng_cuda"] = gather_states(torch.cuda.get_rng_state(rt.device).to(rt.device), rt)
         if rt.rank != 0:
             return
-        state = {
-            "model": self.model.state_dict(),
-            "ema": self.ema.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "step": torch.tensor(self.step),
-            **rng,
-        }
+        state = {**{key: part.state_dict() for key, part in self.parts.items()}, "step": torch.tensor(self.step), **rng}
         atomic_write(path, lambda tmp: torch.save(state, tmp))
 
     def load(self, path: Path, rt: Runtime) -> dict:
         """Restore from state.pt; returns it, for open_run to restore the RNG states once everything else is set up."""
         state = torch.load(path, map_location=rt.device, weights_only=True)
-        self.model.load_state_dict(state["model"])
-        self.ema.load_state_dict(state["ema"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        for key, part in self.parts.items():
+            part.load_state_dict(state[key])
         self.step = int(state["step"])
         return state
 
