@@ -575,7 +575,8 @@ def conditioning(args: argparse.Namespace, ckpt: Checkpoint) -> bool:
     checked against what the model can do."""
     if args.conditioning == "class" and not ckpt.config.num_classes:
         raise ValueError(f"{args.checkpoint} is unconditional: use --conditioning none")
-    if ckpt.config.num_classes and ckpt.unet.null_label is None and (args.conditioning == "none" or args.guidance != 1):
+    guided = args.conditioning == "none" or set(args.guidance) != {1}  # both need the unconditional class
+    if ckpt.config.num_classes and ckpt.unet.null_label is None and guided:
         raise ValueError(f"{args.checkpoint} has no unconditional class: sample it with labels and --guidance 1")
     return (args.conditioning or "class") == "class" and ckpt.config.num_classes > 0
 

@@ -31,7 +31,7 @@ from model.diffusers_models import (
     schedule_from_config,
     scheduler_defaults,
 )
-from model.evaluate import evaluate, parse_args
+from model.evaluate import conditioning, evaluate, parse_args
 from model.formats import load_model
 from model.samplers import ddim_timesteps
 from model.schedule import NoiseSchedule
@@ -437,6 +437,13 @@ def test_evaluation_samples_a_diffusers_folder_as_its_config_says(folder, tmp_pa
     # the config's choices, which generate() puts under the flags given
     own = load_model(folder / "ddim-v_prediction-clip").sampler_defaults()
     assert own == {"ddim": {"spacing": "leading"}, "ddpm": {"variance": "fixed_small"}}
+
+
+def test_evaluation_samples_a_model_without_an_unconditional_class_only_unguided(folder):
+    model = load_model(folder / "classes")
+    assert conditioning(parse_args([str(folder / "classes"), "--guidance", "1"]), model)
+    with pytest.raises(ValueError, match="no unconditional class"):
+        conditioning(parse_args([str(folder / "classes"), "--guidance", "1", "3"]), model)
 
 
 def test_visualize_draws_a_diffusers_folder_the_server_serves(folder, tmp_path):
