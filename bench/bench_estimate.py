@@ -51,7 +51,8 @@ def rows_of(request: dict, answer: dict, samplers: dict) -> int:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     checkpoints = args.checkpoints.resolve()
-    process, url = start_server(checkpoints, "cpu", 8, args.threads)
+    # DDIM-200 of 16 colour images outlasts the default 120 s limit on a loaded 2-core machine
+    process, url = start_server(checkpoints, "cpu", 8, args.threads, {"DDPM_REQUEST_TIMEOUT_S": "900"})
     table = []
     try:
         with httpx.Client(base_url=url, timeout=600) as client:

@@ -63,11 +63,14 @@ def prepare_checkpoints(checkpoint: Path, folder: Path) -> str:
     return f"{checkpoint} is missing: a random 'tiny' model of the same architecture"
 
 
-def start_server(folder: Path, device: str, max_jobs: int, threads: int | None) -> tuple[subprocess.Popen, str]:
+def start_server(
+    folder: Path, device: str, max_jobs: int, threads: int | None, settings: dict[str, str] | None = None
+) -> tuple[subprocess.Popen, str]:
+    """`python -m server` on a free port, with only `settings` (DDPM_* variables) beside its defaults."""
     command = [sys.executable, "-m", "server", "--port", "0", "--checkpoints", str(folder), "--device", device]
     if threads:
         command += ["--threads", str(threads)]
-    env = {key: value for key, value in os.environ.items() if not key.startswith("DDPM_")}
+    env = {key: value for key, value in os.environ.items() if not key.startswith("DDPM_")} | (settings or {})
     process = subprocess.Popen(
         [*command, "--max-jobs", str(max_jobs), "--log-level", "warning", "--env-file", os.devnull],
         cwd=REPO,
