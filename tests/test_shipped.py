@@ -108,8 +108,8 @@ def test_the_servers_defaults_give_the_class_asked_for(name, tmp_path):
     preds, _ = classify(classifier.model, pixels[:, None] if pixels.ndim == 3 else pixels.permute(0, 3, 1, 2))
     measured = (preds == torch.tensor(labels)).double().mean().item()
     # the bars of issues 13 and 23; 160 samples read a true 97% as under 94% with probability about 2%
-    bar = {"mnist": 0.97, "fashion-mnist": 0.9 * classifier.test_accuracy, "cifar10": 0.6 * classifier.test_accuracy}
-    bar = bar[dataset]
+    cifar10 = (0.5 if name in STUDENTS else 0.6) * classifier.test_accuracy  # issue 23: a student at least 50%
+    bar = {"mnist": 0.97, "fashion-mnist": 0.9 * classifier.test_accuracy, "cifar10": cifar10}[dataset]
     assert measured >= bar - 0.03, f"{dataset}: {measured:.1%} of 160 served samples read as their class"
 
 

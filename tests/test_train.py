@@ -192,7 +192,7 @@ def test_the_shipped_configs_are_valid_options():
             assert (REPO / args.teacher).exists() and args.teacher.stem in cfg.name
         else:
             assert parse_args(["--config", str(cfg)]).dataset in cfg.name
-    assert len(configs) == 5
+    assert len(configs) == 6
 
 
 def test_batches_are_a_function_of_the_step_and_split_across_processes():
