@@ -32,6 +32,7 @@ from model.cli import HelpFormatter
 from model.formats import load_model
 from model.samplers import ddim_timesteps, guided_eps
 from model.schedule import _at
+from model.train import guard_run_folder
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -162,9 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    started = (args.out / "state.pt").exists()
-    if started != args.resume:
-        raise SystemExit(f"{args.out}: " + ("no run to resume" if args.resume else "a run is there: add --resume"))
+    guard_run_folder(args.out, args.resume)
     torch.manual_seed(args.seed)
     dmd = DistributionMatching(args)
     step = dmd.load(args.out) if args.resume else 0

@@ -52,7 +52,7 @@ def test_the_generator_moves_only_where_the_two_scores_differ(models, tmp_path):
 def test_a_killed_run_resumes_to_the_same_weights(models, tmp_path):
     main(flags(models, tmp_path / "straight", "--iters", "4", "--ckpt-every", "2"))
     main(flags(models, tmp_path / "resumed", "--iters", "2", "--ckpt-every", "2"))
-    with pytest.raises(SystemExit, match="add --resume"):
+    with pytest.raises(SystemExit, match="pass --resume"):
         main(flags(models, tmp_path / "resumed", "--iters", "4"))
     main(flags(models, tmp_path / "resumed", "--iters", "4", "--ckpt-every", "2", "--resume"))
     straight = load_file(tmp_path / "straight" / "model.safetensors")
