@@ -307,10 +307,8 @@ class SamplingLoop:
             while True:
                 with self._lock:
                     while not (self._incoming or self._active or self._stopping):
-                        if threads is None:
-                            self._wake.wait()
-                        else:  # idle, it still reads the machine's load: a new job runs on the cores free now
-                            self._wake.wait(SAMPLE_S)
+                        self._wake.wait(None if threads is None else SAMPLE_S)
+                        if threads is not None:  # idle, it reads the load: a new job runs on the cores free now
                             threads.adapt()
                     if self._stopping:
                         break
