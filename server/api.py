@@ -95,10 +95,7 @@ async def sample(request: Request, state: State):
     turn in the server's queue (at most the request timeout). With `Accept: image/png` the answer is the grid itself,
     with its seed in the `X-Seed` header."""
     require_json(request.headers.get("content-type"))
-    settings = state.settings
-    body = parse_request(
-        SampleRequest, await request.body(), settings.max_body_bytes, ("body",), settings.request_image_bytes
-    )
+    body = parse_request(SampleRequest, await request.body(), state.settings, ("body",))
     try:
         spec = resolve(body, state.registry, state.settings)
     except InvalidRequest as e:

@@ -17,6 +17,7 @@ from decimal import Decimal
 from pydantic import BaseModel, ValidationError
 
 from server.errors import ECHO_CHARS, MAX_DIGITS, InvalidRequest, error, safe_text
+from server.settings import Settings
 
 MAX_DEPTH = 16  # a request is a flat object of scalars: anything deeper is not a request
 MAX_EXACT_INTEGER = 2**53  # a float holds every integer up to here exactly
@@ -26,18 +27,15 @@ _BRACKET = re.compile(r"[\[\]{}]")
 IMAGE_FIELDS = ("init_image", "mask")  # base64 PNGs: bounded on their own (max_init_image_bytes), not by max_bytes
 
 
-def parse_request(
-    model: type[BaseModel], data: bytes | str, max_bytes: int, loc: tuple = (), image_bytes: int = 0
-) -> BaseModel:
-    """`data` as an instance of `model`, or InvalidRequest whose errors' `loc` start with `loc`.
-    The request may be up to `image_bytes` larger than `max_bytes` for the strings of its IMAGE_FIELDS
-    (at any depth): without them, it must fit in max_bytes."""
+def parse_request(model: type[BaseModel], data: bytes | str, settings: Settings, loc: tuple = ()) -> BaseModel:
+    """`data` as an instance of `model`, or InvalidRequest whose errors' `loc` start with `loc`. The request
+    may be up to settings.request_bytes long with the strings of its IMAGE_FIELDS (at any depth); without
+    them, it must fit in max_body_bytes."""
     try:
-        value = parse_json(data, max_bytes + image_bytes)
-        if image_bytes and _size(data) - _image_chars(value, MAX_DEPTH) > max_bytes:
-            raise InvalidRequest(
-                [error("too_long", f"the request is larger than {max_bytes} bytes, besides its images")]
-            )
+        value = parse_json(data, settings.request_bytes)
+        if _size(data) - _image_chars(value, MAX_DEPTH) > settings.max_body_bytes:
+            message = f"the request is larger than {settings.max_body_bytes} bytes, besides its images"
+            raise InvalidRequest([error("too_long", message)])
         return model.model_validate(value)
     except (InvalidRequest, ValidationError) as e:
         errors = e.errors if isinstance(e, InvalidRequest) else e.errors(include_url=False, include_context=False)
@@ -78,17 +76,15 @@ def parse_json(data: bytes | str, max_bytes: int) -> object:
             data, parse_int=_int, parse_float=_float, parse_constant=_no_constant, object_pairs_hook=_unique_keys
         )
     except json.JSONDecodeError as e:
-        raise InvalidRequest(
-            [error("json_invalid", f"invalid JSON: {e.msg} (line {e.lineno}, column {e.colno})")]
-        ) from None
+        message = f"invalid JSON: {e.msg} (line {e.lineno}, column {e.colno})"
+        raise InvalidRequest([error("json_invalid", message)]) from None
     except ValueError as e:  # raised by the hooks below; their messages are ours
         raise InvalidRequest([error("json_invalid", str(e))]) from None
     try:
         json.dumps(value, ensure_ascii=False).encode("utf-8")  # every key and string, at any depth
     except UnicodeEncodeError:
-        raise InvalidRequest(
-            [error("json_invalid", "a string holds a lone surrogate escape (\\ud800–\\udfff)")]
-        ) from None
+        message = "a string holds a lone surrogate escape (\\ud800–\\udfff)"
+        raise InvalidRequest([error("json_invalid", message)]) from None
     return value
 
 

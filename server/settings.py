@@ -98,14 +98,10 @@ class Settings(BaseSettings):
     log_level: str = "info"
 
     @property
-    def request_image_bytes(self) -> int:
-        """Room in a request for REQUEST_IMAGES images of max_init_image_bytes, in base64 with a data: prefix."""
-        return REQUEST_IMAGES * (4 * math.ceil(self.max_init_image_bytes / 3) + 32)
-
-    @property
     def request_bytes(self) -> int:
-        """The largest request body or first WebSocket message: max_body_bytes and room for images."""
-        return self.max_body_bytes + self.request_image_bytes
+        """The largest request body or first WebSocket message: max_body_bytes and room for REQUEST_IMAGES
+        images of max_init_image_bytes, in base64 with a data: prefix."""
+        return self.max_body_bytes + REQUEST_IMAGES * (4 * math.ceil(self.max_init_image_bytes / 3) + 32)
 
     @field_validator("default_sampler")
     @classmethod

@@ -38,11 +38,8 @@ router = APIRouter()
 
 
 class ClientGone(Exception):
-    """The client closed the socket, or stopped reading: nothing more can be sent to it."""
-
-    def __init__(self, outcome: str):
-        super().__init__(outcome)
-        self.outcome = outcome  # "disconnected" or "slow_client"
+    """The client closed the socket, or stopped reading: nothing more can be sent to it. Its message is
+    the outcome: "disconnected" or "slow_client"."""
 
 
 def origin_allowed(origin: str | None, host: str | None, allowed: list[str], scheme: str = "ws") -> bool:
@@ -76,11 +73,11 @@ async def _session(websocket: WebSocket, state: ServerState) -> str:
         await websocket.accept()
         return await _stream(websocket, state, await _read_request(websocket, state))
     except ClientGone as e:
-        if e.outcome == "slow_client":
+        if str(e) == "slow_client":
             log.info(
                 "dropping a WebSocket client that did not read a message within %g s", state.settings.ws_send_timeout_s
             )
-        return e.outcome  # no polite close: the server's transport drops the connection (server.transport)
+        return str(e)  # no polite close: the server's transport drops the connection (server.transport)
     except (WebSocketDisconnect, OSError):
         return "disconnected"
     except Exception as e:
@@ -109,8 +106,7 @@ async def _read_request(websocket: WebSocket, state: ServerState) -> JobSpec:
     text = message.get("text")
     if text is None:
         raise InvalidRequest([error("json_invalid", "send the request as one JSON text message")])
-    settings = state.settings
-    request = parse_request(StreamRequest, text, settings.max_body_bytes, (), settings.request_image_bytes)
+    request = parse_request(StreamRequest, text, state.settings)
     return resolve(request, state.registry, state.settings)
 
 
