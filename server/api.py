@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from server import images
-from server.errors import CLIENT_CLOSED_REQUEST, InvalidRequest
+from server.errors import CLIENT_CLOSED_REQUEST
 from server.jobs import ServerState, client_address, get_state
 from server.loop import Finished
 from server.metrics import CONTENT_TYPE
@@ -96,10 +96,7 @@ async def sample(request: Request, state: State):
     with its seed in the `X-Seed` header."""
     require_json(request.headers.get("content-type"))
     body = parse_request(SampleRequest, await request.body(), state.settings, ("body",))
-    try:
-        spec = resolve(body, state.registry, state.settings)
-    except InvalidRequest as e:
-        raise InvalidRequest([{**error, "loc": ["body", *error["loc"]]} for error in e.errors]) from None
+    spec = resolve(body, state.registry, state.settings, ("body",))
 
     with state.jobs.client():
         event = await state.jobs.run_to_end(spec, client_address(request), lambda: _wait_for_disconnect(request))

@@ -21,27 +21,25 @@ from server.schemas import RULES, START_FIELDS, SampleRequest, Scope
 from server.settings import Settings
 
 
-def resolve(request: SampleRequest, registry: ModelRegistry, settings: Settings) -> JobSpec:
-    """The job a valid request asks for, or InvalidRequest listing everything wrong with it."""
+def resolve(request: SampleRequest, registry: ModelRegistry, settings: Settings, loc: tuple = ()) -> JobSpec:
+    """The job a valid request asks for, or InvalidRequest listing everything wrong with it (each error's
+    `loc` starting with `loc`, where the request sits in what the client sent)."""
     origin = None
     if request.branch is not None:  # the original run first: the branch starts from it
-        try:
-            origin = resolve(request.branch.origin, registry, settings)
-        except InvalidRequest as e:
-            raise InvalidRequest([{**error, "loc": ["branch", "from", *error["loc"]]} for error in e.errors]) from None
+        origin = resolve(request.branch.origin, registry, settings, (*loc, "branch", "from"))
         if request.model is None:
             request = request.model_copy(update={"model": origin.model.name})
     model = registry.get(request.model)
     if model is None:
         loaded = ", ".join(sorted(registry.models)) or "none"
-        raise InvalidRequest([_error("model", "unknown_model", f"unknown model; loaded: {loaded}", request.model)])
+        _raise([_error("model", "unknown_model", f"unknown model; loaded: {loaded}", request.model)], loc)
     sampler, params, errors = _sampler(request, model, settings)
     values, field_errors = _fields(request, Scope(settings, (model,), sampler))
-    _raise(errors + field_errors + _conditioning(request, model, values))
+    _raise(errors + field_errors + _conditioning(request, model, values), loc)
     if origin is None:
-        _raise(_start(request, model, sampler, params, values, settings))
+        _raise(_start(request, model, sampler, params, values, settings), loc)
     else:
-        _raise(_branch(request, origin, (sampler.name, values["steps"], params)))
+        _raise(_branch(request, origin, (sampler.name, values["steps"], params)), loc)
         values |= {name: getattr(origin.plan, name) for name in START_FIELDS if hasattr(origin.plan, name)}
     if values["seed"] is None:
         values["seed"] = secrets.randbelow(2**32)
@@ -56,9 +54,9 @@ def _settings(cls, values: dict) -> dict:
     return {f.name: values[f.name] for f in fields(cls) if f.name in values and f.name not in own}
 
 
-def _raise(errors: list[dict]) -> None:
+def _raise(errors: list[dict], loc: tuple) -> None:
     if errors:
-        raise InvalidRequest(errors)
+        raise InvalidRequest([{**error, "loc": [*loc, *error["loc"]]} for error in errors])
 
 
 def _sampler(request: SampleRequest, model: LoadedModel, settings: Settings) -> tuple[Sampler | None, dict, list]:
