@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+from functools import partial
 from pathlib import Path
 
 import fastapi_offline
@@ -73,28 +74,24 @@ def add_docs(app: FastAPI, settings: Settings) -> None:
 
     app.openapi = openapi
     app.mount("/docs-assets", StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
-    swagger = get_swagger_ui_html(
-        openapi_url="openapi.json",
-        title=f"{app.title}: Swagger UI",
-        swagger_js_url="docs-assets/swagger-ui-bundle.js",
-        swagger_css_url="docs-assets/swagger-ui.css",
-        swagger_favicon_url="docs-assets/favicon.png",
-    ).body
-    redoc = get_redoc_html(
-        openapi_url="openapi.json",
-        title=f"{app.title}: ReDoc",
-        redoc_js_url="docs-assets/redoc.standalone.js",
-        redoc_favicon_url="docs-assets/favicon.png",
-        with_google_fonts=False,
-    ).body
-
-    @app.get("/docs", include_in_schema=False)
-    async def swagger_ui():
-        return _docs_page(swagger)
-
-    @app.get("/redoc", include_in_schema=False)
-    async def redoc_page():
-        return _docs_page(redoc)
+    pages = {
+        "/docs": get_swagger_ui_html(
+            openapi_url="openapi.json",
+            title=f"{app.title}: Swagger UI",
+            swagger_js_url="docs-assets/swagger-ui-bundle.js",
+            swagger_css_url="docs-assets/swagger-ui.css",
+            swagger_favicon_url="docs-assets/favicon.png",
+        ),
+        "/redoc": get_redoc_html(
+            openapi_url="openapi.json",
+            title=f"{app.title}: ReDoc",
+            redoc_js_url="docs-assets/redoc.standalone.js",
+            redoc_favicon_url="docs-assets/favicon.png",
+            with_google_fonts=False,
+        ),
+    }
+    for path, page in pages.items():
+        app.add_api_route(path, partial(_docs_page, page.body), include_in_schema=False)
 
 
 def _docs_page(html: bytes) -> HTMLResponse:
