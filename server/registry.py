@@ -165,13 +165,12 @@ class ModelRegistry:
                 warm_up(model, before_timing)
             except CheckpointError as e:
                 log.warning("skipping a checkpoint: %s", e)
-                continue
             except Exception as e:  # out of memory, most likely; whatever it is, the other models still serve
                 log.warning("skipping a checkpoint: %s: %s: %s", path, type(e).__name__, e, exc_info=True)
-                continue
-            models[name], sources[name] = model, path
-            seconds = time.perf_counter() - started
-            log.info("loaded %s from %s on %s in %.1f s: %s", name, path, device, seconds, describe(checkpoint))
+            else:
+                models[name], sources[name] = model, path
+                seconds = time.perf_counter() - started
+                log.info("loaded %s from %s on %s in %.1f s: %s", name, path, device, seconds, describe(checkpoint))
         return cls(models, default)
 
     def get(self, name: str | None) -> LoadedModel | None:
