@@ -1,15 +1,11 @@
 """The one bridge between the sampling thread and the event loop, and what the routes share (ServerState).
 
-A route hands a JobSpec to `JobBridge.submit` with an Outbox and the client's address: the loop's
-events (Queued while it waits, Started, frames, then Finished or Cancelled) arrive in it
-on the event loop, to be awaited with `Outbox.get`, or with `run_to_end` when only the outcome
-matters (REST). What cannot run is a `Refused` (server.errors), and so is a job that failed.
-
-Admission: the loop runs a batch of jobs and queues the rest, refusing only when its queue is full
-("busy"); here each client (its address, as server.middleware's proxy headers set it) may hold
-at most `max_per_client` jobs running or queued ("client_limit").
-
-Shutdown is bounded here too (`drain`).
+A route hands a JobSpec to `JobBridge.submit` with an Outbox and the client's address: the loop's events
+(Queued while it waits, Started, frames, then Finished or Cancelled) arrive in it on the event loop, to be
+awaited with `Outbox.get`, or with `run_to_end` when only the outcome matters (REST). What cannot run is a
+`Refused` (server.errors), and so is a job that failed. Beyond the loop's own admission (server.loop), each
+client may hold at most `max_per_client` jobs running or queued ("client_limit"). Shutdown is bounded here
+too (`drain`).
 """
 
 from __future__ import annotations

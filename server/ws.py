@@ -1,11 +1,9 @@
 """WS /ws/sample: one sampling run per connection, every (k-th) x_t streamed as it is computed.
 
-The client sends one request message; the server answers queued (while the job waits for a place
-in the batch, whenever its position changes), start, frames, and done (or cancelled, or error) and
-closes. While the job runs, a listener task reads the client's messages (cancel, or
-the socket closing) and a sender task drains the connection's Outbox, encoding PNGs in the
-encoder pool. A slow client only loses frames of its own: the Outbox keeps the newest, and a send
-that takes longer than ws_send_timeout_s drops the client.
+The client sends one request message; the server answers as server.openapi's DESCRIPTION says. While the
+job runs, a listener task reads the client's messages (cancel, or the socket closing) and a sender task
+drains the connection's Outbox, encoding PNGs in the encoder pool. A slow client only loses frames of its
+own: the Outbox keeps the newest, and a send that takes longer than ws_send_timeout_s drops the client.
 
 Every way a session can end is one outcome: done or cancelled (close 1000), disconnected or
 slow_client (nothing more can be sent), or a Refused kind, sent as an error message and closed with
