@@ -160,10 +160,8 @@ class Job:
         spec, model = self.spec, self.spec.model
         while spec.origin is not None and self.step.index < spec.plan.branch[1]:  # (origin, at_step)
             spec = spec.origin
-        labels = None
-        if model.num_classes and spec.label is None and not model.guidance:
-            labels = self._drawn
-        elif model.num_classes:
+        labels = self._drawn  # None, but on a model without an unconditional class: a class drawn per image
+        if model.num_classes and (spec.label is not None or model.guidance):
             label = model.unet.null_label if spec.label is None else spec.label
             labels = torch.full((spec.plan.n,), label, dtype=torch.long, device=model.device)
         w = 1.0 if spec.guidance is None else spec.guidance
