@@ -33,20 +33,15 @@ class LoadedModel:
     name: str
     checkpoint: Checkpoint
     device: torch.device
-    default_sampler: str | None = None
-    default_steps: int | None = None
-    own_sampling: bool = False  # a distilled student: only its sampler at its steps
-    param_defaults: dict[str, dict] = field(default_factory=dict)  # sampler name → parameter values
     seconds_per_row: float | None = None  # one image's share of a loop iteration: warm_up's, then record_row_time's
     _row_times: int = field(default=0, repr=False)  # iterations the loop has measured
 
-    @classmethod
-    def of(cls, name: str, checkpoint: Checkpoint, device: torch.device) -> LoadedModel:
-        """The model with the defaults its files state (Checkpoint.sampler_defaults)."""
-        own = checkpoint.sampling  # a distilled student's sampler and steps
-        if own is None:
-            return cls(name, checkpoint, device, param_defaults=checkpoint.sampler_defaults())
-        return cls(name, checkpoint, device, own["sampler"], own["steps"], True, checkpoint.sampler_defaults())
+    def __post_init__(self) -> None:  # the defaults its files state (Checkpoint.sampler_defaults)
+        own = self.checkpoint.sampling  # a distilled student's sampler and steps
+        self.own_sampling = own is not None  # a distilled student: only its sampler at its steps
+        self.default_sampler: str | None = None if own is None else own["sampler"]
+        self.default_steps: int | None = None if own is None else own["steps"]
+        self.param_defaults = self.checkpoint.sampler_defaults()  # sampler name → parameter values
 
     def record_row_time(self, seconds: float) -> None:
         """One iteration's time per row, from the sampling loop. The first replaces the start-up timing
@@ -161,7 +156,7 @@ class ModelRegistry:
             started = time.perf_counter()
             try:
                 checkpoint = load_model(path, device)
-                model = LoadedModel.of(name, checkpoint, device)
+                model = LoadedModel(name, checkpoint, device)
                 warm_up(model, before_timing)
             except CheckpointError as e:
                 log.warning("skipping a checkpoint: %s", e)
