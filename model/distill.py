@@ -170,9 +170,8 @@ def run_round(
         with rt.autocast():
             loss = loss_of(student, teacher.unet, schedule, x0, grid, labels, w)
         grad_norm = state.update(loss)
+        log.step(state, x0.shape[0], loss, grad_norm)
         step = state.step
-        log.step(step, x0.shape[0], step % args.log_every == 0 or step == total, loss=loss, lr=state.lr,
-                 grad_norm=grad_norm)  # fmt: skip
         if step % args.ckpt_every == 0 or step == total:
             state.save(folder / "state.pt", rt)
             if rt.rank == 0:
