@@ -218,7 +218,7 @@ def _about(meta: dict, config: UNetConfig) -> dict:
 
 
 def atomic_write(path: str | Path, write) -> None:
-    """Call write(tmp_path) on a temporary file beside `path`, then rename it over `path`."""
+    """Call write(tmp_path) on a temporary file beside `path` (its folder made if need be), then rename it over it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

@@ -28,7 +28,7 @@ from model.checkpoint import Checkpoint, atomic_write, save_checkpoint
 from model.cli import HelpFormatter, add_run_arguments, parse_with_config
 from model.data import load_dataset
 from model.formats import load_model
-from model.samplers import ddim_steps, ddim_timesteps, guided_eps, initial_noise, make_generator, sample
+from model.samplers import ddim_timesteps, guided_eps, initial_noise, make_generator, sample, sampling_run
 from model.schedule import NoiseSchedule, _at
 from model.train import Runtime, guard_run_folder, init_runtime, open_run
 from model.unet import UNet, UNetConfig
@@ -101,8 +101,10 @@ def teacher_x0(teacher, schedule: NoiseSchedule, x_t, t, labels, w) -> torch.Ten
     return schedule.predict_x0(x_t, t, guided_eps(teacher, x_t, t, labels, w)).clamp(-1, 1)
 
 
-def guidance_loss(student: UNet, teacher, schedule: NoiseSchedule, x0, t, labels, w) -> torch.Tensor:
-    """Round 0: the student's x0, from its v with w as an input, against the teacher's guided x0."""
+def guidance_loss(student: UNet, teacher, schedule: NoiseSchedule, x0, grid, labels, w) -> torch.Tensor:
+    """Round 0: the student's x0, from its v with w as an input, against the teacher's guided x0, at
+    timesteps drawn from `grid`."""
+    t = torch.tensor(grid, device=x0.device)[torch.randint(0, len(grid), (x0.shape[0],), device=x0.device)]
     x_t = schedule.q_sample(x0, t, torch.randn_like(x0))
     with torch.no_grad():
         target = teacher_x0(teacher, schedule, x_t, t, labels, w)
@@ -136,19 +138,8 @@ def sample_student(ckpt: Checkpoint, steps: int, n: int, guidance: float, seed: 
     gen = make_generator(seed, device)
     x = initial_noise((n, ckpt.config.in_channels, ckpt.config.image_size, ckpt.config.image_size), gen, device)
     labels = torch.arange(n, device=device) * ckpt.config.num_classes // n
-    timesteps = ddim_timesteps(ckpt.schedule.num_timesteps, steps, SPACING)
-    run = ddim_steps(ckpt.schedule, x, timesteps, generator=gen, thresholding="clip")
+    run = sampling_run("ddim", ckpt.schedule, x, steps, gen, spacing=SPACING, thresholding="clip")
     return sample(run, lambda x_t, t: guided_eps(ckpt.unet, x_t, t, labels, guidance))
-
-
-def student_of(teacher: Checkpoint, rt: Runtime) -> UNet:
-    """A v-predicting student that takes w as an input and starts as its teacher: the same weights (round 0:
-    plus a guidance embedding that adds 0)."""
-    config = UNetConfig.from_dict({**teacher.config.to_dict(), "guidance_input": True, "prediction": "v"})
-    student = UNet(config).to(rt.device, memory_format=rt.memory_format)
-    missing, unexpected = student.load_state_dict(teacher.net.state_dict(), strict=False)
-    assert not unexpected and all(k.startswith("guidance_mlp.") for k in missing), (missing, unexpected)
-    return student
 
 
 def run_round(
@@ -159,10 +150,16 @@ def run_round(
     folder = args.out / name
     schedule = teacher.schedule
     torch.manual_seed(args.seed + index)
-    student = student_of(teacher, rt)
+    # a v-predicting student that takes w as an input and starts as its teacher: the same weights (round 0:
+    # plus a guidance embedding that adds 0)
+    config = UNetConfig.from_dict({**teacher.config.to_dict(), "guidance_input": True, "prediction": "v"})
+    student = UNet(config).to(rt.device, memory_format=rt.memory_format)
+    missing, unexpected = student.load_state_dict(teacher.net.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("guidance_mlp.") for k in missing), (missing, unexpected)
     state, loader, log = open_run(student, dataset, args, total, folder, {**vars(args), "round": index}, rt)
     # round 0 runs the teacher only on the first progressive round's teacher grid; the others on their own
     grid = ddim_timesteps(schedule.num_timesteps, (1 if index == 0 else 2) * student_steps, SPACING)
+    loss_of = guidance_loss if index == 0 else progressive_loss
     low, high = args.guidance_range
     student.train()
     while state.step < total:
@@ -171,16 +168,10 @@ def run_round(
         labels = torch.where(null, torch.full_like(labels, student.config.num_classes), labels)
         w = low + (high - low) * torch.rand(labels.shape, device=rt.device)
         with rt.autocast():
-            if index == 0:
-                t = torch.tensor(grid, device=rt.device)
-                t = t[torch.randint(0, len(t), labels.shape, device=rt.device)]
-                loss = guidance_loss(student, teacher.unet, schedule, x0, t, labels, w)
-            else:
-                loss = progressive_loss(student, teacher.unet, schedule, x0, grid, labels, w)
+            loss = loss_of(student, teacher.unet, schedule, x0, grid, labels, w)
         grad_norm = state.update(loss)
+        log.step(state, x0.shape[0], loss, grad_norm)
         step = state.step
-        log.step(step, x0.shape[0], step % args.log_every == 0 or step == total, loss=loss, lr=state.lr,
-                 grad_norm=grad_norm)  # fmt: skip
         if step % args.ckpt_every == 0 or step == total:
             state.save(folder / "state.pt", rt)
             if rt.rank == 0:

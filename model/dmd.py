@@ -167,7 +167,6 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     dmd = DistributionMatching(args)
     step = dmd.load(args.out) if args.resume else 0
-    args.out.mkdir(parents=True, exist_ok=True)
     atomic_write(args.out / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(dmd.config(), indent=2)))
     began = time.perf_counter()
     with open(args.out / "metrics.jsonl", "a") as log:

@@ -208,15 +208,12 @@ class RealImages:
         self._splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def get(self, split: str, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        images, labels = self._load(split)
-        return images[:n], labels[:n]
-
-    def _load(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         if split not in self._splits:
             x, y = dataset_tensors(self.dataset, self.root, split == "train", self.image_size)
             order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
             self._splits[split] = to_uint8(x[order]), y[order]
-        return self._splits[split]
+        images, labels = self._splits[split]
+        return images[:n], labels[:n]
 
 
 # --- judges: each scores a set of images and, the same way, N real test images -------------------

@@ -169,9 +169,8 @@ def ddpm_step(
         x0 = threshold_x0(x0, thresholding, schedule.sampling.clip_range)
         mean = schedule.posterior_mean(x0, x_t, t)
     else:
-        mean = (x_t - _at(schedule.betas, t, x_t) / _at(schedule.sqrt_one_minus_alphas_cumprod, t, x_t) * eps) / _at(
-            schedule.alphas, t, x_t
-        ).sqrt()
+        eps_coef = _at(schedule.betas, t, x_t) / _at(schedule.sqrt_one_minus_alphas_cumprod, t, x_t)
+        mean = (x_t - eps_coef * eps) / _at(schedule.alphas, t, x_t).sqrt()
     if t == 0:
         return mean, x0
     if variance not in VARIANCES:

@@ -253,10 +253,11 @@ class TrainState:
 
 
 class RunLog:
-    """metrics.jsonl, TensorBoard and the progress bar of a run folder (rank 0 writes)."""
+    """metrics.jsonl, TensorBoard and the progress bar of a run folder (rank 0 writes), for the run of
+    these options (`config`, as config.json holds them) over `total` steps."""
 
-    def __init__(self, out: Path, config: dict, rt: Runtime, step: int, total: int, resume: bool, progress: bool):
-        self.out, self.rt = out, rt
+    def __init__(self, out: Path, config: dict, rt: Runtime, step: int, total: int, resume: bool):
+        self.out, self.rt, self.every, self.total = out, rt, config["log_every"], total
         self.writer = None
         if rt.rank == 0:
             (out / "samples").mkdir(parents=True, exist_ok=True)
@@ -271,24 +272,22 @@ class RunLog:
 
             self.writer = SummaryWriter(str(out), purge_step=step)
         self.progress = tqdm(
-            total=total, initial=step, disable=rt.rank != 0 or not progress, dynamic_ncols=True, mininterval=1
+            total=total, initial=step, disable=rt.rank != 0 or config["no_progress"], dynamic_ncols=True, mininterval=1
         )
         self.tick, self.seen = time.perf_counter(), 0
 
-    def step(self, step: int, images: int, log: bool, **values: torch.Tensor | float) -> None:
-        """Count a step of `images`; when `log`, write the mean over processes of each value and images/s."""
+    def step(self, state: TrainState, images: int, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        """Count a step of `images`; every --log-every steps and at the last, write the loss (its mean over
+        processes), the learning rate, the gradient norm and images/s."""
         self.seen += images * self.rt.world
         self.progress.update(1)
-        if not log:
+        step = state.step
+        if step % self.every and step != self.total:
             return
-        metrics = {"step": step}
-        for key, value in values.items():
-            if isinstance(value, torch.Tensor):
-                value = value.detach().float()
-                if self.rt.distributed and key == "loss":
-                    dist.all_reduce(value, op=dist.ReduceOp.AVG)
-                value = value.item()
-            metrics[key] = value
+        loss = loss.detach().float()
+        if self.rt.distributed:
+            dist.all_reduce(loss, op=dist.ReduceOp.AVG)
+        metrics = {"step": step, "loss": loss.item(), "lr": state.lr, "grad_norm": grad_norm.detach().float().item()}
         metrics["images_per_s"] = self.seen / (time.perf_counter() - self.tick)
         self.tick, self.seen = time.perf_counter(), 0
         if self.rt.rank != 0:
@@ -319,7 +318,7 @@ def open_run(
     # iter() draws the DataLoader's base seed: before the RNG states are restored below
     loader = iter(DataLoader(dataset, batch_sampler=sampler, num_workers=args.workers, pin_memory=rt.cuda))
     batches = ((x.to(rt.device, memory_format=rt.memory_format, non_blocking=True), y.to(rt.device)) for x, y in loader)
-    log = RunLog(folder, config, rt, state.step, total, resume, not args.no_progress)
+    log = RunLog(folder, config, rt, state.step, total, resume)
     if saved:
         torch.set_rng_state(saved["rng_cpu"][rt.rank].cpu())
         if rt.cuda and "rng_cuda" in saved:
@@ -361,9 +360,8 @@ def train(args: argparse.Namespace) -> Path:
         with rt.autocast():
             loss = schedule.loss(forward, x0, labels, args.prediction, args.min_snr_gamma)
         grad_norm = state.update(loss)
+        log.step(state, x0.shape[0], loss, grad_norm)
         step = state.step
-        log.step(step, x0.shape[0], step % args.log_every == 0 or step == args.steps, loss=loss, lr=state.lr,
-                 grad_norm=grad_norm)  # fmt: skip
         if step % args.ckpt_every == 0 or step == args.steps:
             state.save(state_path, rt)
             if rt.rank == 0:
@@ -380,10 +378,9 @@ def train(args: argparse.Namespace) -> Path:
 def warm_start(model: UNet, path: Path) -> None:
     """Copy the weights of an earlier run's checkpoint (its EMA) into a new run's model."""
     start = load_model(path)
-    net = start.net
-    if net.config != model.config:
-        raise SystemExit(f"--init-from {path}: its UNet config {net.config} is not this run's {model.config}")
-    model.load_state_dict(net.state_dict())
+    if start.net.config != model.config:
+        raise SystemExit(f"--init-from {path}: its UNet config {start.net.config} is not this run's {model.config}")
+    model.load_state_dict(start.net.state_dict())
     print(f"warm start from {path} (step {start.step})")
 
 
