@@ -117,8 +117,8 @@ def test_the_servers_defaults_give_the_class_asked_for(name, tmp_path):
 def test_a_students_w_input_moves_its_samples_as_the_teachers_guidance_does(name):
     """For w ≥ 1 (what the students learnt: checkpoints/README.md), a larger w makes the same noise into
     heavier, more class-typical images, for the student (w an input) as for its teacher (ε_u + w(ε_c - ε_u)):
-    the mean brightness of 50 images (the "ink") at each w; the teacher by DDIM-16, the student by its own
-    steps."""
+    the mean brightness of 50 images (the "ink") at each w; the teacher by DDIM-8 (its ink within 0.003 of
+    DDIM-16's at each w, for every shipped teacher, at half the time), the student by its own steps."""
     from model.distill import sample_student
 
     student = load_checkpoint(CHECKPOINTS / f"{name}.safetensors")
@@ -126,7 +126,7 @@ def test_a_students_w_input_moves_its_samples_as_the_teachers_guidance_does(name
     weights = (1.0, 3.0, 6.0)
     ink = {
         name: [sample_student(ckpt, steps, 50, w).add(1).div(2).mean().item() for w in weights]
-        for name, ckpt, steps in (("teacher", teacher, 16), ("student", student, student.sampling["steps"]))
+        for name, ckpt, steps in (("teacher", teacher, 8), ("student", student, student.sampling["steps"]))
     }
     assert ink["student"] == sorted(ink["student"]) and ink["teacher"] == sorted(ink["teacher"]), ink
     spread = ink["teacher"][-1] - ink["teacher"][0]
