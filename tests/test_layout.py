@@ -15,7 +15,7 @@ MAX_LEVELS = 6
 MAX_FUNCTION_LINES = 60
 MAX_CREATE_APP_LINES = 40
 # the Ray deployment wraps the finished app (server.ray.deployment imports server.app): a layer on top,
-# left out of the count like it is left out of the house's line count
+# left out of the count of levels (the house's line count keeps it, as issue 25's 8,260 did)
 OUTSIDE = ("server.ray",)
 
 
