@@ -42,7 +42,8 @@ FAILURES: dict[str, Failure] = {
 
 
 class InvalidRequest(ValueError):
-    def __init__(self, errors: list[dict]):
+    def __init__(self, errors: list[dict], loc: tuple = ()):  # loc: where the request sits in what was sent
+        errors = [{**e, "loc": [*loc, *e["loc"]]} for e in errors]
         super().__init__("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors))
         self.errors = errors
 

@@ -39,7 +39,7 @@ def parse_request(model: type[BaseModel], data: bytes | str, settings: Settings,
         return model.model_validate(value)
     except (InvalidRequest, ValidationError) as e:
         errors = e.errors if isinstance(e, InvalidRequest) else e.errors(include_url=False, include_context=False)
-        raise InvalidRequest([{**error, "loc": [*loc, *error["loc"]]} for error in errors]) from None
+        raise InvalidRequest(errors, loc) from None
 
 
 def _size(data: bytes | str) -> int:

@@ -56,7 +56,7 @@ def _settings(cls, values: dict) -> dict:
 
 def _raise(errors: list[dict], loc: tuple) -> None:
     if errors:
-        raise InvalidRequest([{**error, "loc": [*loc, *error["loc"]]} for error in errors])
+        raise InvalidRequest(errors, loc)
 
 
 def _sampler(request: SampleRequest, model: LoadedModel, settings: Settings) -> tuple[Sampler | None, dict, list]:
