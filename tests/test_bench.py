@@ -7,13 +7,16 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, server_unet
+from model.checkpoint import save_checkpoint
+from model.schedule import NoiseSchedule
 from server.settings import Settings
 
 sys.path.insert(0, str(REPO / "bench"))
 
 import bench_clients
 import bench_default
+import bench_frames
 import bench_sampling
 import bench_train
 
@@ -89,3 +92,15 @@ def test_bench_default_times_the_default_request_beside_diffusers_ddim50(capsys)
     assert f"POST /sample with the server's defaults {what}" in rows[0][0]
     assert "plain loop" in rows[1][0] and "UNet2DModel 1.11M params" in rows[2][0]
     assert rows[2][-1] == "1.00×" and float(rows[0][-1].rstrip("×")) > 0
+
+
+def test_bench_frames_weighs_each_message_and_the_deflated_run(tmp_path, capsys):
+    schedule = NoiseSchedule.from_name("linear", 1000)
+    save_checkpoint(tmp_path / "colour.safetensors", server_unet(3, 10, seed=0), schedule, "toy")
+    bench_frames.main(["--checkpoints", str(tmp_path), "--n", "4"])
+    [row] = table_rows(capsys.readouterr().out)
+    defaults = Settings(_env_file=None)
+    assert row[:2] == ["colour", str(defaults.default_steps)]
+    frame, largest, frames, done, run, wire = map(float, row[2:])
+    assert 0 < frame <= largest and done < run and frames < run
+    assert run / 2 < wire < run  # deflate wins back most of base64's third, and no more than it

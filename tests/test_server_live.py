@@ -99,6 +99,8 @@ def test_http_endpoints(server):
 def test_websocket_stream(server):
     url, _ = server
     with connect(url.replace("http", "ws") + "/ws/sample") as ws:
+        # frames are base64 PNGs: deflate wins back most of base64's third on the wire (bench/bench_frames.py)
+        assert [extension.name for extension in ws.protocol.extensions] == ["permessage-deflate"]
         ws.send(json.dumps({"n": 2, "steps": 4, "sampler": "ddpm"}))
         messages = [json.loads(ws.recv(timeout=60))]
         while messages[-1]["type"] not in ("done", "error", "cancelled"):
