@@ -30,7 +30,7 @@ from tqdm import tqdm
 from model.checkpoint import atomic_write
 from model.cli import HelpFormatter
 from model.data import DATASETS, load_dataset
-from model.device import resolve_device
+from model.device import add_device_argument, resolve_device
 
 FORMAT_VERSION = 1
 CLASSIFIER_DIR = Path(__file__).resolve().parents[1] / "checkpoints" / "classifiers"
@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> None:
         help="random flips and shifts (default: where the data set's diffusion training flips, i.e. photographs)",
     )
     p.add_argument("--bf16", action="store_true", help="bf16 autocast")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    add_device_argument(p)
     p.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads)")
     args = p.parse_args(argv)
     if args.threads:

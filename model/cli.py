@@ -5,6 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
+from model.device import add_device_argument
 from model.samplers import SAMPLERS, Sampler
 
 
@@ -88,7 +89,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> dict[str, argparse._Ar
     g.add_argument("--ema-decay", type=float)
     g.add_argument("--seed", type=int, default=0)
     g = groups["speed"]
-    g.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda or cuda:N")
+    add_device_argument(g)
     g.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help="bf16 autocast (CUDA default)")
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None, help="(CUDA default)")
     g.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads)")

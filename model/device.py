@@ -1,5 +1,7 @@
 """The device: the one choice that every tool and the server make from a --device name, and waiting for it."""
 
+import argparse
+
 import torch
 
 
@@ -12,6 +14,20 @@ def resolve_device(name: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {name!r} requested but CUDA is not available; use --device auto or cpu")
     return device
+
+
+def add_device_argument(parser, default: str = "auto") -> None:
+    """Every tool's --device: a name this machine can run on, checked as the command line is read, so that
+    a wrong one is a usage error, not a traceback from deep in a run. The tool resolves it (resolve_device)."""
+
+    def checked(name: str) -> str:
+        try:
+            resolve_device(name)
+        except RuntimeError as e:  # CUDA asked for where there is none, or no device of that name at all
+            raise argparse.ArgumentTypeError(str(e)) from None
+        return name
+
+    parser.add_argument("--device", type=checked, default=default, help="auto (cuda, mps, cpu), cpu, cuda or cuda:N")
 
 
 def synchronize(device: torch.device) -> None:

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from model.checkpoint import atomic_write, save_checkpoint
 from model.cli import HelpFormatter
+from model.device import add_device_argument, resolve_device
 from model.formats import load_model
 from model.samplers import ddim_timesteps, guided_eps
 from model.schedule import _at
@@ -56,6 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--t-range", type=float, nargs=2, default=(0.02, 0.98), metavar=("LOW", "HIGH"),
                    help="where the scores are compared, as shares of T")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
+    add_device_argument(p)
     p.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads)")
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--ckpt-every", type=int, default=250, help="state.pt and model.safetensors every this many")
@@ -67,8 +69,8 @@ class DistributionMatching:
     """The three networks, their optimizers and one iteration of DMD2 (the module docstring)."""
 
     def __init__(self, args: argparse.Namespace):
-        self.args = args
-        self.teacher, self.student = load_model(args.teacher), load_model(args.student)
+        self.args, self.device = args, resolve_device(args.device)
+        self.teacher, self.student = load_model(args.teacher, self.device), load_model(args.student, self.device)
         if not self.student.config.guidance_input or self.student.sampling is None:
             raise SystemExit(f"{args.student}: not a student of model.distill (w as an input, its own sampler)")
         self.schedule = self.teacher.schedule
@@ -84,14 +86,14 @@ class DistributionMatching:
 
     def x0(self, net, x, t: int, labels, w):
         """The student's x0 at t, clipped as its sampler clips it."""
-        t = torch.full((x.shape[0],), t, dtype=torch.long)
+        t = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
         return self.schedule.x0_from_v(x, t, net(x, t, labels, w)).clamp(-1, 1)
 
     def generate(self, labels, w):
         """x̂ at a random step of G's chain, from G's own earlier steps (no gradients but at that step)."""
         alphas, grid = self.schedule.alphas_cumprod, self.grid
         i = int(torch.randint(len(grid), ()))
-        x = torch.randn(self.shape)
+        x = torch.randn(self.shape, device=self.device)
         with torch.no_grad():
             for t, t_next in itertools.pairwise(grid[: i + 1]):
                 x0 = self.x0(self.gen, x, t, labels, w)
@@ -102,10 +104,10 @@ class DistributionMatching:
     def step(self) -> dict[str, float]:
         """One update of G, its EMA, then --ttur updates of the fake score (the first on G's x̂)."""
         args, schedule, T = self.args, self.schedule, self.schedule.num_timesteps
-        labels = torch.randint(self.teacher.config.num_classes, (args.batch_size,))
-        w = torch.empty(args.batch_size).uniform_(*args.guidance)
+        labels = torch.randint(self.teacher.config.num_classes, (args.batch_size,), device=self.device)
+        w = torch.empty(args.batch_size, device=self.device).uniform_(*args.guidance)
         x0_hat = self.generate(labels, w)
-        t = torch.randint(int(args.t_range[0] * T), int(args.t_range[1] * T), (args.batch_size,))
+        t = torch.randint(int(args.t_range[0] * T), int(args.t_range[1] * T), (args.batch_size,), device=self.device)
         x_t = schedule.q_sample(x0_hat, t, torch.randn_like(x0_hat))
         with torch.no_grad():
             x0_real = schedule.predict_x0(x_t, t, guided_eps(self.real, x_t, t, labels, w)).clamp(-1, 1)
@@ -123,7 +125,7 @@ class DistributionMatching:
         for k in range(args.ttur):
             with torch.no_grad():
                 samples = x0_hat.detach() if k == 0 else self.generate(labels, w)
-            t = torch.randint(0, T, (args.batch_size,))
+            t = torch.randint(0, T, (args.batch_size,), device=self.device)
             noise = torch.randn_like(samples)
             loss_fake = F.mse_loss(self.fake(schedule.q_sample(samples, t, noise), t, labels), noise)
             self.opt_fake.zero_grad(set_to_none=True)
@@ -137,6 +139,8 @@ class DistributionMatching:
     def save(self, folder: Path, step: int) -> None:
         state = {name: getattr(self, name).state_dict() for name in self.NETS}
         state |= {"step": step, "rng": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
         atomic_write(folder / "state.pt", lambda tmp: torch.save(state, tmp))
         paths = [folder / "model.safetensors"]
         if self.args.snapshot_every and step % self.args.snapshot_every == 0:
@@ -149,10 +153,12 @@ class DistributionMatching:
                             sampling=self.student.sampling, distillation=provenance)  # fmt: skip
 
     def load(self, folder: Path) -> int:
-        state = torch.load(folder / "state.pt", weights_only=True)
+        state = torch.load(folder / "state.pt", map_location="cpu", weights_only=True)  # each part finds its device
         for name in self.NETS:
             getattr(self, name).load_state_dict(state[name])
         torch.set_rng_state(state["rng"])
+        if "rng_cuda" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng_cuda"], self.device)
         return state["step"]
 
     def config(self) -> dict:

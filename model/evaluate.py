@@ -56,7 +56,7 @@ from model.classifier import (
 )
 from model.cli import HelpFormatter, add_sampler_arguments, sampler_params, unused_sampler_flags
 from model.data import DATASETS
-from model.device import resolve_device, synchronize
+from model.device import add_device_argument, resolve_device, synchronize
 from model.fid import (
     CACHE_DIR,
     FeatureFn,
@@ -446,7 +446,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--fid-batch-size", type=int, default=100, help="images per Inception forward")
     g = p.add_argument_group("run")
     g.add_argument("--out", type=Path, help="results folder (default: runs/eval/<checkpoint name>)")
-    g.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), or a torch device")
+    add_device_argument(g)
     g.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads)")
     g.add_argument("--no-progress", action="store_true")
     g.add_argument(

@@ -26,6 +26,7 @@ from torchvision.utils import make_grid, save_image
 from model.checkpoint import Checkpoint, CheckpointError, atomic_write
 from model.cli import HelpFormatter, add_sampler_arguments, sampler_params, unused_sampler_flags
 from model.data import load_dataset
+from model.device import add_device_argument, resolve_device
 from model.formats import load_model
 from model.samplers import SAMPLERS, Step, denoise, get_sampler, guided_eps, initial_noise, make_generator, sampling_run
 from model.schedule import SCHEDULES, NoiseSchedule
@@ -326,7 +327,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     sampling.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance w")
     sampling.add_argument("--class", dest="label", type=int, help="condition every sample on this class")
     sampling.add_argument("--seed", type=int, default=0)
-    sampling.add_argument("--device", default="cpu")
+    add_device_argument(sampling, default="cpu")
     add_sampler_arguments(sampling)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--out", type=Path, required=True)
@@ -388,7 +389,7 @@ def run(args: argparse.Namespace) -> None:
         x0 = torch.stack([data[i][0] for i in range(args.n)])
         return save_picture(forward_noising(schedule, x0, args.t, args.seed, args.scale), args.out)
 
-    ckpt = load_model(args.checkpoint, args.device)
+    ckpt = load_model(args.checkpoint, resolve_device(args.device))
     steps = sampling_steps(ckpt, args)
     if args.command == "grid":
         conditional = ckpt.config.num_classes and args.label is None

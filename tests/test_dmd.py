@@ -77,3 +77,16 @@ def test_a_model_that_is_not_a_student_is_refused(models, tmp_path):
     args[args.index("--student") + 1] = str(models / "teacher.safetensors")
     with pytest.raises(SystemExit, match="not a student"):
         main(args)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_run_on_the_gpu_resumes_and_writes_a_student_that_loads_on_the_cpu(models, tmp_path):
+    main(flags(models, tmp_path, "--iters", "2", "--ckpt-every", "2", "--device", "cuda"))
+    assert "rng_cuda" in torch.load(tmp_path / "state.pt", map_location="cpu", weights_only=True)
+    main(flags(models, tmp_path, "--iters", "4", "--ckpt-every", "2", "--device", "cuda", "--resume"))
+    student = load_model(tmp_path / "model.safetensors")
+    assert student.step == 4 and student.distillation["dmd"]["device"] == "cuda"
+    start = load_file(models / "student.safetensors")
+    moved = load_file(tmp_path / "model.safetensors")
+    assert any(not torch.equal(start[k], moved[k]) for k in start)

@@ -1,5 +1,6 @@
 """The training CLI on tiny synthetic data: it learns, it resumes exactly after a kill, it runs under torchrun."""
 
+import importlib
 import json
 import os
 import signal
@@ -171,6 +172,19 @@ def test_resume_and_fresh_runs_guard_the_run_folder(shapes, tmp_path):
 def test_a_missing_dataset_stops_with_one_clear_line(tmp_path):
     with pytest.raises(SystemExit, match=r"error: mnist not found under .*MNIST/raw/"):
         main(["--dataset", "mnist", "--data-root", str(tmp_path), "--out", str(tmp_path / "run")])
+
+
+@pytest.mark.parametrize("tool", ["train", "distill", "dmd", "evaluate", "classifier", "visualize grid"])
+def test_every_tool_refuses_a_device_it_cannot_run_on_as_a_usage_error(tool, capsys):
+    """One --device (model.device.add_device_argument): a wrong name stops the command line with one clear
+    line and exit status 2, before anything loads; CUDA asked for where there is none, likewise."""
+    module, *command = tool.split()
+    main_of_tool = importlib.import_module(f"model.{module}").main
+    for name in ["gpu"] if torch.cuda.is_available() else ["gpu", "cuda"]:
+        with pytest.raises(SystemExit) as stopped:
+            main_of_tool([*command, "--device", name])
+        assert stopped.value.code == 2
+        assert "error: argument --device:" in capsys.readouterr().err.strip().splitlines()[-1]
 
 
 def test_config_file_values_are_defaults_that_flags_override(tmp_path):
