@@ -30,7 +30,7 @@ from tqdm import tqdm
 from model.checkpoint import atomic_write
 from model.cli import HelpFormatter
 from model.data import DATASETS, load_dataset
-from model.device import add_device_argument, resolve_device
+from model.device import add_device_argument, bf16_autocast, resolve_device
 
 FORMAT_VERSION = 1
 CLASSIFIER_DIR = Path(__file__).resolve().parents[1] / "checkpoints" / "classifiers"
@@ -245,6 +245,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    args.bf16 = bf16_autocast(device, args.bf16)  # the metadata records what ran
     try:
         train_x, train_y = dataset_tensors(args.dataset, args.data_root, train=True)
         test_x, test_y = dataset_tensors(args.dataset, args.data_root, train=False)

@@ -34,7 +34,7 @@ from tqdm import tqdm
 from model.checkpoint import EpsilonFromV, atomic_write, save_checkpoint
 from model.cli import HelpFormatter, add_run_arguments, parse_with_config
 from model.data import DATASETS, load_dataset
-from model.device import resolve_device
+from model.device import bf16_autocast, resolve_device
 from model.formats import load_model
 from model.samplers import ddim_steps, ddim_timesteps, denoise, guided_eps, initial_noise, make_generator
 from model.schedule import SCHEDULES, NoiseSchedule
@@ -187,7 +187,7 @@ def init_runtime(args: argparse.Namespace) -> Runtime:
     cuda = device.type == "cuda"
     if args.batch_size % world:
         raise SystemExit(f"--batch-size {args.batch_size} must be divisible by the {world} processes")
-    bf16 = cuda if args.bf16 is None else args.bf16
+    args.bf16 = bf16 = bf16_autocast(device, cuda if args.bf16 is None else args.bf16)  # the run's config says what ran
     channels_last = cuda if args.channels_last is None else args.channels_last
     memory_format = torch.channels_last if channels_last else torch.preserve_format
     return Runtime(device, rank, world, distributed, bf16, memory_format)

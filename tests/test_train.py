@@ -187,6 +187,18 @@ def test_every_tool_refuses_a_device_it_cannot_run_on_as_a_usage_error(tool, cap
         assert "error: argument --device:" in capsys.readouterr().err.strip().splitlines()[-1]
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_runs_only_where_the_cpu_computes_it_natively(shapes, tmp_path, monkeypatch, capsys, native):
+    """A config asking for bf16 autocast (cifar10.json does) trains in float32 on a CPU without AVX512-BF16
+    or AMX, where emulated bf16 made a step 12× slower, says so once, and its config.json records it."""
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.setattr(torch.cpu, probe, lambda native=native: native)
+    main(args_for(shapes, tmp_path / "run", "--steps", "1", "--device", "cpu", "--bf16"))
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["bf16"] is native
+    said = "no native bf16" in capsys.readouterr().err
+    assert said is not native
+
+
 def test_config_file_values_are_defaults_that_flags_override(tmp_path):
     cfg = tmp_path / "c.json"
     cfg.write_text(json.dumps({"dataset": "fashion-mnist", "steps": 7, "lr": 0.01}))
