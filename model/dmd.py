@@ -33,7 +33,7 @@ from model.device import add_device_argument, resolve_device
 from model.formats import load_model
 from model.samplers import ddim_timesteps, guided_eps
 from model.schedule import _at
-from model.train import guard_run_folder
+from model.train import forget_after, guard_run_folder
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -172,7 +172,10 @@ def main(argv: list[str] | None = None) -> None:
     guard_run_folder(args.out, args.resume)
     torch.manual_seed(args.seed)
     dmd = DistributionMatching(args)
-    step = dmd.load(args.out) if args.resume else 0
+    step = 0
+    if args.resume:
+        step = dmd.load(args.out)
+        forget_after(args.out / "metrics.jsonl", step)
     atomic_write(args.out / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(dmd.config(), indent=2)))
     began = time.perf_counter()
     with open(args.out / "metrics.jsonl", "a") as log:

@@ -252,6 +252,14 @@ class TrainState:
         return state
 
 
+def forget_after(metrics: Path, step: int) -> None:
+    """A resumed run's log forgets what was logged after its saved state: those steps run again."""
+    if metrics.is_file():
+        lines = metrics.read_text().splitlines(keepends=True)
+        kept = "".join(line for line in lines if json.loads(line)["step"] <= step)
+        atomic_write(metrics, lambda tmp: Path(tmp).write_text(kept))
+
+
 class RunLog:
     """metrics.jsonl, TensorBoard and the progress bar of a run folder (rank 0 writes), for the run of
     these options (`config`, as config.json holds them) over `total` steps."""
@@ -261,11 +269,8 @@ class RunLog:
         self.writer = None
         if rt.rank == 0:
             (out / "samples").mkdir(parents=True, exist_ok=True)
-            metrics = out / "metrics.jsonl"
-            if resume and metrics.is_file():  # forget what was logged after the saved state: those steps run again
-                lines = metrics.read_text().splitlines(keepends=True)
-                kept = "".join(line for line in lines if json.loads(line)["step"] <= step)
-                atomic_write(metrics, lambda tmp: Path(tmp).write_text(kept))
+            if resume:
+                forget_after(out / "metrics.jsonl", step)
             text = json.dumps(config, indent=2, default=str)  # a Path as its text
             atomic_write(out / "config.json", lambda tmp: Path(tmp).write_text(text))
             from torch.utils.tensorboard import SummaryWriter

@@ -2,6 +2,8 @@
 fake score of G's outputs disagree, a killed run resumes to the same weights, and the result is a student
 that samples as its start did. What it does to the shipped students' FID: docs/results.md."""
 
+import json
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -51,10 +53,14 @@ def test_the_generator_moves_only_where_the_two_scores_differ(models, tmp_path):
 
 def test_a_killed_run_resumes_to_the_same_weights(models, tmp_path):
     main(flags(models, tmp_path / "straight", "--iters", "4", "--ckpt-every", "2"))
-    main(flags(models, tmp_path / "resumed", "--iters", "2", "--ckpt-every", "2"))
+    main(flags(models, tmp_path / "resumed", "--iters", "2", "--ckpt-every", "2", "--log-every", "1"))
     with pytest.raises(SystemExit, match="pass --resume"):
         main(flags(models, tmp_path / "resumed", "--iters", "4"))
-    main(flags(models, tmp_path / "resumed", "--iters", "4", "--ckpt-every", "2", "--resume"))
+    log = tmp_path / "resumed" / "metrics.jsonl"
+    log.write_text(log.read_text() + '{"step": 3, "loss_g": 0, "loss_fake": 0, "s": 0}\n')  # logged, then killed
+    main(flags(models, tmp_path / "resumed", "--iters", "4", "--ckpt-every", "2", "--log-every", "1", "--resume"))
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [1, 2, 3, 4]
+    assert json.loads(log.read_text().splitlines()[2])["loss_g"] > 0  # step 3 as the resumed run took it
     straight = load_file(tmp_path / "straight" / "model.safetensors")
     resumed = load_file(tmp_path / "resumed" / "model.safetensors")
     assert straight.keys() == resumed.keys() and all(torch.equal(straight[k], resumed[k]) for k in straight)
