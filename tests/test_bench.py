@@ -45,7 +45,9 @@ def test_bench_sampling_times_the_nchw_weights_and_bf16_beside_ours(capsys):
         ("eager fp32", "unipc (ours)"), ("bf16", "unipc (ours)"), ("eager fp32, NCHW weights", "unipc (ours)")
     ]  # fmt: skip
     assert float(rows[2][-1]) < 1e-4  # the same function in another memory layout
-    assert 0 < float(rows[1][-1]) < 0.5 and float(rows[1][-2]) > 0  # bf16 rounds; its first forward is timed
+    # bf16 rounds (the largest change: 0.61 of the images' range of 2 where the CPU emulates bf16, under 0.5
+    # where it has AVX512-BF16; up to 1.1 for the shipped model, docs/performance.md); its first forward is timed
+    assert 0 < float(rows[1][-1]) < 1.5 and float(rows[1][-2]) > 0
 
 
 def test_bench_train_notes_gpu_options_on_the_cpu(capsys):
