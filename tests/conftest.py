@@ -14,6 +14,11 @@ from model.unet import UNet, UNetConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
+# pytest-xdist runs a worker per core (pyproject.toml): one torch thread each, or their OpenMP threads
+# oversubscribe the cores and spin (a tiny training step measured 8x slower)
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+
 
 def tiny_unet(num_classes: int = 0, in_channels: int = 1, image_size: int = 28, seed: int = 0) -> UNet:
     """A UNet small enough for the CPU tests, with random (non-zero) weights everywhere."""

@@ -77,13 +77,13 @@ def test_the_colour_checkpoint_is_a_snapshot_of_its_config_and_names_its_classes
 def test_the_classifier_reads_guided_samples_as_the_class_they_were_asked_for(dataset):
     ckpt = load_checkpoint(CHECKPOINTS / f"{dataset}.safetensors")
     classifier = load_classifier(default_classifier_path(dataset))
-    samples = generate(ckpt, "ddim", 50, 100, 100, guidance=3.0, progress=False)  # x0 clipped, by default
+    samples = generate(ckpt, "ddim", 50, 50, 50, guidance=3.0, progress=False)  # x0 clipped, by default
     preds, _ = classify(classifier.model, samples.images)
     measured = (preds == samples.labels).double().mean().item()
     # the bars: MNIST 97%, Fashion-MNIST 90% of the classifier's accuracy on real test images;
-    # 100 samples read a true 97% as under 93% with probability 1%
+    # 50 samples read a true 97% as under 92% with probability 2%
     bar = 0.97 if dataset == "mnist" else 0.9 * classifier.test_accuracy
-    assert measured >= bar - 0.04, f"{dataset}: {measured:.1%} of 100 guided samples read as their class"
+    assert measured >= bar - 0.05, f"{dataset}: {measured:.1%} of 50 guided samples read as their class"
 
 
 @pytest.mark.slow
