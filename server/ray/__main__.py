@@ -26,6 +26,8 @@ from server.__main__ import add_arguments, browsable_host, settings_from_args
 from server.ray.deployment import APP_NAME, Sampler, deployment_options
 
 PROXY_CALLBACK = ("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH", "server.ray.proxy:middlewares")
+# on a busy machine a new proxy can miss Serve's 5 s readiness check three times, and Serve kills it
+PROXY_READY_TIMEOUT = ("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "30")
 
 log = logging.getLogger("server.ray")
 
@@ -66,8 +68,9 @@ def main(argv: list[str] | None = None) -> None:
     settings = settings.model_copy(update={"checkpoint_dir": settings.checkpoint_dir.resolve()})
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     started_here = not os.environ.get("RAY_ADDRESS")
-    if started_here:  # the cluster's processes inherit it: its proxies load server.ray.proxy
+    if started_here:  # the cluster's processes inherit these: its proxies load server.ray.proxy
         os.environ.setdefault(*PROXY_CALLBACK)
+        os.environ.setdefault(*PROXY_READY_TIMEOUT)
     start_ray(args.dashboard, started_here)
     try:
         run(settings, args.replicas, started_here)
