@@ -61,6 +61,14 @@ def server_unet(channels: int, num_classes: int, seed: int) -> UNet:
     return unet
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The files that hold slow or browser tests first: xdist hands a worker a file at a time (--dist loadfile),
+    so the long ones start early and the short ones fill the gaps at the end. Stable: a file's tests keep
+    their order."""
+    long = {item.path for item in items if item.get_closest_marker("slow") or item.get_closest_marker("browser")}
+    items.sort(key=lambda item: item.path not in long)
+
+
 @pytest.fixture
 def data_root() -> Path:
     """The real MNIST/Fashion-MNIST files: $DATA_ROOT, else ../shared/data beside the repo."""

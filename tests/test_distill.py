@@ -83,6 +83,7 @@ def test_the_guidance_input_starts_at_nothing_and_then_acts_as_w_does():
         student(x, t, labels)
 
 
+@pytest.mark.slow
 def test_a_distilled_student_matches_its_teacher_at_half_the_steps(teacher, bars, tmp_path):
     args = parse_args(distill_args(teacher, bars, tmp_path / "run", "--guidance-round-steps", "50",
                                    "--round-steps", "50", "--ckpt-every", "50", "--log-every", "25"))  # fmt: skip
@@ -106,6 +107,7 @@ def _distill_cli(*args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "model.distill", *args], cwd=REPO, env=env)
 
 
+@pytest.mark.slow
 def test_a_killed_distillation_resumes_to_the_same_weights(teacher, bars, tmp_path):
     common = ["--guidance-round-steps", "40", "--round-steps", "40", "--ckpt-every", "5", "--log-every", "5"]
     straight = _distill_cli(*distill_args(teacher, bars, tmp_path / "straight", *common))

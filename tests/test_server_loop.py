@@ -386,6 +386,7 @@ if alone:
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads in Linux's /proc")
 def test_only_the_sampling_thread_runs_parallel_torch_kernels(tmp_path):
     """With OpenMP every thread that runs a parallel kernel gets a team of worker threads; more of them

@@ -114,6 +114,7 @@ def test_a_new_run_can_start_from_an_earlier_runs_weights(shapes, tmp_path):
                       str(tmp_path / "first" / "model.safetensors")))  # fmt: skip
 
 
+@pytest.mark.slow
 def test_a_few_hundred_steps_drive_the_loss_down(shapes, tmp_path):
     main(args_for(shapes, tmp_path / "run", "--steps", "300", "--log-every", "10", "--ckpt-every", "300"))
     losses = [m["loss"] for m in metrics(tmp_path / "run")]
@@ -126,6 +127,7 @@ def _train_cli(*args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "model.train", *args], cwd=REPO, env=env)
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_to_the_same_weights(shapes, tmp_path):
     common = ["--steps", "100", "--ckpt-every", "25", "--log-every", "25", "--threads", "1", "--seed", "3"]
     straight = _train_cli(*args_for(shapes, tmp_path / "straight", *common))
@@ -149,6 +151,7 @@ def test_a_killed_run_resumes_to_the_same_weights(shapes, tmp_path):
     assert [m["step"] for m in metrics(tmp_path / "killed")] == list(range(25, 101, 25))
 
 
+@pytest.mark.slow
 def test_torchrun_trains_with_two_gloo_processes(shapes, tmp_path):
     run = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
