@@ -109,7 +109,7 @@ def _distill_cli(*args: str) -> subprocess.Popen:
 
 @pytest.mark.slow
 def test_a_killed_distillation_resumes_to_the_same_weights(teacher, bars, tmp_path):
-    common = ["--guidance-round-steps", "40", "--round-steps", "40", "--ckpt-every", "5", "--log-every", "5"]
+    common = ["--guidance-round-steps", "20", "--round-steps", "20", "--ckpt-every", "5", "--log-every", "5"]
     straight = _distill_cli(*distill_args(teacher, bars, tmp_path / "straight", *common))
     killed = _distill_cli(*distill_args(teacher, bars, tmp_path / "killed", *common))
     state = tmp_path / "killed" / "round-1-2-steps" / "state.pt"  # killed in the second round
@@ -119,7 +119,7 @@ def test_a_killed_distillation_resumes_to_the_same_weights(teacher, bars, tmp_pa
     killed.send_signal(signal.SIGKILL)
     killed.wait()
     stopped_at = int(torch.load(state, weights_only=True)["step"])
-    assert stopped_at < 40, "the run finished before it could be killed"
+    assert stopped_at < 20, "the run finished before it could be killed"
 
     with pytest.raises(SystemExit, match="already holds a run"):
         distill(parse_args(distill_args(teacher, bars, tmp_path / "killed", *common)))
